@@ -1,0 +1,3 @@
+"""harmonax: image harmonization in JAX/Flax."""
+
+__version__ = "0.1.0"

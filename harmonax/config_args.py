@@ -1,0 +1,76 @@
+"""Helpers shared by every `configs/<model>.py`: the config argument and data presets.
+
+A config is chosen on the command line as `--config=configs/issam.py:runlocal,data=coco`;
+the text after ':' reaches `get_config(arg)`, which calls `parse_arg` on it.
+"""
+
+import ml_collections
+
+# `data=<preset>` in a config argument -> the TFDS dataset it trains and evaluates on.
+DATA_PRESETS = {
+    "sample": "harmonization_composites/sample",
+    "coco": "harmonization_composites/coco",
+    "folder": "harmonization_composites/folder",
+    "iharmony4": "iharmony4/all",
+}
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses 'runlocal,data=coco' into ConfigDict(runlocal=True, data='coco').
+
+  Keys must be among `defaults`; values are cast to the default's type. A bare
+  key sets a boolean to True.
+
+  Raises:
+    ValueError: on an unknown key, naming the valid ones.
+  """
+  result = ml_collections.ConfigDict(dict(defaults))
+  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+    key, sep, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(
+          f"Unknown config argument {key!r} in {arg!r}; valid: {sorted(defaults)}")
+    default = defaults[key]
+    if not sep:
+      if not isinstance(default, bool):
+        raise ValueError(f"Config argument {key!r} needs a value: {key}=...")
+      result[key] = True
+    elif isinstance(default, bool):
+      result[key] = value.lower() in ("1", "true", "yes", "y")
+    elif default is None:
+      result[key] = value
+    else:
+      result[key] = type(default)(value)
+  return result
+
+
+def data_config(data: str, image_size: int = 256, *, hflip: bool = True,
+                data_dir: str | None = None) -> ml_collections.ConfigDict:
+  """The `config.data` block for a data preset name or a full TFDS name.
+
+  Args:
+    data: a preset of DATA_PRESETS ('sample', 'coco', 'folder', 'iharmony4')
+      or a TFDS name such as 'iharmony4/hadobe5k'.
+    image_size: training crop size and evaluation resize.
+    hflip: random horizontal flips in training.
+    data_dir: TFDS data dir; None means $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  """
+  name = DATA_PRESETS.get(data, data)
+  if "/" not in name:
+    raise ValueError(
+        f"Unknown data {data!r}: use one of {sorted(DATA_PRESETS)} or a "
+        "'<dataset>/<config>' TFDS name")
+  return ml_collections.ConfigDict({
+      "name": name,
+      "data_dir": data_dir,
+      "train_split": "train",
+      "eval_split": "test",
+      "image_size": image_size,
+      "crop_scale": (0.5, 1.0),
+      "hflip": hflip,
+      "keep_empty_mask_prob": 0.05,
+      "binary_eval_mask": False,
+      "num_workers": 2,
+      "shuffle_seed": 0,
+      "max_eval_examples": -1,  # -1: the whole eval split.
+  })
