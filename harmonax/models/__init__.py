@@ -17,7 +17,10 @@ def available() -> list[str]:
   for info in pkgutil.iter_modules(__path__):
     if info.name.startswith("_"):
       continue
-    module = importlib.import_module(f"{__name__}.{info.name}")
+    try:
+      module = importlib.import_module(f"{__name__}.{info.name}")
+    except Exception:  # pylint: disable=broad-except
+      continue  # Only used to list valid names in errors; get_family raises.
     if all(hasattr(module, fn) for fn in _CONTRACT):
       names.append(info.name)
   return sorted(names)
