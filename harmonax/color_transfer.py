@@ -1,0 +1,295 @@
+"""Color transfer methods that make synthetic harmonization composites.
+
+A composite is a real photo whose masked foreground was recolored with the
+color statistics of another object (the "reference"), the way iHarmony4's
+HCOCO and HFlickr subsets were made. Every function works on float numpy
+arrays in [0, 1]. The pixel-set functions (`reinhard`, `covariance`,
+`histogram`, `idt`) map source pixels [N, 3] to recolored pixels [N, 3]
+WITHOUT clipping, so that their defining property holds exactly;
+`recolor_foreground` clips and pastes the result into the photo.
+"""
+
+import importlib
+import math
+from typing import Any
+
+import numpy as np
+
+# Methods that `recolor_foreground` knows. 'filters' needs `harmonax.filters`.
+METHODS = ("reinhard", "covariance", "histogram", "idt", "exposure", "filters")
+
+# Reinhard et al. 2001, "Color Transfer between Images": RGB -> LMS cone space.
+_RGB_TO_LMS = np.array([[0.3811, 0.5783, 0.0402],
+                        [0.1967, 0.7244, 0.0782],
+                        [0.0241, 0.1288, 0.8444]])
+_LMS_TO_RGB = np.linalg.inv(_RGB_TO_LMS)
+# log10 LMS -> l-alpha-beta (decorrelated axes: achromatic, yellow-blue, red-green).
+_LOGLMS_TO_LAB = np.diag([1 / math.sqrt(3), 1 / math.sqrt(6), 1 / math.sqrt(2)]) @ np.array(
+    [[1.0, 1.0, 1.0], [1.0, 1.0, -2.0], [1.0, -1.0, 0.0]])
+_LAB_TO_LOGLMS = np.linalg.inv(_LOGLMS_TO_LAB)
+# Floor before the logarithm: black pixels would be -inf, and a floor far below
+# 1/255 would let a few black pixels dominate the l channel's std.
+_LMS_FLOOR = 1e-3
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+  """Reinhard's l-alpha-beta of RGB pixels [..., 3]: lab = M2 log10(M1 rgb)."""
+  lms = np.maximum(rgb @ _RGB_TO_LMS.T, _LMS_FLOOR)
+  return np.log10(lms) @ _LOGLMS_TO_LAB.T
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+  """Inverse of `rgb_to_lab` (exact where the LMS floor was not hit)."""
+  return (10.0 ** (lab @ _LAB_TO_LOGLMS.T)) @ _LMS_TO_RGB.T
+
+
+def reinhard(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+  """Reinhard mean/std transfer in l-alpha-beta.
+
+  Definition: per l-alpha-beta channel c,
+  out_c = (src_c - mean(src_c)) * std(ref_c) / std(src_c) + mean(ref_c),
+  so the output's l-alpha-beta mean and std equal the reference's.
+  """
+  src, ref = rgb_to_lab(source), rgb_to_lab(reference)
+  scale = ref.std(0) / np.maximum(src.std(0), 1e-6)
+  return lab_to_rgb((src - src.mean(0)) * scale + ref.mean(0))
+
+
+def covariance(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+  """RGB mean and covariance transfer (Xiao et al. 2006, correlated color space).
+
+  Definition: with eigendecompositions C_s = U_s L_s U_s^T, C_r = U_r L_r U_r^T,
+  out = U_r L_r^(1/2) L_s^(-1/2) U_s^T (src - mean_s) + mean_r,
+  which whitens the source and colors it with the reference: the output's mean
+  and covariance equal the reference's.
+  """
+  mean_s, mean_r = source.mean(0), reference.mean(0)
+  vals_s, vecs_s = np.linalg.eigh(np.cov(source, rowvar=False, bias=True))
+  vals_r, vecs_r = np.linalg.eigh(np.cov(reference, rowvar=False, bias=True))
+  # Eigenvectors have arbitrary signs; pair each reference axis with the same
+  # direction as its source axis so no color axis gets inverted.
+  signs = np.sign(np.sum(vecs_s * vecs_r, axis=0))
+  vecs_r = vecs_r * np.where(signs == 0, 1.0, signs)
+  # A flat-colored source has ~zero variance on some axis: keep it finite.
+  scale = np.sqrt(np.maximum(vals_r, 0.0) / np.maximum(vals_s, 1e-8))
+  transform = vecs_r @ np.diag(scale) @ vecs_s.T
+  return (source - mean_s) @ transform.T + mean_r
+
+
+def histogram(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+  """Cumulative histogram matching, per RGB channel.
+
+  Definition: out_c = F_ref_c^-1(F_src_c(src_c)), with F the empirical CDF;
+  each source value goes to the reference value at the same cumulative
+  fraction (linear interpolation between the reference's distinct values).
+  """
+  out = np.empty_like(source, dtype=np.float64)
+  for c in range(source.shape[1]):
+    src_vals, src_idx, src_counts = np.unique(
+        source[:, c], return_inverse=True, return_counts=True)
+    ref_vals, ref_counts = np.unique(reference[:, c], return_counts=True)
+    src_cdf = np.cumsum(src_counts) / source.shape[0]
+    ref_cdf = np.cumsum(ref_counts) / reference.shape[0]
+    out[:, c] = np.interp(src_cdf, ref_cdf, ref_vals)[src_idx]
+  return out
+
+
+def _match_1d(values: np.ndarray, target: np.ndarray) -> np.ndarray:
+  """Quantile mapping of `values` onto the distribution of `target` (1-D)."""
+  order = np.argsort(values, kind="stable")
+  positions = (np.arange(values.size) + 0.5) / values.size
+  target_positions = (np.arange(target.size) + 0.5) / target.size
+  out = np.empty_like(values)
+  out[order] = np.interp(positions, target_positions, np.sort(target))
+  return out
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+  """A uniformly random 3x3 rotation (QR of a Gaussian matrix, signs fixed)."""
+  q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+  return q * np.sign(np.diag(r))
+
+
+def idt(source: np.ndarray, reference: np.ndarray, rng: np.random.Generator,
+        iterations: int = 10) -> np.ndarray:
+  """Iterative distribution transfer (Pitie et al. 2005), N-dimensional PDF transfer.
+
+  Definition: repeat `iterations` times: draw a random rotation R, project
+  source and reference pixels onto R's axes, match each 1-D marginal of the
+  source to the reference's (quantile mapping) and move the source pixels by
+  the change along those axes. The source's 3-D distribution converges to the
+  reference's. The first rotation is the identity (per-channel matching).
+  """
+  x = np.asarray(source, np.float64).copy()
+  ref = np.asarray(reference, np.float64)
+  for i in range(iterations):
+    rot = np.eye(3) if i == 0 else random_rotation(rng)
+    x_rot, ref_rot = x @ rot, ref @ rot
+    matched = np.stack(
+        [_match_1d(x_rot[:, k], ref_rot[:, k]) for k in range(3)], axis=1)
+    x += (matched - x_rot) @ rot.T
+  return x
+
+
+def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+  """a[y + dy, x + dx] with edge replication (the neighbor in that direction)."""
+  h, w = a.shape[:2]
+  ys = np.clip(np.arange(h) + dy, 0, h - 1)
+  xs = np.clip(np.arange(w) + dx, 0, w - 1)
+  return a[ys][:, xs]
+
+
+def _regrain_solve(result: np.ndarray, original: np.ndarray, transferred: np.ndarray,
+                   iterations: int, level: int) -> np.ndarray:
+  """Jacobi iterations of Pitie's regrain energy at one pyramid level."""
+  grad_x = (_shift(original, 0, 1) - _shift(original, 0, -1)) / 2
+  grad_y = (_shift(original, 1, 0) - _shift(original, -1, 0)) / 2
+  grad_norm = np.sqrt(np.sum(grad_x ** 2 + grad_y ** 2, axis=2))
+  # psi: stick to the transferred colors on edges; phi: keep the original's
+  # gradients in flat areas (weights as in Pitie et al. 2007, on [0, 1] pixels).
+  psi = np.minimum(256 * grad_norm / 5, 1.0)[..., None]
+  phi = (30.0 / (1 + 10 * grad_norm) * 2.0 ** (-level))[..., None]
+  offsets = ((0, 1), (0, -1), (1, 0), (-1, 0))
+  phis = [(_shift(phi, dy, dx) + phi) / 2 for dy, dx in offsets]
+  denominator = psi + sum(phis)
+  for _ in range(iterations):
+    numerator = psi * transferred
+    for p, (dy, dx) in zip(phis, offsets):
+      numerator = numerator + p * (_shift(result, dy, dx) - _shift(original, dy, dx) + original)
+    result = numerator / denominator
+  return result
+
+
+def regrain(original: np.ndarray, transferred: np.ndarray,
+            iterations: tuple[int, ...] = (4, 16, 32, 64, 64, 64)) -> np.ndarray:
+  """Pitie et al. 2007 grain-preserving post-process of a color transfer.
+
+  Definition: the image J minimizing
+  sum phi |grad J - grad original|^2 + psi |J - transferred|^2, solved
+  coarse-to-fine (image pyramid, Jacobi iterations per level). It removes the
+  grain and stretching artifacts IDT leaves while keeping its colors.
+  Both inputs are [H, W, 3] float images.
+  """
+  def solve(result, orig, trans, iters, level):
+    h, w = orig.shape[:2]
+    if len(iters) > 1 and h // 2 > 20 and w // 2 > 20:
+      coarse_trans = trans[::2, ::2]
+      coarse = solve(result[::2, ::2], orig[::2, ::2], coarse_trans, iters[1:], level + 1)
+      # Start from the transferred image plus the coarse level's correction
+      # (upsampled): smooth corrections survive nearest upsampling well.
+      correction = np.repeat(np.repeat(coarse - coarse_trans, 2, axis=0), 2, axis=1)[:h, :w]
+      result = trans + correction
+    return _regrain_solve(result, orig, trans, iters[0], level)
+
+  original = np.asarray(original, np.float64)
+  transferred = np.asarray(transferred, np.float64)
+  return solve(transferred.copy(), original, transferred, tuple(iterations), 0)
+
+
+def exposure(source: np.ndarray, ev: float, gain_r: float, gain_b: float) -> np.ndarray:
+  """Exposure and white-balance shift: out = src * 2^ev * (gain_r, 1, gain_b)."""
+  return source * (2.0 ** ev) * np.array([gain_r, 1.0, gain_b])
+
+
+def _round(value: Any) -> Any:
+  """Floats rounded for the `transfer` JSON (short and byte-stable)."""
+  if isinstance(value, (float, np.floating)):
+    return round(float(value), 4)
+  if isinstance(value, (list, tuple, np.ndarray)):
+    return [_round(v) for v in value]
+  return value
+
+
+def _apply_filters(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                   max_filters: int) -> tuple[np.ndarray, dict[str, Any]]:
+  """Harmonizer-style random white-box filters applied to the foreground."""
+  filters = importlib.import_module("harmonax.filters")
+  names = list(filters.FILTER_NAMES)
+  count = int(rng.integers(1, min(max_filters, len(names)) + 1))
+  chosen = [names[i] for i in sorted(rng.choice(len(names), count, replace=False))]
+  out = image
+  applied = []
+  for name in chosen:
+    # Harmonizer samples each filter argument uniformly; |arg| < 0.1 is a no-op.
+    arg = float(rng.uniform(0.1, 0.5)) * (1 if rng.random() < 0.5 else -1)
+    out = np.asarray(filters.apply_filter(name, out, mask[..., None].astype(out.dtype), arg))
+    applied.append([name, _round(arg)])
+  return out, {"filters": applied}
+
+
+def recolor_foreground(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None,
+                       method: str, rng: np.random.Generator, strength: float = 1.0,
+                       ) -> tuple[np.ndarray, dict[str, Any]]:
+  """Recolors the masked foreground of `image`; the background is copied exactly.
+
+  Args:
+    image: the real photo, float [H, W, 3] in [0, 1].
+    mask: bool [H, W], True on the foreground.
+    reference: the reference object's pixels, float [M, 3] in [0, 1] (unused by
+      'exposure' and 'filters').
+    method: one of METHODS.
+    rng: the example's random generator (IDT rotations, exposure, filters).
+    strength: fraction of the color change kept: src + strength * (out - src).
+
+  Returns:
+    (composite float [H, W, 3] in [0, 1], JSON-able parameters incl. 'method').
+  """
+  if method not in METHODS:
+    raise ValueError(f"Unknown color transfer method {method!r}; valid: {METHODS}")
+  source = image[mask].astype(np.float64)
+  params: dict[str, Any] = {"method": method, "strength": _round(strength)}
+  if method == "filters":
+    filtered, extra = _apply_filters(image.astype(np.float32), mask, rng, max_filters=3)
+    recolored = np.asarray(filtered, np.float64)[mask]
+    params.update(extra)
+  elif method == "exposure":
+    ev = float(rng.uniform(0.25, 1.0)) * (1 if rng.random() < 0.5 else -1)
+    gain_r, gain_b = np.exp(rng.uniform(-0.25, 0.25, size=2))
+    recolored = exposure(source, ev, gain_r, gain_b)
+    params.update(ev=_round(ev), gain_r=_round(gain_r), gain_b=_round(gain_b))
+  else:
+    if reference is None or len(reference) < 2:
+      raise ValueError(f"Method {method!r} needs reference pixels, got {reference!r:.40}")
+    ref = np.asarray(reference, np.float64)
+    if method == "reinhard":
+      recolored = reinhard(source, ref)
+      params.update(ref_lab_mean=_round(rgb_to_lab(ref).mean(0)),
+                    ref_lab_std=_round(rgb_to_lab(ref).std(0)))
+    elif method == "covariance":
+      recolored = covariance(source, ref)
+      params.update(ref_mean=_round(ref.mean(0)))
+    elif method == "histogram":
+      recolored = histogram(source, ref)
+    else:
+      iterations = 10
+      recolored = idt(source, ref, rng, iterations)
+      # Regrain on the object's bounding box: it needs the image grid.
+      ys, xs = np.nonzero(mask)
+      box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+      crop = image[box].astype(np.float64)
+      transferred = crop.copy()
+      transferred[mask[box]] = recolored
+      recolored = regrain(crop, transferred)[mask[box]]
+      params.update(iterations=iterations, regrain=True)
+  recolored = source + strength * (recolored - source)
+  composite = image.astype(np.float64).copy()
+  composite[mask] = np.clip(recolored, 0.0, 1.0)
+  return composite, params
+
+
+def paste(real: np.ndarray, recolored: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """composite = mask * recolored + (1 - mask) * real with the mask binarized (mask > 127 for uint8)."""
+  binary = mask > (127 if mask.dtype == np.uint8 else 0.5)
+  if binary.ndim == 3:
+    binary = binary[..., 0]
+  out = real.copy()
+  out[binary] = recolored[binary]
+  return out
+
+
+def foreground_mse(composite: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
+  """fMSE on 0..255 pixels: sum(mask * (composite - real)^2) / (3 * sum(mask))."""
+  diff = composite.astype(np.float64) - real.astype(np.float64)
+  m = mask.astype(np.float64).reshape(mask.shape[:2])
+  return float(np.sum(m[..., None] * diff ** 2) / (3 * max(m.sum(), 1e-6)))
+
