@@ -1,0 +1,265 @@
+"""Checkpoints: the training state with its data iterator, and networks for inference.
+
+A training workdir holds `config.json` and `checkpoints/<step>/` with two orbax
+items: `state` (the train state pytree of docs/architecture.md, as pure dicts)
+and `data_iter` (the grain iterator state, one JSON file per process).
+
+`save_networks` writes a standalone directory (`config.json` + `networks/`, the
+full nnx state of every network) that `load_networks` reads back, as does a
+training workdir.
+"""
+
+import json
+import os
+from typing import Any
+
+from absl import logging
+from etils import epath
+from flax import nnx
+import grain.python as grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from harmonax import models
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+NETWORKS_DIR = "networks"
+STATE_ITEM = "state"
+DATA_ITER_ITEM = "data_iter"
+
+PyTree = Any
+
+
+def save_config(directory: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+  """Writes `directory/config.json` (the ConfigDict as JSON)."""
+  directory = epath.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / CONFIG_FILE).write_text(
+      config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
+  """Reads `directory/config.json` back into a ConfigDict."""
+  path = epath.Path(directory) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(
+        f"{path} not found: expected a training workdir or a save_networks "
+        "directory holding config.json")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def _check_no_rng_state(name: str, network: nnx.Module) -> None:
+  # Typed PRNG keys are not checkpointable as plain arrays, and the family
+  # contract keeps randomness in the `rng` argument of compute_losses.
+  if nnx.state(network, nnx.RngState):
+    raise ValueError(
+        f"Network {name!r} holds nnx.RngState; model families must not keep RNG "
+        "state in modules (use the rng passed to compute_losses)")
+
+
+def network_states(networks: dict[str, nnx.Module], filt=...) -> dict[str, dict]:
+  """The state of each network matching `filt`, as nested pure dicts."""
+  for name, net in networks.items():
+    _check_no_rng_state(name, net)
+  return {name: nnx.state(net, filt).to_pure_dict() for name, net in networks.items()}
+
+
+def update_networks(networks: dict[str, nnx.Module], states: dict[str, dict]) -> None:
+  """Writes pure-dict states (as from `network_states`) into the networks in place."""
+  for name, net in networks.items():
+    if name not in states:
+      raise KeyError(f"No state for network {name!r}; got {sorted(states)}")
+    state = nnx.state(net)
+    nnx.replace_by_pure_dict(state, states[name])
+    nnx.update(net, state)
+
+
+def abstract_networks(config: ml_collections.ConfigDict) -> dict[str, nnx.Module]:
+  """The config's networks with ShapeDtypeStruct leaves (no memory, no compute)."""
+  family = models.get_family(config.model.name)
+  return nnx.eval_shape(lambda: family.create_networks(config, nnx.Rngs(0)))
+
+
+def _numpy_restore_args(tree: PyTree) -> PyTree:
+  # Host numpy arrays: the caller decides placement; jnp.asarray later gives
+  # uncommitted arrays that jit may move to whatever mesh it runs on.
+  return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+
+
+def _materialize(networks: dict[str, nnx.Module], states: dict[str, dict]) -> None:
+  update_networks(networks, jax.tree.map(jnp.asarray, states))
+  for net in networks.values():
+    net.eval()
+
+
+def save_networks(directory: str | os.PathLike, config: ml_collections.ConfigDict,
+                  networks: dict[str, nnx.Module]) -> None:
+  """Writes `directory/config.json` and an orbax checkpoint of the networks' full state."""
+  directory = epath.Path(directory)
+  save_config(directory, config)
+  path = directory / NETWORKS_DIR
+  if path.exists():
+    path.rmtree()
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    checkpointer.save(path, network_states(networks))
+
+
+def good_steps(checkpoint_dir: str | os.PathLike) -> list[int]:
+  """Finalized checkpoint steps in `checkpoint_dir`, newest first.
+
+  Orbax writes each step to a temporary directory and renames it when complete,
+  so unfinished saves are excluded; a finalized step can still be corrupt (e.g.
+  a truncated file), which only a restore reveals.
+  """
+  checkpoint_dir = epath.Path(checkpoint_dir)
+  if not checkpoint_dir.exists():
+    return []
+  steps = [int(p.name) for p in checkpoint_dir.iterdir()
+           if p.is_dir() and p.name.isdigit() and (p / STATE_ITEM).exists()]
+  return sorted(steps, reverse=True)
+
+
+def _restore_newest(checkpoint_dir: epath.Path, restore_one) -> tuple[Any, int]:
+  """Calls restore_one(step) newest-first, falling back past corrupt steps."""
+  steps = good_steps(checkpoint_dir)
+  errors = []
+  for step in steps:
+    try:
+      return restore_one(step), step
+    except Exception as e:  # pylint: disable=broad-except
+      # Any failure (missing file, truncated tensorstore chunk, bad metadata)
+      # means this step is unusable; an older one may still be fine.
+      logging.warning("Checkpoint step %d in %s could not be restored (%s: %s); "
+                      "falling back to an older step.", step, checkpoint_dir,
+                      type(e).__name__, e)
+      errors.append(f"step {step}: {type(e).__name__}: {e}")
+  raise FileNotFoundError(
+      f"No restorable checkpoint in {checkpoint_dir} (steps tried: {steps}); "
+      + "; ".join(errors))
+
+
+def load_networks(path: str | os.PathLike
+                  ) -> tuple[ml_collections.ConfigDict, dict[str, nnx.Module]]:
+  """Loads (config, networks in eval mode) from a training workdir or a save_networks dir.
+
+  A training workdir gives the networks of its newest restorable step.
+  """
+  path = epath.Path(path)
+  config = load_config(path)
+  networks = abstract_networks(config)
+  full = network_states(networks)
+  if (path / NETWORKS_DIR).exists():
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      states = checkpointer.restore(
+          path / NETWORKS_DIR,
+          args=ocp.args.PyTreeRestore(item=full, restore_args=_numpy_restore_args(full)))
+  elif (path / CHECKPOINT_DIR).exists():
+    params = network_states(networks, nnx.Param)
+    rest = network_states(networks, nnx.Not(nnx.Param))
+    target = {"params": params, "rest": rest}
+
+    def restore_one(step):
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.restore(
+            path / CHECKPOINT_DIR / str(step) / STATE_ITEM,
+            args=ocp.args.PyTreeRestore(
+                item=target, restore_args=_numpy_restore_args(target),
+                partial_restore=True))
+
+    restored, step = _restore_newest(path / CHECKPOINT_DIR, restore_one)
+    logging.info("Loaded networks of step %d from %s", step, path)
+    # Recombine Param and non-Param leaves into one pure dict per network.
+    states = {}
+    for name in networks:
+      state = nnx.state(networks[name])
+      nnx.replace_by_pure_dict(state, _merge(restored["params"][name],
+                                              restored["rest"][name]))
+      states[name] = state.to_pure_dict()
+  else:
+    raise FileNotFoundError(
+        f"{path} holds neither {NETWORKS_DIR}/ (save_networks) nor "
+        f"{CHECKPOINT_DIR}/ (a training workdir)")
+  _materialize(networks, states)
+  return config, networks
+
+
+def _merge(a: dict, b: dict) -> dict:
+  """Deep union of two nested dicts with disjoint leaves."""
+  out = dict(a)
+  for key, value in b.items():
+    out[key] = _merge(out[key], value) if key in out else value
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Training checkpoints: state + data iterator, via an orbax CheckpointManager.
+
+
+def make_manager(workdir: str | os.PathLike, keep: int, *,
+                 async_save: bool = True) -> ocp.CheckpointManager:
+  """A CheckpointManager over `<workdir>/checkpoints`, keeping the last `keep` steps.
+
+  Saving is asynchronous: arrays are copied to host, then written in the
+  background while training goes on. The trainer decides when to save.
+  """
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep if keep > 0 else None,
+      create=True,
+      enable_async_checkpointing=async_save,
+      # Unfinished saves of a killed run are left as temporaries; clean them.
+      cleanup_tmp_directories=True,
+  )
+  return ocp.CheckpointManager(
+      epath.Path(workdir) / CHECKPOINT_DIR,
+      options=options,
+      item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(),
+                     DATA_ITER_ITEM: grain.PyGrainCheckpointHandler()})
+
+
+def save_train_state(manager: ocp.CheckpointManager, step: int, state: PyTree,
+                     data_iter: grain.DatasetIterator | None) -> None:
+  """Starts saving (state, data iterator) as `step`; the write completes in the background."""
+  items = {STATE_ITEM: ocp.args.PyTreeSave(state)}
+  if data_iter is not None:
+    items[DATA_ITER_ITEM] = grain.PyGrainCheckpointSave(data_iter)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def restore_train_state(manager: ocp.CheckpointManager, abstract_state: PyTree,
+                        data_iter: grain.DatasetIterator | None
+                        ) -> tuple[PyTree, int] | None:
+  """Restores the newest restorable step onto `abstract_state`'s shardings.
+
+  `abstract_state` holds jax.ShapeDtypeStructs with the shardings of *this* run,
+  so a checkpoint written on another device count restores onto the current
+  mesh. The data iterator is restored in place when its state for this process
+  count exists; otherwise (a different number of hosts) it starts afresh with
+  a warning. A corrupt newest step falls back to the previous one with a
+  warning. Returns None when there is no checkpoint.
+  """
+  directory = epath.Path(manager.directory)
+  if not good_steps(directory):
+    return None
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+
+  def restore_one(step):
+    items = {STATE_ITEM: ocp.args.PyTreeRestore(item=abstract_state,
+                                                restore_args=restore_args)}
+    if data_iter is not None:
+      index, count = jax.process_index(), jax.process_count()
+      iter_file = (directory / str(step) / DATA_ITER_ITEM
+                   / f"process_{index}-of-{count}.json")
+      if iter_file.exists():
+        items[DATA_ITER_ITEM] = grain.PyGrainCheckpointRestore(data_iter)
+      else:
+        logging.warning("No data iterator state for process %d of %d at step %d "
+                        "(saved with another process count?): the data order "
+                        "restarts from the beginning.", index, count, step)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return restored[STATE_ITEM]
+
+  return _restore_newest(directory, restore_one)

@@ -1,0 +1,156 @@
+"""Tests for harmonax.checkpoint: save/load of networks and training checkpoints."""
+
+import logging
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fake_family
+from harmonax import checkpoint
+
+fake_family.register()
+
+
+def _trained_networks(config):
+  """Networks whose params and BatchNorm statistics differ from a fresh init."""
+  networks = fake_family.create_networks(config, nnx.Rngs(7))
+  batch = fake_family.make_train_iterator(config.data, 8, 0)
+  example = next(batch)
+  networks["generator"].train()
+  networks["generator"](jnp.asarray(example["composite"]), jnp.asarray(example["mask"]),
+                        jax.random.key(0))
+  return networks, example
+
+
+def _leaves(networks):
+  return jax.tree.leaves(checkpoint.network_states(networks))
+
+
+def _assert_same_state(a, b):
+  la, lb = _leaves(a), _leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_save_and_load_networks_round_trip(tmp_path):
+  config = fake_family.get_config(gan=True)
+  networks, example = _trained_networks(config)
+  checkpoint.save_networks(tmp_path / "model", config, networks)
+  assert (tmp_path / "model" / "config.json").exists()
+
+  loaded_config, loaded = checkpoint.load_networks(tmp_path / "model")
+  assert loaded_config.model.to_dict() == config.model.to_dict()
+  assert loaded_config.optim.lr == config.optim.lr
+  assert set(loaded) == {"generator", "discriminator"}
+  _assert_same_state(networks, loaded)
+  # BatchNorm running stats were updated by the forward pass and survive.
+  assert not np.allclose(loaded["generator"].norm.mean[...], 0.0)
+  # Eval mode: running averages, no dropout.
+  assert loaded["generator"].norm.use_running_average
+  assert loaded["generator"].dropout.deterministic
+  networks["generator"].eval()
+  np.testing.assert_allclose(
+      fake_family.predict(loaded, example["composite"], example["mask"]),
+      fake_family.predict(networks, example["composite"], example["mask"]), atol=1e-6)
+
+
+def test_save_networks_overwrites(tmp_path):
+  config = fake_family.get_config()
+  first = fake_family.create_networks(config, nnx.Rngs(1))
+  second = fake_family.create_networks(config, nnx.Rngs(2))
+  checkpoint.save_networks(tmp_path, config, first)
+  checkpoint.save_networks(tmp_path, config, second)
+  _assert_same_state(second, checkpoint.load_networks(tmp_path)[1])
+
+
+def test_load_networks_errors_name_the_problem(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    checkpoint.load_networks(tmp_path)
+  checkpoint.save_config(tmp_path, fake_family.get_config())
+  with pytest.raises(FileNotFoundError, match="neither networks/"):
+    checkpoint.load_networks(tmp_path)
+
+
+def test_rng_state_in_a_network_is_rejected():
+  class WithRngs(nnx.Module):
+
+    def __init__(self):
+      self.rngs = nnx.Rngs(0)
+
+  with pytest.raises(ValueError, match="'bad' holds nnx.RngState"):
+    checkpoint.network_states({"bad": WithRngs()})
+
+
+def _train_state(networks, config, scale):
+  params = checkpoint.network_states(networks, nnx.Param)
+  params = jax.tree.map(lambda x: x * scale, params)
+  rest = checkpoint.network_states(networks, nnx.Not(nnx.Param))
+  optimizers = fake_family.make_optimizers(config, 8)
+  opt_state = {k: optimizers[k].init(params[k]) for k in optimizers}
+  return {"params": params, "rest": rest, "opt_state": opt_state,
+          "step": jnp.asarray(0, jnp.int32)}
+
+
+def test_load_networks_from_a_training_workdir_falls_back_past_corruption(
+    tmp_path, caplog):
+  config = fake_family.get_config(gan=True)
+  networks, _ = _trained_networks(config)
+  checkpoint.save_config(tmp_path, config)
+  manager = checkpoint.make_manager(tmp_path, keep=3)
+  for step, scale in ((2, 2.0), (4, 4.0)):
+    checkpoint.save_train_state(manager, step, _train_state(networks, config, scale), None)
+  manager.wait_until_finished()
+  manager.close()
+  assert checkpoint.good_steps(tmp_path / "checkpoints") == [4, 2]
+
+  _, loaded = checkpoint.load_networks(tmp_path)
+  kernel = networks["generator"].conv1.kernel[...]
+  np.testing.assert_allclose(loaded["generator"].conv1.kernel[...], 4.0 * kernel)
+  np.testing.assert_array_equal(loaded["generator"].norm.mean[...],
+                                networks["generator"].norm.mean[...])
+
+  # Truncate every data file of the newest step: load falls back to step 2.
+  for path in (tmp_path / "checkpoints" / "4" / "state").rglob("*"):
+    if path.is_file() and "metadata" not in path.name:
+      path.write_bytes(b"")
+  with caplog.at_level(logging.WARNING):
+    _, loaded = checkpoint.load_networks(tmp_path)
+  np.testing.assert_allclose(loaded["generator"].conv1.kernel[...], 2.0 * kernel)
+  assert "step 4" in caplog.text and "falling back" in caplog.text
+
+
+def test_restore_train_state_onto_new_shardings(tmp_path):
+  config = fake_family.get_config()
+  networks = fake_family.create_networks(config, nnx.Rngs(0))
+  state = _train_state(networks, config, 1.0)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = jax.device_put(state, replicated)
+  data_iter = fake_family.make_train_iterator(config.data, 8, 0)
+  next(data_iter)
+  manager = checkpoint.make_manager(tmp_path, keep=2)
+  assert checkpoint.restore_train_state(manager, state, data_iter) is None
+  checkpoint.save_train_state(manager, 1, state, data_iter)
+  expected_next = next(data_iter)
+  manager.wait_until_finished()
+
+  # Restore onto 4 of the 8 devices, with a fresh iterator.
+  small = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,),
+                        devices=jax.devices()[:4])
+  target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(
+          small, jax.sharding.PartitionSpec())), state)
+  fresh_iter = fake_family.make_train_iterator(config.data, 8, 0)
+  restored, step = checkpoint.restore_train_state(manager, target, fresh_iter)
+  manager.close()
+  assert step == 1
+  for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    assert y.sharding.num_devices == 4
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  np.testing.assert_array_equal(next(fresh_iter)["real"], expected_next["real"])
+  assert isinstance(restored["opt_state"]["generator"][0], optax.ScaleByAdamState)
