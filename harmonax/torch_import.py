@@ -1,0 +1,250 @@
+"""Maps PyTorch state dicts onto Flax NNX modules and back.
+
+The NNX module tree of an imported model is built so that the dotted path of
+every layer equals the PyTorch key prefix of the same layer (list indices
+included: `encoder.block0.block.0` is `net.encoder.block0.block[0]`). The
+rules below then translate parameter names and layouts per layer type:
+
+| layer | PyTorch | NNX |
+|---|---|---|
+| `nnx.Conv` | weight [O, I, kh, kw], bias | kernel [kh, kw, I, O], bias |
+| `layers.ConvTranspose2d` | weight [I, O, kh, kw], bias | kernel [kh, kw, I, O], bias |
+| `nnx.Linear` | weight [O, I], bias | kernel [I, O], bias |
+| `nnx.BatchNorm` | weight, bias, running_mean, running_var | scale, bias, mean, var |
+| `nnx.LayerNorm`, `nnx.GroupNorm`, `nnx.InstanceNorm` | weight, bias | scale, bias |
+| `nnx.Embed` | weight | embedding |
+| any other variable (buffers, lone parameters) | `<path>` | same name, same layout |
+
+`num_batches_tracked` buffers are ignored by default.
+
+Usage::
+
+  from harmonax import torch_import
+  state_dict = torch_import.load_state_dict("official.pth")  # {key: np.ndarray}
+  net = MyNet(config, rngs=nnx.Rngs(0))
+  torch_import.load_into(net, state_dict)  # raises StateDictMismatchError
+  back = torch_import.to_state_dict(net)   # the same keys, PyTorch layouts
+
+A family with a layer type of its own (a spectrally normalized conv, a partial
+conv) registers its name/layout rules once with `register_rules(cls, rules)`.
+"""
+
+from collections.abc import Callable, Iterable, Mapping
+import dataclasses
+import os
+import zipfile
+
+from flax import nnx
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_IGNORE = ("num_batches_tracked",)
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+  return x
+
+
+def _transpose(perm: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+  return lambda x: np.transpose(x, perm)
+
+
+# Layout converters, exported for families that reshape weights themselves.
+conv_to_nnx = _transpose((2, 3, 1, 0))           # [O, I, kh, kw] -> [kh, kw, I, O]
+conv_to_torch = _transpose((3, 2, 0, 1))         # [kh, kw, I, O] -> [O, I, kh, kw]
+conv_transpose_to_nnx = _transpose((2, 3, 0, 1))  # [I, O, kh, kw] -> [kh, kw, I, O]
+conv_transpose_to_torch = _transpose((2, 3, 0, 1))  # [kh, kw, I, O] -> [I, O, kh, kw]
+linear_to_nnx = _transpose((1, 0))               # [O, I] -> [I, O]
+linear_to_torch = _transpose((1, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """One PyTorch tensor of a layer <-> one NNX variable attribute of it."""
+  torch_name: str
+  nnx_name: str
+  to_nnx: Callable[[np.ndarray], np.ndarray] = _identity
+  to_torch: Callable[[np.ndarray], np.ndarray] = _identity
+
+
+_RULES: dict[type, tuple[Rule, ...]] = {}
+
+
+def register_rules(cls: type, rules: Iterable[Rule]) -> None:
+  """Declares how the variables of layer class `cls` map onto PyTorch keys."""
+  _RULES[cls] = tuple(rules)
+
+
+_AFFINE = (Rule("weight", "scale"), Rule("bias", "bias"))
+register_rules(nnx.Conv, (Rule("weight", "kernel", conv_to_nnx, conv_to_torch),
+                          Rule("bias", "bias")))
+register_rules(nnx.Linear, (Rule("weight", "kernel", linear_to_nnx, linear_to_torch),
+                            Rule("bias", "bias")))
+register_rules(nnx.BatchNorm, _AFFINE + (Rule("running_mean", "mean"),
+                                         Rule("running_var", "var")))
+register_rules(nnx.LayerNorm, _AFFINE)
+register_rules(nnx.GroupNorm, _AFFINE)
+register_rules(nnx.InstanceNorm, _AFFINE)
+register_rules(nnx.Embed, (Rule("weight", "embedding"),))
+
+
+def _rules_for(module: nnx.Module) -> tuple[Rule, ...] | None:
+  for cls in type(module).__mro__:
+    if cls in _RULES:
+      return _RULES[cls]
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+  variable: nnx.Variable
+  to_nnx: Callable[[np.ndarray], np.ndarray]
+  to_torch: Callable[[np.ndarray], np.ndarray]
+
+  def torch_shape(self) -> tuple[int, ...]:
+    # np.empty only reserves address space, so this is cheap for big kernels.
+    return tuple(self.to_torch(np.empty(self.variable.shape, np.float32)).shape)
+
+
+def _key(path: tuple) -> str:
+  return ".".join(str(p) for p in path)
+
+
+def _slots(module: nnx.Module) -> dict[str, _Slot]:
+  """PyTorch key -> the NNX variable it fills, for every variable of `module`."""
+  slots, covered = {}, set()
+  for path, sub in nnx.iter_modules(module):
+    rules = _rules_for(sub)
+    if rules is None:
+      continue
+    for rule in rules:
+      variable = getattr(sub, rule.nnx_name, None)
+      if isinstance(variable, nnx.Variable):
+        slots[_key(path + (rule.torch_name,))] = _Slot(variable, rule.to_nnx, rule.to_torch)
+        covered.add(path + (rule.nnx_name,))
+  for path, variable in nnx.to_flat_state(nnx.state(module, nnx.Variable)):
+    if path in covered or isinstance(variable, nnx.RngState):
+      continue
+    # Buffers and lone parameters keep their PyTorch name and layout.
+    real = _variable_at(module, path)
+    slots[_key(path)] = _Slot(real, _identity, _identity)
+  return slots
+
+
+def _variable_at(module: nnx.Module, path: tuple) -> nnx.Variable:
+  node = module
+  for p in path:
+    node = getattr(node, p) if isinstance(p, str) and hasattr(node, p) else node[p]
+  return node
+
+
+class StateDictMismatchError(ValueError):
+  """A state dict does not match a module: lists every missing, unexpected and
+  mis-shaped key."""
+
+  def __init__(self, missing: list[str], unexpected: list[str],
+               mismatched: list[tuple[str, tuple, tuple]], context: str = ""):
+    self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+    lines = [f"State dict does not match the model{' (' + context + ')' if context else ''}:"]
+    if missing:
+      lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+      lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    for key, expected, got in mismatched:
+      lines.append(f"  shape mismatch at {key}: expected {expected}, got {got}")
+    super().__init__("\n".join(lines))
+
+
+def expected_shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
+  """PyTorch key -> PyTorch shape that `load_into(module, ...)` expects."""
+  return {k: s.torch_shape() for k, s in sorted(_slots(module).items())}
+
+
+def load_into(module: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
+              ignore: Iterable[str] = DEFAULT_IGNORE, context: str = "") -> None:
+  """Copies a PyTorch state dict into `module`'s variables, in place.
+
+  Args:
+    module: an NNX module whose paths equal the PyTorch key prefixes.
+    state_dict: PyTorch key -> array in PyTorch layout.
+    ignore: key suffixes (last dotted component) to skip in `state_dict`.
+    context: named in the error message (e.g. the checkpoint file).
+
+  Raises:
+    StateDictMismatchError: if a key is missing, unexpected or has the wrong
+      shape; nothing is copied then.
+  """
+  ignore = tuple(ignore)
+  slots = _slots(module)
+  missing = sorted(k for k in slots if k not in state_dict)
+  unexpected = sorted(k for k in state_dict
+                      if k not in slots and k.rsplit(".", 1)[-1] not in ignore)
+  mismatched, values = [], {}
+  for key, slot in sorted(slots.items()):
+    if key not in state_dict:
+      continue
+    value = np.asarray(state_dict[key])
+    expected = slot.torch_shape()
+    if value.shape != expected:
+      mismatched.append((key, expected, value.shape))
+      continue
+    values[key] = slot.to_nnx(value)
+  if missing or unexpected or mismatched:
+    raise StateDictMismatchError(missing, unexpected, mismatched, context)
+  for key, value in values.items():
+    variable = slots[key].variable
+    variable.value = jnp.asarray(value, dtype=variable.dtype)
+
+
+def to_state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
+  """The module's variables as a PyTorch-layout state dict (numpy arrays)."""
+  return {k: np.asarray(s.to_torch(np.asarray(s.variable.value)))
+          for k, s in sorted(_slots(module).items())}
+
+
+def load_state_dict(path: str, *, strip_prefix: str = "module.") -> dict[str, np.ndarray]:
+  """Reads a PyTorch checkpoint (`.pth`, `.pt`, `.bin`) or an `.npz` file.
+
+  A checkpoint that wraps the state dict (`{'state_dict': ...}`, `{'model': ...}`,
+  `{'net': ...}`) is unwrapped; `strip_prefix` (DataParallel's 'module.') is
+  removed from keys that all carry it. torch is imported only here: it is the
+  optional `convert` extra.
+
+  Raises:
+    FileNotFoundError: if `path` does not exist.
+    ValueError: if the file holds no mapping of names to tensors.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Checkpoint file not found: {path}")
+  if path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as data:
+      state = {k: data[k] for k in data.files}
+  else:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(
+          "Reading PyTorch checkpoints needs torch: pip install 'harmonax[convert]' "
+          "(or convert to .npz elsewhere)") from e
+    try:
+      raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, zipfile.BadZipFile, EOFError) as e:
+      raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+    raw = _unwrap(raw, path)
+    state = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+             for k, v in raw.items()}
+  if strip_prefix and state and all(k.startswith(strip_prefix) for k in state):
+    state = {k[len(strip_prefix):]: v for k, v in state.items()}
+  return state
+
+
+def _unwrap(raw, path: str) -> Mapping:
+  if isinstance(raw, Mapping) and raw and all(hasattr(v, "shape") for v in raw.values()):
+    return raw
+  if isinstance(raw, Mapping):
+    for name in ("state_dict", "model", "net", "params"):
+      if isinstance(raw.get(name), Mapping):
+        return _unwrap(raw[name], path)
+  raise ValueError(
+      f"{path} holds no state dict (a mapping of names to tensors); top-level "
+      f"keys: {sorted(raw)[:20] if isinstance(raw, Mapping) else type(raw).__name__}")
