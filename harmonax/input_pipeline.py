@@ -1,9 +1,32 @@
 """Input pipeline: TFDS ArrayRecord datasets read with grain.
 
-See docs/architecture.md ("Input pipeline") for the contract.
+Training: per-host shard -> seeded shuffle -> repeat -> decode -> random resized crop
+and flip (the same box for composite, real and mask) -> batches of
+global_batch_size // process_count. Evaluation: per-host shard -> deterministic resize
+-> padded batches that count every example exactly once. See docs/architecture.md.
 """
 
+import dataclasses
+import glob
+import importlib
+import math
 import os
+from typing import Any, Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+# The one dataset that is built automatically on first use: its photos ship in the repo.
+AUTO_BUILD = "harmonization_composites/sample"
+# Random resized crop: aspect ratios as in the papers (torchvision / albumentations default).
+_CROP_RATIO = (3 / 4, 4 / 3)
+_CROP_TRIES = 10
+# How many crops are drawn before an empty-mask crop is accepted anyway.
+_MASK_TRIES = 10
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -14,3 +37,279 @@ def resolve_data_dir(data_dir: str | None) -> str:
   if env:
     return os.path.expanduser(env)
   return os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
+
+
+def build_command(name: str, data_dir: str) -> str:
+  """The shell command that builds dataset `name` into `data_dir`."""
+  command = f"python -m data_builders.build {name} --data_dir={data_dir}"
+  module = _builder_module(name.split("/")[0])
+  builder_cls = getattr(module, "Builder", None) if module else None
+  if getattr(builder_cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+    command += " --manual_dir=<folder of the manual download>"
+  return command
+
+
+def _builder_module(dataset: str):
+  try:
+    return importlib.import_module(f"data_builders.{dataset}")
+  except ImportError:
+    return None
+
+
+def _known_datasets() -> list[str]:
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "data_builders")
+  return sorted(os.path.basename(os.path.dirname(p))
+                for p in glob.glob(os.path.join(root, "*", "*_dataset_builder.py")))
+
+
+def _find_built(name: str, data_dir: str) -> str | None:
+  """The newest complete version directory of `name` (`dataset/config[:version]`)."""
+  name, _, version = name.partition(":")
+  base = os.path.join(data_dir, *name.split("/"))
+  versions = [version] if version else sorted(
+      os.listdir(base) if os.path.isdir(base) else [],
+      key=lambda v: tuple(int(x) if x.isdigit() else -1 for x in v.split(".")))
+  for v in reversed(versions):
+    if os.path.exists(os.path.join(base, v, "dataset_info.json")):
+      return os.path.join(base, v)
+  return None
+
+
+def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The built TFDS dataset `name` ('dataset/config') in the data dir.
+
+  `harmonization_composites/sample` is built on first use; any other dataset must
+  have been built with `python -m data_builders.build`.
+
+  Raises:
+    ValueError: unknown dataset or config name (lists the valid ones).
+    FileNotFoundError: missing data dir or dataset not built (prints the build command).
+  """
+  data_dir = resolve_data_dir(data_dir)
+  path = _find_built(name, data_dir)
+  if path is None and name.partition(":")[0] == AUTO_BUILD:
+    build = importlib.import_module("data_builders.build")
+    build.build(AUTO_BUILD, data_dir)
+    path = _find_built(name, data_dir)
+  if path is not None:
+    return tfds.builder_from_directory(path)
+  dataset, _, config = name.partition(":")[0].partition("/")
+  known = _known_datasets()
+  if dataset not in known:
+    raise ValueError(f"Unknown dataset {name!r}: not built in {data_dir!r} and not one "
+                     f"of the builders in data_builders/: {known}")
+  builder_cls = getattr(_builder_module(dataset), "Builder", None)
+  configs = [c.name for c in getattr(builder_cls, "BUILDER_CONFIGS", [])]
+  if configs and config not in configs:
+    raise ValueError(f"Unknown config {config!r} of dataset {dataset!r} in {name!r}; "
+                     f"valid: {configs}")
+  where = (f"is not built in {data_dir!r}" if os.path.isdir(data_dir)
+           else f"is not built: the data dir {data_dir!r} does not exist")
+  raise FileNotFoundError(
+      f"Dataset {name!r} {where}. Build it with:\n  {build_command(name, data_dir)}")
+
+
+def _data_source(data_config: ml_collections.ConfigDict, split: str):
+  return get_builder(data_config.name, data_config.data_dir).as_data_source(split=split)
+
+
+def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
+  """Number of examples of `split` (any TFDS split string) of the configured dataset."""
+  builder = get_builder(data_config.name, data_config.data_dir)
+  return builder.info.splits[split].num_examples
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  return (jax.process_index() if process_index is None else process_index,
+          jax.process_count() if process_count is None else process_count)
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f"global batch size {global_batch_size} must be a positive "
+                     f"multiple of the process count {process_count}")
+  return global_batch_size // process_count
+
+
+def _random_box(rng: np.random.Generator, height: int, width: int,
+                scale: tuple[float, float]) -> tuple[int, int, int, int]:
+  """(top, left, h, w) of a random resized crop, as torchvision's RandomResizedCrop."""
+  area = height * width
+  log_ratio = np.log(_CROP_RATIO)
+  for _ in range(_CROP_TRIES):
+    target = area * rng.uniform(*scale)
+    ratio = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target * ratio)))
+    h = int(round(math.sqrt(target / ratio)))
+    if 0 < w <= width and 0 < h <= height:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  # Fallback: a centered crop with the aspect ratio clamped to the range.
+  ratio = width / height
+  if ratio < _CROP_RATIO[0]:
+    w, h = width, int(round(width / _CROP_RATIO[0]))
+  elif ratio > _CROP_RATIO[1]:
+    h, w = height, int(round(height * _CROP_RATIO[1]))
+  else:
+    h, w = height, width
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _resize(example: dict[str, Any], size: tuple[int, int] | None,
+            box: tuple[int, int, int, int] | None = None, flip: bool = False
+            ) -> dict[str, np.ndarray]:
+  """Crops `box` (top, left, h, w), resizes to `size` (h, w) bilinearly, flips; float32 [0, 1].
+
+  The three images go through the same PIL operations, so they stay aligned.
+  """
+  out = {}
+  for key in ("composite", "real", "mask"):
+    arr = example[key]
+    if key == "mask":
+      # Float mode: the bilinearly resized mask stays soft without 8-bit rounding.
+      img = Image.fromarray(arr[..., 0].astype(np.float32) / 255.0, mode="F")
+    else:
+      img = Image.fromarray(arr)
+    if size is not None:
+      pil_box = None
+      if box is not None:
+        top, left, h, w = box
+        pil_box = (left, top, left + w, top + h)
+      img = img.resize((size[1], size[0]), Image.BILINEAR, box=pil_box)
+    if flip:
+      img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    value = np.asarray(img, dtype=np.float32)
+    out[key] = value[..., None] if key == "mask" else value / 255.0
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTransform:
+  """Random resized crop + horizontal flip, identical for composite, real and mask.
+
+  Crops whose mask is empty are redrawn, except with probability keep_empty_mask_prob.
+  """
+  image_size: int
+  crop_scale: tuple[float, float] = (0.5, 1.0)
+  hflip: bool = True
+  keep_empty_mask_prob: float = 0.05
+
+  def __call__(self, example: dict[str, Any], rng: np.random.Generator
+               ) -> dict[str, np.ndarray]:
+    mask = example["mask"]
+    height, width = mask.shape[:2]
+    for _ in range(_MASK_TRIES):
+      top, left, h, w = box = _random_box(rng, height, width, tuple(self.crop_scale))
+      if mask[top:top + h, left:left + w].any() or rng.random() < self.keep_empty_mask_prob:
+        break
+    flip = bool(self.hflip and rng.random() < 0.5)
+    return _resize(example, (self.image_size, self.image_size), box, flip)
+
+
+def _seeds(seed: int, data_config: ml_collections.ConfigDict, process_index: int
+           ) -> tuple[int, int]:
+  # Different hosts draw different crops; the shuffle_seed field reshuffles data alone.
+  shuffle = np.random.SeedSequence([seed, data_config.get("shuffle_seed", 0), process_index])
+  augment = np.random.SeedSequence([seed, process_index, 1])
+  return int(shuffle.generate_state(1)[0]), int(augment.generate_state(1)[0])
+
+
+def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_size: int,
+                        seed: int, *, process_index: int | None = None,
+                        process_count: int | None = None) -> grain.DatasetIterator:
+  """Endless iterator of training batches {composite, real, mask} for this host.
+
+  Deterministic given the seed and position; its state is checkpointable with
+  `get_state`/`set_state` or orbax `grain.checkpoint.CheckpointSave/Restore`.
+  process_index/process_count default to jax's (override to simulate hosts).
+  """
+  process_index, process_count = _process(process_index, process_count)
+  batch_size = _local_batch_size(global_batch_size, process_count)
+  source = _data_source(data_config, data_config.train_split)
+  if len(source) < process_count:
+    raise ValueError(f"{data_config.name} {data_config.train_split!r} has {len(source)} "
+                     f"examples, fewer than the {process_count} processes")
+  shuffle_seed, augment_seed = _seeds(seed, data_config, process_index)
+  ds = grain.MapDataset.source(source)[process_index::process_count]
+  ds = ds.shuffle(seed=shuffle_seed).repeat()
+  ds = ds.random_map(TrainTransform(
+      image_size=data_config.image_size,
+      crop_scale=tuple(data_config.crop_scale),
+      hflip=data_config.hflip,
+      keep_empty_mask_prob=data_config.keep_empty_mask_prob), seed=augment_seed)
+  # Workers make single examples and the batch is formed here, so the batches do not
+  # depend on the number of workers.
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4 * batch_size))
+  if data_config.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  return iter(ds.batch(batch_size, drop_remainder=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+  """Deterministic resize to image_size x image_size (None: full resolution)."""
+  image_size: int | None
+  binary_mask: bool = False
+
+  def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
+    size = None if self.image_size is None else (self.image_size, self.image_size)
+    out = _resize(example, size)
+    if self.binary_mask:
+      out["mask"] = (out["mask"] >= 0.5).astype(np.float32)
+    for key in ("name", "subset"):
+      value = example.get(key, b"")
+      out[key] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return out
+
+
+def _eval_batches(ds: grain.IterDataset, count: int, batch_size: int,
+                  num_batches: int, template: dict[str, Any]) -> Iterator[dict[str, Any]]:
+  """Groups `count` examples into `num_batches` batches, padding with valid=False rows."""
+  it = iter(ds)
+  pad = {k: (np.zeros_like(v) if isinstance(v, np.ndarray) else "")
+         for k, v in template.items()}
+  for b in range(num_batches):
+    rows = [next(it) for _ in range(max(0, min(batch_size, count - b * batch_size)))]
+    valid = np.array([True] * len(rows) + [False] * (batch_size - len(rows)))
+    rows += [pad] * (batch_size - len(rows))
+    batch = {k: np.stack([r[k] for r in rows]) for k in ("composite", "real", "mask")}
+    batch["valid"] = valid
+    for key in ("name", "subset"):
+      batch[key] = np.array([r[key] for r in rows], dtype=object)
+    yield batch
+
+
+def make_eval_iterator(data_config: ml_collections.ConfigDict, global_batch_size: int,
+                       split: str | None = None, *, process_index: int | None = None,
+                       process_count: int | None = None) -> Iterator[dict[str, Any]]:
+  """This host's evaluation batches: every example once, the last batch padded.
+
+  Batches carry composite, real, mask, valid (False on padding rows) and name, subset
+  (numpy object arrays). All hosts yield the same number of batches. With
+  data_config.image_size None images keep their resolution and batches hold one
+  example per host.
+  """
+  process_index, process_count = _process(process_index, process_count)
+  split = split or data_config.eval_split
+  source = _data_source(data_config, split)
+  total = len(source)
+  if data_config.get("max_eval_examples", -1) > 0:
+    total = min(total, data_config.max_eval_examples)
+  if data_config.image_size is None:
+    batch_size = 1
+  else:
+    batch_size = _local_batch_size(global_batch_size, process_count)
+  count = len(range(process_index, total, process_count))
+  num_batches = math.ceil(math.ceil(total / process_count) / batch_size)
+  transform = EvalTransform(data_config.image_size, data_config.get("binary_eval_mask", False))
+  ds = grain.MapDataset.source(source)[:total][process_index::process_count].map(transform)
+  # Padding rows copy the shapes of a real example (zeros).
+  template = transform(source[min(process_index, total - 1)]) if total else None
+  if template is None:
+    raise ValueError(f"{data_config.name} split {split!r} is empty")
+  full_res = data_config.image_size is None
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=2 if full_res else 4, prefetch_buffer_size=4 if full_res else 4 * batch_size))
+  if data_config.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  return _eval_batches(ds, count, batch_size, num_batches, template)
