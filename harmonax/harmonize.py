@@ -1,0 +1,216 @@
+r"""Harmonizes user images at any resolution with a trained or imported model.
+
+One image:
+  python -m harmonax.harmonize --workdir=/tmp/issam \
+      --composite=photo.jpg --mask=photo_mask.png --output=out.png
+A folder (masks matched by file stem; the output is <stem>.png):
+  python -m harmonax.harmonize --checkpoint=/tmp/converted/issam \
+      --composite=comps/ --mask=masks/ --output=out/
+Video (Harmonizer): --video / --frames are handed to harmonax.video.
+
+Masks are binarized (rules in harmonax.image_io); the model sees the binary
+mask and the output keeps every background pixel's bytes (where mask == 0 the
+output equals the composite exactly). Write PNG to keep them: JPEG is lossy.
+"""
+
+from collections.abc import Callable
+import functools
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from harmonax import image_io
+from harmonax import models
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to load the newest checkpoint of.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A checkpoint.save_networks directory.")
+_COMPOSITE = flags.DEFINE_string("composite", None, "Composite image file, or a folder of them.")
+_MASK = flags.DEFINE_string("mask", None, "Mask file, or a folder of masks with matching stems.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output file, or folder for folder runs.")
+_MAX_PIXELS = flags.DEFINE_integer(
+    "max_pixels", image_io.DEFAULT_MAX_PIXELS, "Refuse larger images (decompression bombs).")
+_VIDEO = flags.DEFINE_string("video", None, "Video file to harmonize (harmonax.video).")
+_FRAMES = flags.DEFINE_string("frames", None, "Folder of video frames (harmonax.video).")
+
+
+@functools.cache
+def _jitted_predict(family_name: str) -> Callable:
+  # One jitted function per family; nnx.jit caches compilations per image shape.
+  family = models.get_family(family_name)
+  return nnx.jit(family.predict)
+
+
+def _binary_mask(mask: np.ndarray) -> np.ndarray:
+  """bool [..., H, W, 1] from a bool, integer or float mask (rules in `harmonize`)."""
+  mask = np.asarray(mask)
+  if mask.dtype == bool:
+    return mask
+  if np.issubdtype(mask.dtype, np.integer):
+    return mask >= (1 if mask.max(initial=0) <= 1 else 128)
+  return mask >= 0.5
+
+
+def harmonize(networks: dict[str, nnx.Module], composite: np.ndarray, mask: np.ndarray,
+              *, config: ml_collections.ConfigDict) -> np.ndarray:
+  """Harmonizes one image [H,W,3] or a batch [B,H,W,3] of any size.
+
+  Args:
+    networks: the family's networks in eval mode (checkpoint.load_networks).
+    composite: uint8 in 0..255, or float in [0, 1].
+    mask: [H,W], [H,W,1] (or with a batch axis) marking the foreground. bool;
+      integer: 0/1 if its maximum is <= 1, else 0..255 with foreground >= 128;
+      float: foreground >= 0.5.
+    config: the model's config (config.model.name picks the family's predict).
+
+  Returns:
+    The harmonized image in the composite's layout: uint8 for uint8 input,
+    float32 in [0, 1] otherwise. Where the mask is background, the output
+    equals the composite exactly.
+
+  Raises:
+    ValueError: on bad shapes or composite/mask size mismatch.
+  """
+  composite = np.asarray(composite)
+  mask = np.asarray(mask)
+  single = composite.ndim == 3
+  if composite.ndim not in (3, 4) or composite.shape[-1] != 3:
+    raise ValueError(f"composite: expected [H,W,3] or [B,H,W,3], got {composite.shape}")
+  if mask.ndim == composite.ndim - 1:
+    mask = mask[..., None]
+  if mask.shape != composite.shape[:-1] + (1,):
+    raise ValueError(
+        f"mask size {mask.shape[:-1]} does not match composite size "
+        f"{composite.shape[:-1]} (composite {composite.shape}, mask {mask.shape})")
+  fg = _binary_mask(mask)
+  if single:
+    composite, fg = composite[None], fg[None]
+  is_uint8 = composite.dtype == np.uint8
+  comp01 = composite.astype(np.float32) / 255.0 if is_uint8 else composite.astype(np.float32)
+  pred = _jitted_predict(config.model.name)(
+      networks, jnp.asarray(comp01), jnp.asarray(fg, jnp.float32))
+  pred = np.clip(np.asarray(pred, np.float32), 0.0, 1.0)
+  if is_uint8:
+    out = np.where(fg, np.round(pred * 255.0).astype(np.uint8), composite)
+  else:
+    out = np.where(fg, pred, comp01)
+  return out[0] if single else out
+
+
+def harmonize_file(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                   composite_path: str, mask_path: str, output_path: str,
+                   max_pixels: int | None = None) -> None:
+  """Reads a composite and its mask, harmonizes, writes `output_path`.
+
+  Raises:
+    image_io.ImageError: unreadable, corrupt or too large file.
+    ValueError: composite and mask sizes differ (both files named).
+  """
+  composite = image_io.read_image(composite_path, max_pixels=max_pixels)
+  mask = image_io.read_mask(mask_path, max_pixels=max_pixels)
+  if mask.shape[:2] != composite.shape[:2]:
+    raise ValueError(
+        f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but composite "
+        f"{composite_path} is {composite.shape[1]}x{composite.shape[0]} (WxH)")
+  image_io.write_image(output_path, harmonize(networks, composite, mask, config=config))
+
+
+def _image_files(directory: str) -> list[str]:
+  return sorted(f for f in os.listdir(directory)
+                if os.path.splitext(f)[1].lower() in image_io.IMAGE_SUFFIXES
+                and not f.startswith("."))
+
+
+def find_mask(stem: str, masks_by_stem: dict[str, list[str]]) -> str:
+  """The mask file name for a composite stem.
+
+  The same stem, else the stem without its last '_' field (iHarmony4 names
+  composites <real>_<mask>_<k> and masks <real>_<mask>).
+
+  Raises:
+    LookupError: no mask, or several masks with that stem.
+  """
+  for key in (stem, stem.rpartition("_")[0]):
+    found = masks_by_stem.get(key, [])
+    if len(found) > 1:
+      raise LookupError(f"several masks for {stem!r}: {found}")
+    if found:
+      return found[0]
+  raise LookupError(f"no mask named {stem}.* (or {stem.rpartition('_')[0]}.*)")
+
+
+def harmonize_folder(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                     composite_dir: str, mask_dir: str, output_dir: str,
+                     max_pixels: int | None = None
+                     ) -> tuple[list[str], list[tuple[str, str]]]:
+  """Harmonizes every image of `composite_dir` into `output_dir/<stem>.png`.
+
+  A bad file (unreadable, too large, no mask, size mismatch) is skipped and
+  reported, never fatal.
+
+  Returns:
+    (written output paths, [(composite path, reason), ...] for skipped files).
+  """
+  masks_by_stem: dict[str, list[str]] = {}
+  for name in _image_files(mask_dir):
+    masks_by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
+  written, skipped = [], []
+  for name in _image_files(composite_dir):
+    stem = os.path.splitext(name)[0]
+    composite_path = os.path.join(composite_dir, name)
+    output_path = os.path.join(output_dir, stem + ".png")
+    try:
+      mask_path = os.path.join(mask_dir, find_mask(stem, masks_by_stem))
+      harmonize_file(config, networks, composite_path, mask_path, output_path, max_pixels)
+    except (image_io.ImageError, LookupError, ValueError) as e:
+      logging.warning("Skipping %s: %s", composite_path, e)
+      skipped.append((composite_path, str(e)))
+      continue
+    written.append(output_path)
+  return written, skipped
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
+    raise app.UsageError("Give exactly one of --workdir or --checkpoint")
+  from harmonax import checkpoint  # pylint: disable=g-import-not-at-top
+  config, networks = checkpoint.load_networks(_WORKDIR.value or _CHECKPOINT.value)
+
+  if _VIDEO.value or _FRAMES.value:
+    from harmonax import video  # pylint: disable=g-import-not-at-top
+    return video.harmonize_video(config, networks, video=_VIDEO.value,
+                                 frames=_FRAMES.value, mask=_MASK.value,
+                                 output=_OUTPUT.value)
+
+  if not (_COMPOSITE.value and _MASK.value and _OUTPUT.value):
+    raise app.UsageError("--composite, --mask and --output are required")
+  if os.path.isdir(_COMPOSITE.value):
+    if not os.path.isdir(_MASK.value):
+      raise app.UsageError(f"--composite is a folder, so --mask must be one: {_MASK.value}")
+    written, skipped = harmonize_folder(config, networks, _COMPOSITE.value, _MASK.value,
+                                        _OUTPUT.value, _MAX_PIXELS.value)
+    print(f"Harmonized {len(written)} images into {_OUTPUT.value}; skipped {len(skipped)}.")
+    for path, reason in skipped:
+      print(f"  skipped {path}: {reason}")
+    return 1 if skipped else 0
+  try:
+    harmonize_file(config, networks, _COMPOSITE.value, _MASK.value, _OUTPUT.value,
+                   _MAX_PIXELS.value)
+  except (image_io.ImageError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"Wrote {_OUTPUT.value}")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,235 @@
+"""harmonize() on arrays, files and folders; image_io's mode handling and refusals."""
+
+import io
+import os
+import struct
+import zlib
+
+from absl.testing import flagsaver
+from flax import nnx
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from harmonax import checkpoint
+from harmonax import harmonize as harmonize_lib
+from harmonax import image_io
+import fake_family
+
+
+@pytest.fixture(scope="module")
+def model():
+  fake_family.register()
+  config = fake_family.get_config()
+  networks = fake_family.create_networks(config, nnx.Rngs(0))
+  for net in networks.values():
+    net.eval()
+  return config, networks
+
+
+def _pair(h, w, seed=0):
+  rng = np.random.default_rng(seed)
+  composite = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  mask = np.zeros((h, w), np.uint8)
+  mask[h // 4:h // 4 + max(h // 2, 1), w // 3:w // 3 + max(w // 2, 1)] = 255
+  return composite, mask
+
+
+@pytest.mark.parametrize("h,w", [(17, 23), (40, 9), (64, 64)])
+def test_any_size_keeps_background_bytes(model, h, w):
+  config, networks = model
+  composite, mask = _pair(h, w)
+  out = harmonize_lib.harmonize(networks, composite, mask, config=config)
+  assert out.dtype == np.uint8 and out.shape == composite.shape
+  bg = mask == 0
+  np.testing.assert_array_equal(out[bg], composite[bg])
+  assert np.any(out[~bg] != composite[~bg])  # The foreground was harmonized.
+  # The foreground is the family's prediction, quantized.
+  want = fake_family.predict(networks, jnp.asarray(composite[None] / 255.0, jnp.float32),
+                             jnp.asarray((mask > 0)[None, ..., None], jnp.float32))
+  want = np.round(np.clip(np.asarray(want[0]), 0, 1) * 255)
+  np.testing.assert_allclose(out[~bg], want[~bg], atol=1)
+
+
+def test_float_batch_and_mask_conventions(model):
+  config, networks = model
+  composite, mask = _pair(16, 20, seed=1)
+  comp01 = composite.astype(np.float32) / 255.0
+  batch = np.stack([comp01, comp01[::-1]])
+  masks = np.stack([mask, mask[::-1]])
+  out = harmonize_lib.harmonize(networks, batch, masks / 255.0, config=config)
+  assert out.dtype == np.float32 and out.shape == batch.shape
+  bg = masks == 0
+  np.testing.assert_array_equal(out[bg], batch[bg])
+  # 0/1 integer, 0/255 integer, bool and [H,W,1] masks mean the same thing.
+  ref = harmonize_lib.harmonize(networks, composite, mask, config=config)
+  for other in ((mask > 0).astype(np.uint8), mask > 0, mask[..., None]):
+    np.testing.assert_array_equal(
+        harmonize_lib.harmonize(networks, composite, other, config=config), ref)
+
+
+def test_size_mismatch_is_an_error(model):
+  config, networks = model
+  composite, mask = _pair(16, 16)
+  with pytest.raises(ValueError, match="does not match composite size"):
+    harmonize_lib.harmonize(networks, composite, mask[:, :-1], config=config)
+
+
+# --- image_io -----------------------------------------------------------------
+
+
+def _forged_png(path, width, height):
+  """A tiny PNG file whose header claims width x height (a decompression bomb)."""
+  buf = io.BytesIO()
+  Image.new("L", (1, 1)).save(buf, "PNG")
+  data = bytearray(buf.getvalue())
+  ihdr = 8 + 8  # signature, then IHDR length + type.
+  data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+  crc = zlib.crc32(bytes(data[12:ihdr + 13]))
+  data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
+  path.write_bytes(bytes(data))
+
+
+def test_image_io_refuses_bad_files(tmp_path):
+  garbage = tmp_path / "garbage.png"
+  garbage.write_bytes(b"not an image at all")
+  with pytest.raises(image_io.ImageError, match="garbage.png: not a readable image"):
+    image_io.read_image(garbage)
+  good = tmp_path / "good.png"
+  Image.new("RGB", (32, 32), (10, 20, 30)).save(good)
+  truncated = tmp_path / "truncated.png"
+  truncated.write_bytes(good.read_bytes()[:60])
+  with pytest.raises(image_io.ImageError, match="truncated.png"):
+    image_io.read_image(truncated)
+  with pytest.raises(image_io.ImageError, match="missing.png: no such file"):
+    image_io.read_mask(tmp_path / "missing.png")
+  # Over our limit but under Pillow's hard limit: refused from the header.
+  bomb = tmp_path / "bomb.png"
+  _forged_png(bomb, 12_000, 12_000)
+  with pytest.raises(image_io.ImageError, match=r"bomb.png: 12000x12000 = 144,000,000 pixels"):
+    image_io.read_mask(bomb)
+  # Over Pillow's hard limit: Pillow refuses at open; still our error type.
+  huge = tmp_path / "huge.png"
+  _forged_png(huge, 50_000, 50_000)
+  with pytest.raises(image_io.ImageError, match="huge.png: refused as a decompression bomb"):
+    image_io.read_image(huge)
+  with pytest.raises(image_io.ImageError, match="good.png: 32x32 = 1,024 pixels exceeds"):
+    image_io.read_image(good, max_pixels=1000)
+
+
+def test_read_image_modes_and_exif(tmp_path):
+  rgba = np.zeros((6, 8, 4), np.uint8)
+  rgba[..., 0], rgba[..., 3] = 200, 17
+  Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+  got = image_io.read_image(tmp_path / "a.png")
+  assert got.shape == (6, 8, 3) and got.dtype == np.uint8 and got[0, 0, 0] == 200
+  grey16 = np.full((5, 7), 40000, np.uint16)
+  Image.fromarray(grey16).save(tmp_path / "g16.png")
+  np.testing.assert_array_equal(image_io.read_image(tmp_path / "g16.png"), 40000 >> 8)
+  # EXIF orientation 6 (rotate 90 degrees clockwise to display): 8x6 stored
+  # becomes 6x8 displayed.
+  img = Image.new("RGB", (8, 6), (255, 0, 0))
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  img.save(tmp_path / "rot.jpg", exif=exif.tobytes())
+  assert image_io.read_image(tmp_path / "rot.jpg").shape == (8, 6, 3)
+
+
+def test_read_mask_modes(tmp_path):
+  fg = np.zeros((6, 8), bool)
+  fg[1:4, 2:7] = True
+  cases = {
+      "l8.png": Image.fromarray(np.where(fg, 200, 100).astype(np.uint8)),
+      "l16.png": Image.fromarray(np.where(fg, 50000, 30000).astype(np.uint16)),
+      "one.png": Image.fromarray(fg),
+      "red.png": Image.fromarray(np.stack([fg * 255, 0 * fg, 0 * fg], -1).astype(np.uint8)),
+      "alpha.png": Image.fromarray(
+          np.concatenate([np.full((6, 8, 3), 90, np.uint8), (fg * 255).astype(np.uint8)[..., None]],
+                         -1), "RGBA"),
+  }
+  pal = Image.fromarray(fg.astype(np.uint8), "P")
+  pal.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+  cases["palette.png"] = pal
+  for name, img in cases.items():
+    img.save(tmp_path / name)
+    got = image_io.read_mask(tmp_path / name)
+    assert got.shape == (6, 8, 1) and got.dtype == np.float32, name
+    np.testing.assert_array_equal(got[..., 0], fg.astype(np.float32), err_msg=name)
+
+
+def test_write_image_round_trip_and_errors(tmp_path):
+  image = np.random.default_rng(0).integers(0, 256, (5, 9, 3), dtype=np.uint8)
+  image_io.write_image(tmp_path / "sub" / "x.png", image)
+  np.testing.assert_array_equal(image_io.read_image(tmp_path / "sub" / "x.png"), image)
+  assert os.listdir(tmp_path / "sub") == ["x.png"]  # No temporary file left.
+  with pytest.raises(ValueError, match="unknown image suffix"):
+    image_io.write_image(tmp_path / "x.txt", image)
+  with pytest.raises(ValueError, match=r"expected an \[H,W,3\] image"):
+    image_io.write_image(tmp_path / "y.png", image[..., 0])
+
+
+# --- files, folders and the command line --------------------------------------
+
+
+def _write_pair(directory, stem, h, w, seed, mask_suffix=".png"):
+  composite, mask = _pair(h, w, seed)
+  (directory / "comp").mkdir(exist_ok=True)
+  (directory / "mask").mkdir(exist_ok=True)
+  Image.fromarray(composite).save(directory / "comp" / f"{stem}.png")
+  Image.fromarray(mask).save(directory / "mask" / f"{stem}{mask_suffix}")
+  return composite, mask
+
+
+def test_folder_run_skips_and_reports_bad_files(model, tmp_path):
+  config, networks = model
+  good = {"a": _write_pair(tmp_path, "a", 20, 30, 0),
+          "b": _write_pair(tmp_path, "b", 33, 17, 1, mask_suffix=".bmp")}
+  # iHarmony4 naming: composite <real>_<mask>_<k>, mask <real>_<mask>.
+  comp, mask = _pair(24, 24, 2)
+  Image.fromarray(comp).save(tmp_path / "comp" / "c0001_1_3.jpg", quality=100)
+  Image.fromarray(mask).save(tmp_path / "mask" / "c0001_1.png")
+  (tmp_path / "comp" / "corrupt.png").write_bytes(b"\x89PNG broken")
+  (tmp_path / "mask" / "corrupt.png").write_bytes((tmp_path / "mask" / "a.png").read_bytes())
+  _write_pair(tmp_path, "nomask", 8, 8, 3)
+  os.remove(tmp_path / "mask" / "nomask.png")
+  _write_pair(tmp_path, "mismatch", 16, 16, 4)
+  Image.fromarray(_pair(16, 12)[1]).save(tmp_path / "mask" / "mismatch.png")
+
+  written, skipped = harmonize_lib.harmonize_folder(
+      config, networks, str(tmp_path / "comp"), str(tmp_path / "mask"), str(tmp_path / "out"))
+  assert sorted(os.path.basename(p) for p in written) == ["a.png", "b.png", "c0001_1_3.png"]
+  reasons = {os.path.basename(p): r for p, r in skipped}
+  assert set(reasons) == {"corrupt.png", "nomask.png", "mismatch.png"}
+  assert "not a readable image" in reasons["corrupt.png"]
+  assert "no mask named nomask" in reasons["nomask.png"]
+  assert "mask is 12x16 but composite" in reasons["mismatch.png"]
+  for stem, (composite, mask) in good.items():
+    out = image_io.read_image(tmp_path / "out" / f"{stem}.png")
+    np.testing.assert_array_equal(out[mask == 0], composite[mask == 0])
+
+
+def test_command_line_single_file_and_folder(model, tmp_path):
+  config, networks = model
+  checkpoint.save_networks(tmp_path / "ckpt", config, networks)
+  composite, mask = _write_pair(tmp_path, "x", 21, 19, 5)
+  with flagsaver.flagsaver(checkpoint=str(tmp_path / "ckpt"),
+                           composite=str(tmp_path / "comp" / "x.png"),
+                           mask=str(tmp_path / "mask" / "x.png"),
+                           output=str(tmp_path / "x_out.png")):
+    assert harmonize_lib.main(["harmonize"]) == 0
+  out = image_io.read_image(tmp_path / "x_out.png")
+  np.testing.assert_array_equal(
+      out, harmonize_lib.harmonize(networks, composite, mask, config=config))
+  (tmp_path / "comp" / "bad.png").write_bytes(b"junk")
+  with flagsaver.flagsaver(checkpoint=str(tmp_path / "ckpt"),
+                           composite=str(tmp_path / "comp"), mask=str(tmp_path / "mask"),
+                           output=str(tmp_path / "out")):
+    assert harmonize_lib.main(["harmonize"]) == 1  # One file skipped.
+  assert os.listdir(tmp_path / "out") == ["x.png"]
+  with flagsaver.flagsaver(checkpoint=str(tmp_path / "ckpt"),
+                           composite=str(tmp_path / "comp" / "bad.png"),
+                           mask=str(tmp_path / "mask" / "x.png"),
+                           output=str(tmp_path / "bad_out.png")):
+    assert harmonize_lib.main(["harmonize"]) == 1
+  assert not (tmp_path / "bad_out.png").exists()
