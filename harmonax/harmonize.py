@@ -22,7 +22,6 @@ from absl import app
 from absl import flags
 from absl import logging
 from flax import nnx
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -30,15 +29,28 @@ import numpy as np
 from harmonax import image_io
 from harmonax import models
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to load the newest checkpoint of.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A checkpoint.save_networks directory.")
-_COMPOSITE = flags.DEFINE_string("composite", None, "Composite image file, or a folder of them.")
-_MASK = flags.DEFINE_string("mask", None, "Mask file, or a folder of masks with matching stems.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output file, or folder for folder runs.")
-_MAX_PIXELS = flags.DEFINE_integer(
-    "max_pixels", image_io.DEFAULT_MAX_PIXELS, "Refuse larger images (decompression bombs).")
-_VIDEO = flags.DEFINE_string("video", None, "Video file to harmonize (harmonax.video).")
-_FRAMES = flags.DEFINE_string("frames", None, "Folder of video frames (harmonax.video).")
+
+
+def define_flags() -> None:
+  """Defines this tool's flags, reusing any of the same name already defined.
+
+  Flags are not defined at import time: the trainer and other tools import
+  this module for `harmonize()` and define their own --workdir/--checkpoint.
+  """
+  defs = [
+      (flags.DEFINE_string, "workdir", None, "Training workdir to load the newest checkpoint of."),
+      (flags.DEFINE_string, "checkpoint", None, "A checkpoint.save_networks directory."),
+      (flags.DEFINE_string, "composite", None, "Composite image file, or a folder of them."),
+      (flags.DEFINE_string, "mask", None, "Mask file, or a folder of masks with matching stems."),
+      (flags.DEFINE_string, "output", None, "Output file, or folder for folder runs."),
+      (flags.DEFINE_integer, "max_pixels", image_io.DEFAULT_MAX_PIXELS,
+       "Refuse larger images (decompression bombs)."),
+      (flags.DEFINE_string, "video", None, "Video file to harmonize (harmonax.video)."),
+      (flags.DEFINE_string, "frames", None, "Folder of video frames (harmonax.video)."),
+  ]
+  for define, name, default, help_text in defs:
+    if name not in flags.FLAGS:
+      define(name, default, help_text)
 
 
 @functools.cache
@@ -178,39 +190,42 @@ def harmonize_folder(config: ml_collections.ConfigDict, networks: dict[str, nnx.
 
 
 def main(argv: list[str]) -> int:
+  """The command line (flags from `define_flags`); returns the exit status."""
+  f = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
+  if bool(f.workdir) == bool(f.checkpoint):
     raise app.UsageError("Give exactly one of --workdir or --checkpoint")
   from harmonax import checkpoint  # pylint: disable=g-import-not-at-top
-  config, networks = checkpoint.load_networks(_WORKDIR.value or _CHECKPOINT.value)
+  config, networks = checkpoint.load_networks(f.workdir or f.checkpoint)
 
-  if _VIDEO.value or _FRAMES.value:
+  if f.video or f.frames:
     from harmonax import video  # pylint: disable=g-import-not-at-top
-    return video.harmonize_video(config, networks, video=_VIDEO.value,
-                                 frames=_FRAMES.value, mask=_MASK.value,
-                                 output=_OUTPUT.value)
+    return video.harmonize_video(config, networks, video=f.video,
+                                 frames=f.frames, mask=f.mask,
+                                 output=f.output)
 
-  if not (_COMPOSITE.value and _MASK.value and _OUTPUT.value):
+  if not (f.composite and f.mask and f.output):
     raise app.UsageError("--composite, --mask and --output are required")
-  if os.path.isdir(_COMPOSITE.value):
-    if not os.path.isdir(_MASK.value):
-      raise app.UsageError(f"--composite is a folder, so --mask must be one: {_MASK.value}")
-    written, skipped = harmonize_folder(config, networks, _COMPOSITE.value, _MASK.value,
-                                        _OUTPUT.value, _MAX_PIXELS.value)
-    print(f"Harmonized {len(written)} images into {_OUTPUT.value}; skipped {len(skipped)}.")
+  if os.path.isdir(f.composite):
+    if not os.path.isdir(f.mask):
+      raise app.UsageError(f"--composite is a folder, so --mask must be one: {f.mask}")
+    written, skipped = harmonize_folder(config, networks, f.composite, f.mask,
+                                        f.output, f.max_pixels)
+    print(f"Harmonized {len(written)} images into {f.output}; skipped {len(skipped)}.")
     for path, reason in skipped:
       print(f"  skipped {path}: {reason}")
     return 1 if skipped else 0
   try:
-    harmonize_file(config, networks, _COMPOSITE.value, _MASK.value, _OUTPUT.value,
-                   _MAX_PIXELS.value)
+    harmonize_file(config, networks, f.composite, f.mask, f.output,
+                   f.max_pixels)
   except (image_io.ImageError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"Wrote {_OUTPUT.value}")
+  print(f"Wrote {f.output}")
   return 0
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -21,6 +21,7 @@ import fake_family
 @pytest.fixture(scope="module")
 def model():
   fake_family.register()
+  harmonize_lib.define_flags()
   config = fake_family.get_config()
   networks = fake_family.create_networks(config, nnx.Rngs(0))
   for net in networks.values():
