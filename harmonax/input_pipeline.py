@@ -9,6 +9,7 @@ global_batch_size // process_count. Evaluation: per-host shard -> deterministic 
 import dataclasses
 import glob
 import importlib
+import io
 import math
 import os
 from typing import Any, Iterator
@@ -111,7 +112,10 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
 
 
 def _data_source(data_config: ml_collections.ConfigDict, split: str):
-  return get_builder(data_config.name, data_config.data_dir).as_data_source(split=split)
+  """The split's records with images left encoded: the transforms decode them."""
+  builder = get_builder(data_config.name, data_config.data_dir)
+  skip = {k: tfds.decode.SkipDecoding() for k in ("composite", "real", "mask")}
+  return builder.as_data_source(split=split, decoders=skip)
 
 
 def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
@@ -155,39 +159,33 @@ def _random_box(rng: np.random.Generator, height: int, width: int,
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _resize(example: dict[str, Any], size: tuple[int, int] | None,
-            box: tuple[int, int, int, int] | None = None, flip: bool = False
-            ) -> dict[str, np.ndarray]:
-  """Crops `box` (top, left, h, w), resizes to `size` (h, w) bilinearly, flips; float32 [0, 1].
+def _open(data: bytes, what: str) -> Image.Image:
+  try:
+    return Image.open(io.BytesIO(data))
+  except Exception as e:  # PIL raises several types for corrupt data.
+    raise ValueError(f"cannot decode the {what} image ({len(data)} bytes): {e}") from e
 
-  The three images go through the same PIL operations, so they stay aligned.
-  """
-  out = {}
-  for key in ("composite", "real", "mask"):
-    arr = example[key]
-    if key == "mask":
-      # Float mode: the bilinearly resized mask stays soft without 8-bit rounding.
-      img = Image.fromarray(arr[..., 0].astype(np.float32) / 255.0, mode="F")
-    else:
-      img = Image.fromarray(arr)
-    if size is not None:
-      pil_box = None
-      if box is not None:
-        top, left, h, w = box
-        pil_box = (left, top, left + w, top + h)
-      img = img.resize((size[1], size[0]), Image.BILINEAR, box=pil_box)
-    if flip:
-      img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    value = np.asarray(img, dtype=np.float32)
-    out[key] = value[..., None] if key == "mask" else value / 255.0
-  return out
+
+def _decode_mask(data: bytes) -> np.ndarray:
+  """HxW uint8 mask (the first channel of a multi-channel PNG)."""
+  img = _open(data, "mask")
+  return np.asarray(img.getchannel(0) if img.mode in ("RGB", "RGBA") else img.convert("L"))
+
+
+def _check_size(key: str, img: Image.Image, mask: np.ndarray, name: Any) -> None:
+  if img.size != (mask.shape[1], mask.shape[0]):
+    raise ValueError(f"example {name!r}: {key} is {img.size[0]}x{img.size[1]} but the mask "
+                     f"is {mask.shape[1]}x{mask.shape[0]} (width x height)")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-  """Random resized crop + horizontal flip, identical for composite, real and mask.
+  """Decodes and random-resized-crops + flips composite, real and mask identically.
 
-  Crops whose mask is empty are redrawn, except with probability keep_empty_mask_prob.
+  Takes encoded images (PNG/JPEG bytes). Crops whose mask is empty are redrawn, except
+  with probability keep_empty_mask_prob. JPEGs are decoded at a reduced scale (libjpeg's
+  DCT scaling) when the crop is that much larger than image_size: this is what makes
+  multi-megapixel HAdobe5k photos affordable.
   """
   image_size: int
   crop_scale: tuple[float, float] = (0.5, 1.0)
@@ -196,14 +194,40 @@ class TrainTransform:
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator
                ) -> dict[str, np.ndarray]:
-    mask = example["mask"]
-    height, width = mask.shape[:2]
+    mask = _decode_mask(example["mask"])
+    height, width = mask.shape
     for _ in range(_MASK_TRIES):
-      top, left, h, w = box = _random_box(rng, height, width, tuple(self.crop_scale))
+      top, left, h, w = _random_box(rng, height, width, tuple(self.crop_scale))
       if mask[top:top + h, left:left + w].any() or rng.random() < self.keep_empty_mask_prob:
         break
     flip = bool(self.hflip and rng.random() < 0.5)
-    return _resize(example, (self.image_size, self.image_size), box, flip)
+    size = (self.image_size, self.image_size)
+    out = {}
+    for key in ("composite", "real"):
+      img = _open(example[key], key)
+      _check_size(key, img, mask, example.get("name"))
+      scale = 1.0
+      if img.format == "JPEG":
+        # The smallest 1/2^k decode that still gives the crop >= image_size pixels.
+        drafted = img.draft("RGB", (math.ceil(width * size[1] / w),
+                                    math.ceil(height * size[0] / h)))
+        if drafted is not None:
+          scale = width / drafted[1][2]
+      if img.mode != "RGB":
+        img = img.convert("RGB")
+      img = img.resize(
+          size, Image.BILINEAR,
+          box=(left / scale, top / scale, (left + w) / scale, (top + h) / scale))
+      out[key] = img
+    out["mask"] = Image.fromarray(mask).resize(
+        size, Image.BILINEAR, box=(left, top, left + w, top + h))
+    result = {}
+    for key, img in out.items():
+      if flip:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+      value = np.asarray(img, dtype=np.float32) / 255.0
+      result[key] = value[..., None] if key == "mask" else value
+    return result
 
 
 def _seeds(seed: int, data_config: ml_collections.ConfigDict, process_index: int
@@ -247,13 +271,29 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_siz
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
-  """Deterministic resize to image_size x image_size (None: full resolution)."""
+  """Decodes and resizes to image_size x image_size (bilinear; None: full resolution).
+
+  Images are decoded at full resolution first, so the result does not depend on the
+  JPEG decoder's scaling. The mask is resized in float and stays soft unless binary_mask.
+  """
   image_size: int | None
   binary_mask: bool = False
 
   def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
-    size = None if self.image_size is None else (self.image_size, self.image_size)
-    out = _resize(example, size)
+    mask = _decode_mask(example["mask"])
+    out = {}
+    for key in ("composite", "real"):
+      img = _open(example[key], key)
+      _check_size(key, img, mask, example.get("name"))
+      if img.mode != "RGB":
+        img = img.convert("RGB")
+      if self.image_size is not None:
+        img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+      out[key] = np.asarray(img, dtype=np.float32) / 255.0
+    img = Image.fromarray(mask.astype(np.float32) / 255.0, mode="F")
+    if self.image_size is not None:
+      img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+    out["mask"] = np.asarray(img, dtype=np.float32)[..., None]
     if self.binary_mask:
       out["mask"] = (out["mask"] >= 0.5).astype(np.float32)
     for key in ("name", "subset"):
@@ -268,15 +308,18 @@ def _eval_batches(ds: grain.IterDataset, count: int, batch_size: int,
   it = iter(ds)
   pad = {k: (np.zeros_like(v) if isinstance(v, np.ndarray) else "")
          for k, v in template.items()}
-  for b in range(num_batches):
-    rows = [next(it) for _ in range(max(0, min(batch_size, count - b * batch_size)))]
-    valid = np.array([True] * len(rows) + [False] * (batch_size - len(rows)))
-    rows += [pad] * (batch_size - len(rows))
-    batch = {k: np.stack([r[k] for r in rows]) for k in ("composite", "real", "mask")}
-    batch["valid"] = valid
-    for key in ("name", "subset"):
-      batch[key] = np.array([r[key] for r in rows], dtype=object)
-    yield batch
+  try:
+    for b in range(num_batches):
+      rows = [next(it) for _ in range(max(0, min(batch_size, count - b * batch_size)))]
+      valid = np.array([True] * len(rows) + [False] * (batch_size - len(rows)))
+      rows += [pad] * (batch_size - len(rows))
+      batch = {k: np.stack([r[k] for r in rows]) for k in ("composite", "real", "mask")}
+      batch["valid"] = valid
+      for key in ("name", "subset"):
+        batch[key] = np.array([r[key] for r in rows], dtype=object)
+      yield batch
+  finally:
+    it.close()  # Stops grain worker processes even when the caller stops early.
 
 
 def make_eval_iterator(data_config: ml_collections.ConfigDict, global_batch_size: int,

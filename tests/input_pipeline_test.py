@@ -1,5 +1,6 @@
 """Tests of harmonax.input_pipeline on tiny iHarmony4-layout datasets built in a tmp dir."""
 
+import io
 import os
 import shutil
 import sys
@@ -110,9 +111,11 @@ def test_train_batch_contract(data_dir):
                                        process_index=0, process_count=4)
 
 
-@pytest.mark.parametrize("hflip", [True, False])
-def test_crops_align_composite_real_and_mask(data_dir, hflip):
-  config = _config(data_dir, "iharmony4/hflickr", crop_scale=(0.3, 1.0), hflip=hflip)
+@pytest.mark.parametrize("hflip,image_size", [(True, 32), (False, 12)])
+def test_crops_align_composite_real_and_mask(data_dir, hflip, image_size):
+  # At 12x12 most crops are decoded from the JPEGs at 1/2 or 1/4 scale.
+  config = _config(data_dir, "iharmony4/hflickr", image_size, crop_scale=(0.3, 1.0),
+                   hflip=hflip)
   it = input_pipeline.make_train_iterator(config, 8, seed=3)
   directions = []
   for _ in range(2):
@@ -130,11 +133,17 @@ def test_crops_align_composite_real_and_mask(data_dir, hflip):
   assert set(directions) == ({-1, 1} if hflip else {1})
 
 
+def _encode(array, fmt="PNG"):
+  out = io.BytesIO()
+  Image.fromarray(array).save(out, format=fmt, quality=95)
+  return out.getvalue()
+
+
 def test_empty_mask_crops_are_redrawn():
-  image = np.zeros((64, 64, 3), np.uint8)
-  mask = np.zeros((64, 64, 1), np.uint8)
+  image = _encode(np.zeros((64, 64, 3), np.uint8))
+  mask = np.zeros((64, 64), np.uint8)
   mask[:16, :16] = 255  # Crops of 25-30% of the area often miss this corner.
-  example = {"composite": image, "real": image, "mask": mask}
+  example = {"composite": image, "real": image, "mask": _encode(mask)}
 
   def nonempty_fraction(keep_prob):
     transform = input_pipeline.TrainTransform(16, (0.25, 0.3), True, keep_prob)
@@ -144,9 +153,28 @@ def test_empty_mask_crops_are_redrawn():
   assert nonempty_fraction(0.0) > 0.9
   assert nonempty_fraction(1.0) < 0.5
   # A mask with no foreground at all still gives a crop.
-  empty = dict(example, mask=np.zeros_like(mask))
+  empty = dict(example, mask=_encode(np.zeros_like(mask)))
   out = input_pipeline.TrainTransform(16)(empty, np.random.default_rng(0))
   assert out["mask"].shape == (16, 16, 1) and out["mask"].max() == 0
+
+
+def test_reduced_scale_jpeg_decoding_keeps_the_crop():
+  # A smooth 400x300 pattern: the crop to 24x24 decodes the JPEG at 1/4 or 1/8 scale.
+  x = np.linspace(0, 255, 400)[None, :].repeat(300, 0)
+  y = np.linspace(0, 255, 300)[:, None].repeat(400, 1)
+  pattern = np.stack([x, y, (x + y) / 2], -1).round().astype(np.uint8)
+  mask = _encode((x > 200).astype(np.uint8) * 255)
+  jpeg = {"composite": _encode(pattern, "JPEG"), "real": _encode(pattern, "JPEG"), "mask": mask}
+  png = {"composite": _encode(pattern), "real": _encode(pattern), "mask": mask}
+  transform = input_pipeline.TrainTransform(24, (0.3, 1.0))
+  for seed in range(10):
+    fast = transform(jpeg, np.random.default_rng(seed))
+    full = transform(png, np.random.default_rng(seed))  # PNG: always full resolution.
+    np.testing.assert_array_equal(fast["mask"], full["mask"])
+    np.testing.assert_allclose(fast["composite"], full["composite"], atol=0.03)
+  mismatched = dict(png, mask=_encode(np.zeros((30, 40), np.uint8)))
+  with pytest.raises(ValueError, match="composite is 400x300 but the mask is 40x30"):
+    transform(mismatched, np.random.default_rng(0))
 
 
 def test_random_box_respects_scale_and_ratio():
