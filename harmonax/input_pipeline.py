@@ -12,6 +12,7 @@ import importlib
 import io
 import math
 import os
+import re
 from typing import Any, Iterator
 
 import grain
@@ -68,9 +69,11 @@ def _find_built(name: str, data_dir: str) -> str | None:
   """The newest complete version directory of `name` (`dataset/config[:version]`)."""
   name, _, version = name.partition(":")
   base = os.path.join(data_dir, *name.split("/"))
+  # Only finished versions: TFDS writes into `incomplete.*` folders and renames them.
   versions = [version] if version else sorted(
-      os.listdir(base) if os.path.isdir(base) else [],
-      key=lambda v: tuple(int(x) if x.isdigit() else -1 for x in v.split(".")))
+      (v for v in (os.listdir(base) if os.path.isdir(base) else [])
+       if re.fullmatch(r"\d+\.\d+\.\d+", v)),
+      key=lambda v: tuple(map(int, v.split("."))))
   for v in reversed(versions):
     if os.path.exists(os.path.join(base, v, "dataset_info.json")):
       return os.path.join(base, v)
@@ -182,7 +185,8 @@ def _check_size(key: str, img: Image.Image, mask: np.ndarray, name: Any) -> None
 class TrainTransform:
   """Decodes and random-resized-crops + flips composite, real and mask identically.
 
-  Takes encoded images (PNG/JPEG bytes). Crops whose mask is empty are redrawn, except
+  Takes encoded images (PNG/JPEG bytes); returns uint8 arrays of image_size x image_size
+  (composite, real: x3; mask: x1, soft at the edges after bilinear resizing). Crops whose mask is empty are redrawn, except
   with probability keep_empty_mask_prob. JPEGs are decoded at a reduced scale (libjpeg's
   DCT scaling) when the crop is that much larger than image_size: this is what makes
   multi-megapixel HAdobe5k photos affordable.
@@ -225,9 +229,18 @@ class TrainTransform:
     for key, img in out.items():
       if flip:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
-      value = np.asarray(img, dtype=np.float32) / 255.0
+      value = np.asarray(img)
       result[key] = value[..., None] if key == "mask" else value
     return result
+
+
+def _to_float(batch: dict[str, Any]) -> dict[str, Any]:
+  """uint8 arrays -> float32 in [0, 1]; the rest unchanged.
+
+  Workers ship uint8 (a quarter of the bytes); the conversion happens after batching.
+  """
+  return {k: v.astype(np.float32) / 255.0 if getattr(v, "dtype", None) == np.uint8 else v
+          for k, v in batch.items()}
 
 
 def _seeds(seed: int, data_config: ml_collections.ConfigDict, process_index: int
@@ -266,7 +279,7 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_siz
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4 * batch_size))
   if data_config.num_workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
-  return iter(ds.batch(batch_size, drop_remainder=True))
+  return iter(ds.batch(batch_size, drop_remainder=True).map(_to_float))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,7 +287,8 @@ class EvalTransform:
   """Decodes and resizes to image_size x image_size (bilinear; None: full resolution).
 
   Images are decoded at full resolution first, so the result does not depend on the
-  JPEG decoder's scaling. The mask is resized in float and stays soft unless binary_mask.
+  JPEG decoder's scaling; they stay uint8 like the reference code's resized images.
+  The mask is resized in float and stays soft unless binary_mask (uint8 when not resized).
   """
   image_size: int | None
   binary_mask: bool = False
@@ -289,13 +303,15 @@ class EvalTransform:
         img = img.convert("RGB")
       if self.image_size is not None:
         img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
-      out[key] = np.asarray(img, dtype=np.float32) / 255.0
-    img = Image.fromarray(mask.astype(np.float32) / 255.0, mode="F")
-    if self.image_size is not None:
+      out[key] = np.asarray(img)
+    if self.image_size is None:
+      out["mask"] = mask[..., None]  # Full resolution: exact 0/255 values.
+    else:
+      img = Image.fromarray(mask.astype(np.float32) / 255.0, mode="F")
       img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
-    out["mask"] = np.asarray(img, dtype=np.float32)[..., None]
+      out["mask"] = np.asarray(img, dtype=np.float32)[..., None]
     if self.binary_mask:
-      out["mask"] = (out["mask"] >= 0.5).astype(np.float32)
+      out["mask"] = (_to_float(out)["mask"] >= 0.5).astype(np.float32)
     for key in ("name", "subset"):
       value = example.get(key, b"")
       out[key] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
@@ -313,7 +329,8 @@ def _eval_batches(ds: grain.IterDataset, count: int, batch_size: int,
       rows = [next(it) for _ in range(max(0, min(batch_size, count - b * batch_size)))]
       valid = np.array([True] * len(rows) + [False] * (batch_size - len(rows)))
       rows += [pad] * (batch_size - len(rows))
-      batch = {k: np.stack([r[k] for r in rows]) for k in ("composite", "real", "mask")}
+      batch = _to_float({k: np.stack([r[k] for r in rows])
+                         for k in ("composite", "real", "mask")})
       batch["valid"] = valid
       for key in ("name", "subset"):
         batch[key] = np.array([r[key] for r in rows], dtype=object)

@@ -170,8 +170,9 @@ def test_reduced_scale_jpeg_decoding_keeps_the_crop():
   for seed in range(10):
     fast = transform(jpeg, np.random.default_rng(seed))
     full = transform(png, np.random.default_rng(seed))  # PNG: always full resolution.
+    assert fast["composite"].dtype == np.uint8 and fast["composite"].shape == (24, 24, 3)
     np.testing.assert_array_equal(fast["mask"], full["mask"])
-    np.testing.assert_allclose(fast["composite"], full["composite"], atol=0.03)
+    np.testing.assert_allclose(fast["composite"] / 255, full["composite"] / 255, atol=0.03)
   mismatched = dict(png, mask=_encode(np.zeros((30, 40), np.uint8)))
   with pytest.raises(ValueError, match="composite is 400x300 but the mask is 40x30"):
     transform(mismatched, np.random.default_rng(0))
