@@ -170,8 +170,10 @@ def format_table(records: list[Record], psnr_peak: str, ssim: str,
 
 def write_csv(path: str, records: list[Record]) -> None:
   """Writes one row per image: name, subset, then every metric column."""
-  keys = ["name", "subset"] + sorted({k for r in records for k in r} - {"name", "subset"},
-                                     key=lambda k: (k.startswith(COMPOSITE_PREFIX), k))
+  composite = [COMPOSITE_PREFIX + k for k in COLUMNS]
+  present = {k for r in records for k in r}
+  extras = sorted(present - {"name", "subset", *COLUMNS, *composite})
+  keys = ["name", "subset", *COLUMNS, *extras, *composite]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=keys, restval="")
