@@ -27,6 +27,7 @@ from harmonax import models
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "corrupt_checkpoints"
 NETWORKS_DIR = "networks"
 STATE_ITEM = "state"
 DATA_ITER_ITEM = "data_iter"
@@ -133,10 +134,10 @@ def _restore_newest(checkpoint_dir: epath.Path, restore_one) -> tuple[Any, int]:
     except Exception as e:  # pylint: disable=broad-except
       # Any failure (missing file, truncated tensorstore chunk, bad metadata)
       # means this step is unusable; an older one may still be fine.
-      logging.warning("Checkpoint step %d in %s could not be restored (%s: %s); "
-                      "falling back to an older step.", step, checkpoint_dir,
-                      type(e).__name__, e)
-      errors.append(f"step {step}: {type(e).__name__}: {e}")
+      message = f"{type(e).__name__}: {str(e)[:300]}"  # tensorstore errors are long.
+      logging.warning("Checkpoint step %d in %s could not be restored (%s); "
+                      "falling back to an older step.", step, checkpoint_dir, message)
+      errors.append(f"step {step}: {message}")
   raise FileNotFoundError(
       f"No restorable checkpoint in {checkpoint_dir} (steps tried: {steps}); "
       + "; ".join(errors))
@@ -262,4 +263,26 @@ def restore_train_state(manager: ocp.CheckpointManager, abstract_state: PyTree,
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE_ITEM]
 
-  return _restore_newest(directory, restore_one)
+  state, step = _restore_newest(directory, restore_one)
+  if corrupt := [s for s in good_steps(directory) if s > step]:
+    _quarantine(manager, corrupt)
+  return state, step
+
+
+def _quarantine(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Moves unrestorable steps to <workdir>/corrupt_checkpoints/ (kept for inspection).
+
+  Training goes on from an older step and will save these step numbers again.
+  """
+  directory = epath.Path(manager.directory)
+  target = directory.parent / CORRUPT_DIR
+  if jax.process_index() == 0:
+    target.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      destination = target / str(step)
+      if destination.exists():
+        destination.rmtree()
+      (directory / str(step)).rename(destination)
+      logging.warning("Moved unrestorable checkpoint step %d to %s", step, destination)
+  ocp.multihost.sync_global_processes("harmonax_quarantine_checkpoints")
+  manager.reload()

@@ -77,7 +77,9 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
     return lr
 
   names = ["generator"] + (["discriminator"] if config.model.get("gan", False) else [])
-  return {name: optax.adam(schedule) for name in names}
+  # inject_hyperparams lets the trainer log the learning rate.
+  return {name: optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
+          for name in names}
 
 
 def compute_losses(networks, batch, rng, train):
@@ -176,7 +178,7 @@ def fake_evaluate_networks(config, networks, data_config, split, max_examples):
   n = max_examples if max_examples > 0 else 16
   batch = [_example(10_000 + i, data_config.image_size) for i in range(n)]
   stack = {k: jnp.asarray(np.stack([b[k] for b in batch])) for k in batch[0]}
-  out = predict(networks, stack["composite"], stack["mask"])
+  out = nnx.jit(predict)(networks, stack["composite"], stack["mask"])
   return {"mse": float(jnp.mean((out - stack["real"]) ** 2))}
 
 

@@ -1,0 +1,134 @@
+"""Where training metrics go: console, TensorBoard event files and metrics.jsonl.
+
+Only process 0 writes; on other processes a writer is a silent no-op, so the
+trainer can call it unconditionally.
+"""
+
+import json
+import os
+import time
+from typing import Mapping
+
+from absl import logging
+from etils import epath
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def image_grid(composite: np.ndarray, output: np.ndarray, real: np.ndarray,
+               mask: np.ndarray, max_rows: int = 4) -> np.ndarray:
+  """One row per example: composite | output | real | mask, as uint8 [R*H, 4*W, 3]."""
+  n = min(max_rows, composite.shape[0])
+  if n == 0:
+    raise ValueError("image_grid needs at least one example")
+  mask3 = np.broadcast_to(mask[:n], mask[:n].shape[:-1] + (3,))
+  rows = [np.concatenate([composite[i], output[i], real[i], mask3[i]], axis=1)
+          for i in range(n)]
+  grid = np.concatenate(rows, axis=0)
+  return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+class MetricWriter:
+  """Scalars -> TensorBoard + metrics.jsonl; images -> TensorBoard."""
+
+  def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+    self._enabled = enabled
+    self._tb = None
+    self._path = epath.Path(workdir) / METRICS_FILE
+    # GCS objects cannot be appended to: remote files are rewritten on flush.
+    self._remote = "://" in os.fspath(workdir)
+    self._pending: list[str] = []
+    if not enabled:
+      return
+    self._path.parent.mkdir(parents=True, exist_ok=True)
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._tb = SummaryWriter(logdir=os.fspath(workdir), flush_secs=30)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    """One JSON line {"step": step, **scalars} and one TensorBoard scalar each."""
+    if not self._enabled:
+      return
+    values = {k: float(v) for k, v in scalars.items()}
+    for key, value in values.items():
+      self._tb.add_scalar(key, value, step)
+    self._pending.append(json.dumps({"step": int(step), **values}))
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """Images as uint8 or [0, 1] floats, HWC."""
+    if not self._enabled:
+      return
+    for key, image in images.items():
+      self._tb.add_image(key, np.asarray(image), step, dataformats="HWC")
+
+  def flush(self) -> None:
+    """Writes pending JSON lines and TensorBoard events."""
+    if not self._enabled:
+      return
+    if self._pending:
+      text = "".join(line + "\n" for line in self._pending)
+      if self._remote:
+        old = self._path.read_text() if self._path.exists() else ""
+        self._path.write_text(old + text)
+      else:
+        with self._path.open("a") as f:
+          f.write(text)
+      self._pending = []
+    self._tb.flush()
+
+  def close(self) -> None:
+    """Flushes and closes the event file."""
+    if not self._enabled:
+      return
+    self.flush()
+    self._tb.close()
+    self._enabled = False
+
+
+class Progress:
+  """Steps/s, images/s and ETA between consecutive `report` calls."""
+
+  def __init__(self, first_step: int, total_steps: int, batch_size: int):
+    self._total = total_steps
+    self._batch_size = batch_size
+    self._last_step = first_step
+    self._last_time = time.monotonic()
+
+  def reset(self, step: int) -> None:
+    """Restarts the clock (e.g. after compilation, evaluation or a checkpoint)."""
+    self._last_step, self._last_time = step, time.monotonic()
+
+  def report(self, step: int) -> dict[str, float]:
+    """{'steps_per_sec', 'images_per_sec', 'eta_sec'} since the previous report.
+
+    Empty when no step was made since then (e.g. right after `reset`).
+    """
+    now = time.monotonic()
+    if step <= self._last_step:
+      return {}
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    return {"steps_per_sec": rate, "images_per_sec": rate * self._batch_size,
+            "eta_sec": (self._total - step) / rate}
+
+
+def console_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> str:
+  """'[step 10/100] loss/generator=0.0123 ... 3.2 steps/s, 25.6 img/s, ETA 0:00:28'."""
+  speed = ("steps_per_sec", "images_per_sec", "eta_sec")
+  parts = [f"{k}={v:.4g}" for k, v in sorted(scalars.items()) if k not in speed]
+  if "steps_per_sec" in scalars:
+    eta = scalars["eta_sec"]
+    if eta < 86400:
+      eta_text = time.strftime("%H:%M:%S", time.gmtime(eta))
+    else:
+      eta_text = f"{eta / 86400:.1f}d"
+    parts.append(f"{scalars['steps_per_sec']:.3g} steps/s, "
+                 f"{scalars['images_per_sec']:.3g} img/s, ETA {eta_text}")
+  return f"[step {step}/{total_steps}] " + " ".join(parts)
+
+
+def log_console(step: int, total_steps: int, scalars: Mapping[str, float],
+                enabled: bool = True) -> None:
+  """Logs `console_line` (INFO) on the writing process."""
+  if enabled:
+    logging.info("%s", console_line(step, total_steps, scalars))

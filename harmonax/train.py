@@ -1,0 +1,303 @@
+r"""Trains a harmonization model from a config.
+
+  python -m harmonax.train --config=configs/issam.py:runlocal --workdir=/tmp/issam
+  python -m harmonax.train --config=configs/idih.py:data=iharmony4 \
+      --config.batch_size=32 --config.optim.lr=2e-4
+
+`--config.x=y` overrides any config field. The workdir (default
+./workdirs/<config name>) receives config.json, checkpoints/, TensorBoard event
+files and metrics.jsonl. Running the same command again resumes from the newest
+restorable checkpoint, data iterator included.
+
+Multi-host (TPU pod slice): run the same command on every host with
+`--distributed` (all arguments detected); elsewhere pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each.
+Each host reads its own shard of the data; the global batch is
+config.batch_size. SIGTERM (preemption) saves a checkpoint and exits cleanly.
+"""
+
+import os
+import signal
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+from etils import epath
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from harmonax import checkpoint
+from harmonax import evaluate
+from harmonax import input_pipeline
+from harmonax import metric_writers
+from harmonax import models
+from harmonax import sharding
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file, e.g. configs/issam.py:runlocal.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory (local or gs://); default ./workdirs/<config name>.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, when not auto-detected.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
+
+
+def default_workdir(config_arg: str) -> str:
+  """'configs/issam.py:runlocal,data=coco' -> './workdirs/issam_runlocal_data-coco'."""
+  path, _, arg = config_arg.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  if arg:
+    name += "_" + arg.replace(",", "_").replace("=", "-")
+  return os.path.join(".", "workdirs", name)
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """config.total_steps if > 0, else config.num_epochs epochs."""
+  if config.get("total_steps", 0) > 0:
+    return config.total_steps
+  return int(config.num_epochs * steps_per_epoch)
+
+
+def learning_rates(opt_state) -> dict[str, jax.Array]:
+  """Learning rates found in optax.inject_hyperparams states, by network name."""
+  # Duck-typed: optax has several inject_hyperparams state classes.
+  has_hyperparams = lambda x: isinstance(getattr(x, "hyperparams", None), dict)
+  found = {}
+  for name, state in opt_state.items():
+    for node in jax.tree.leaves(state, is_leaf=has_hyperparams):
+      if has_hyperparams(node) and "learning_rate" in node.hyperparams:
+        found[name] = node.hyperparams["learning_rate"]
+        break
+  return found
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+class _Preemption:
+  """Sets a flag on SIGTERM (single process); multi-host uses JAX's sync points."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    # With several processes, each host must stop at the same step: JAX's
+    # preemption sync manager (started by jax.distributed) agrees on it, and a
+    # Python handler here would replace its signal handler.
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from workdir's checkpoints) and returns the final train state."""
+  is_writer = jax.process_index() == 0
+  if is_writer:
+    checkpoint.save_config(workdir, config)
+  writer = metric_writers.MetricWriter(workdir, enabled=is_writer)
+
+  # ---- Mesh: data parallelism, batch split over 'data', state replicated.
+  mesh = sharding.make_mesh()
+  replicated = sharding.replicated(mesh)
+  sharding.check_batch_size(config.batch_size, mesh)
+
+  # ---- Input: this host's shard; epochs -> steps.
+  train_examples = input_pipeline.num_examples(config.data, config.data.train_split)
+  steps_per_epoch = train_examples // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(
+        f"{config.data.name} {config.data.train_split!r} has {train_examples} examples, "
+        f"fewer than config.batch_size={config.batch_size}")
+  num_steps = total_steps(config, steps_per_epoch)
+  train_iter = input_pipeline.make_train_iterator(config.data, config.batch_size, config.seed)
+
+  # ---- Model: networks -> (graphdef, Param state, other state) per network.
+  family = models.get_family(config.model.name)
+  abstract_nets = checkpoint.abstract_networks(config)
+  graphdefs = {k: nnx.split(net, nnx.Param, ...)[0] for k, net in abstract_nets.items()}
+  optimizers = family.make_optimizers(config, steps_per_epoch)
+  if unknown := set(optimizers) - set(graphdefs):
+    raise ValueError(f"make_optimizers names {sorted(unknown)}, which create_networks "
+                     f"does not make (networks: {sorted(graphdefs)})")
+
+  def init_state():
+    nets = family.create_networks(config, nnx.Rngs(config.seed))
+    params = checkpoint.network_states(nets, nnx.Param)
+    return {"params": params,
+            "rest": checkpoint.network_states(nets, nnx.Not(nnx.Param)),
+            "opt_state": {k: opt.init(params[k]) for k, opt in optimizers.items()},
+            "step": jnp.zeros((), jnp.int32)}
+
+  def merge(params, rest):
+    return {k: nnx.merge(graphdefs[k], params[k], rest[k]) for k in graphdefs}
+
+  # ---- Update step: one forward pass, one pullback per trained network.
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 1),
+                             state["step"])
+
+    def loss_fn(params):
+      nets = merge(params, state["rest"])
+      losses, metrics, outputs = family.compute_losses(nets, batch, rng, train=True)
+      rest = checkpoint.network_states(nets, nnx.Not(nnx.Param))
+      return losses, (metrics, outputs["harmonized"], rest)
+
+    losses, pullback, (metrics, harmonized, rest) = jax.vjp(
+        loss_fn, state["params"], has_aux=True)
+    if missing := set(optimizers) - set(losses):
+      raise ValueError(f"compute_losses returned no loss for trained networks "
+                       f"{sorted(missing)} (losses: {sorted(losses)})")
+    params, opt_state = dict(state["params"]), dict(state["opt_state"])
+    metrics = dict(metrics)
+    for k, optimizer in optimizers.items():
+      # A one-hot cotangent: d losses[k] / d params, of which network k's part
+      # is kept; e.g. a generator's adversarial loss trains only the generator.
+      cotangent = {j: jnp.ones_like(v) if j == k else jnp.zeros_like(v)
+                   for j, v in losses.items()}
+      grads = pullback(cotangent)[0][k]
+      updates, opt_state[k] = optimizer.update(grads, opt_state[k], params[k])
+      params[k] = optax.apply_updates(params[k], updates)
+      metrics[f"grad_norm/{k}"] = optax.global_norm(grads)
+    metrics.update({f"loss/{k}": v for k, v in losses.items()})
+    metrics.update({f"lr/{k}": v for k, v in learning_rates(opt_state).items()})
+    new_state = {"params": params, "rest": rest, "opt_state": opt_state,
+                 "step": state["step"] + 1}
+    # Checked before every save, so a diverged state is never written.
+    finite = _all_finite(losses) & _all_finite(params) & _all_finite(rest)
+    return new_state, metrics, finite, harmonized
+
+  train_step = jax.jit(train_step, donate_argnums=(0,))
+
+  # ---- Checkpoint: resume from the newest restorable step, else initialize.
+  manager = checkpoint.make_manager(workdir, config.get("keep_checkpoints", 3))
+  abstract_state = sharding.abstract_like(jax.eval_shape(init_state), replicated)
+  restored = checkpoint.restore_train_state(manager, abstract_state, train_iter)
+  if restored is not None:
+    state, start_step = restored
+    logging.info("Resumed from step %d of %s", start_step, manager.directory)
+  else:
+    state, start_step = jax.jit(init_state, out_shardings=replicated)(), 0
+  num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  logging.info("%s: %d parameters in %s; %d steps (%d per epoch), global batch %d on "
+               "%d devices, %d processes", config.model.name, num_params,
+               sorted(graphdefs), num_steps, steps_per_epoch, config.batch_size,
+               jax.device_count(), jax.process_count())
+
+  # ---- Evals: averaged metrics on config.data.eval_split.
+  def run_eval(step):
+    nets = merge(state["params"], state["rest"])
+    for net in nets.values():
+      net.eval()
+    results = evaluate.evaluate_networks(
+        config, nets, config.data, config.data.eval_split,
+        config.data.get("max_eval_examples", -1))
+    scalars = {f"eval/{k}": v for k, v in results.items()}
+    writer.write_scalars(step, scalars)
+    metric_writers.log_console(step, num_steps, scalars, is_writer)
+
+  # Device metrics of steps not yet checked for NaN/Inf.
+  pending: list[tuple[int, dict, jax.Array]] = []
+
+  def check_pending() -> dict[str, float]:
+    """Fetches pending metrics, stops on a non-finite step, returns their mean."""
+    fetched = jax.device_get([(s, m, f) for s, m, f in pending])
+    pending.clear()
+    for step, metrics, finite in fetched:
+      if not finite:
+        losses = ", ".join(f"{k}={float(v):.6g}" for k, v in sorted(metrics.items()))
+        good = manager.latest_step()
+        raise FloatingPointError(
+            f"Non-finite loss or parameters at step {step} ({losses}); training stopped. "
+            f"The last good checkpoint is step {good} in {manager.directory}.")
+    if not fetched:
+      return {}
+    return {k: float(np.mean([m[k] for _, m, _ in fetched])) for k in fetched[-1][1]}
+
+  # ---- Loop.
+  every = lambda n, step: n > 0 and step % n == 0
+  progress = metric_writers.Progress(start_step, num_steps, config.batch_size)
+  step = start_step
+  try:
+    with _Preemption() as preemption, jax.set_mesh(mesh):
+      for step in range(start_step + 1, num_steps + 1):
+        local = next(train_iter)
+        started = time.monotonic()
+        state, metrics, finite, harmonized = train_step(
+            state, sharding.global_batch(local, mesh))
+        pending.append((step, metrics, finite))
+        if step == start_step + 1:
+          jax.block_until_ready(state)
+          logging.info("First step (compilation included) took %.1f s",
+                       time.monotonic() - started)
+          progress.reset(step)
+        last = step == num_steps
+        stop = preemption.requested or manager.reached_preemption(step)
+        if every(config.get("log_every", 50), step) or last or stop:
+          scalars = check_pending()
+          scalars.update(progress.report(step))
+          writer.write_scalars(step, scalars)
+          metric_writers.log_console(step, num_steps, scalars, is_writer)
+        if is_writer and every(config.get("image_every", 0), step):
+          # Process 0's own rows: no cross-host transfer needed.
+          grid = metric_writers.image_grid(local["composite"], sharding.local_rows(harmonized),
+                                           local["real"], local["mask"])
+          writer.write_images(step, {"train/composite|output|real|mask": grid})
+        if every(config.get("checkpoint_every", 0), step) or last or stop:
+          check_pending()
+          checkpoint.save_train_state(manager, step, state, train_iter)
+        if every(config.get("eval_every", 0), step) or (last and config.get("eval_every", 0)):
+          run_eval(step)
+          progress.reset(step)
+        if every(config.get("log_every", 50), step):
+          writer.flush()
+        if stop:
+          logging.warning("Stopped at step %d for preemption; checkpoint saved.", step)
+          break
+  finally:
+    # In-flight saves are of checked states: let them finish even on errors.
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+  return state
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                    _PROCESS_ID.value)
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/issam.py:runlocal")
+  workdir = _WORKDIR.value or default_workdir(
+      config_flags.get_config_filename(flags.FLAGS["config"]))
+  logging.info("Workdir: %s", epath.Path(workdir))
+  train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,204 @@
+"""Tests for harmonax.train with the tiny fake family on synthetic data (8 CPU devices)."""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import struct
+import tempfile
+
+import jax
+import numpy as np
+import pytest
+from tensorboardX.proto import event_pb2
+
+import fake_family
+from harmonax import checkpoint
+from harmonax import sharding
+from harmonax import train
+
+fake_family.register()
+_GLOBAL_BATCH = sharding.global_batch
+
+# Several tests train the same tiny model; a persistent compilation cache turns
+# their repeated XLA compilations into cache hits. (No effect if an earlier
+# test in this process already initialized JAX's cache without a directory.)
+if not jax.config.jax_compilation_cache_dir:
+  jax.config.update("jax_compilation_cache_dir",
+                    os.path.join(tempfile.gettempdir(), "harmonax_test_jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+class Recorder:
+  """Wraps sharding.global_batch to record a fingerprint of every batch trained on."""
+
+  def __init__(self, patch, on_call=None):
+    self.fingerprints = []
+    self._on_call = on_call
+    def global_batch(local, mesh):
+      self.fingerprints.append(float(np.asarray(local["real"], np.float64).sum()))
+      if self._on_call:
+        self._on_call(len(self.fingerprints))
+      return _GLOBAL_BATCH(local, mesh)
+
+    patch(sharding, "global_batch", global_batch)
+
+
+def _run(patch, workdir, config, on_call=None):
+  fake_family.install_synthetic_data(patch)
+  recorder = Recorder(patch, on_call)
+  state = train.train_and_evaluate(config, os.fspath(workdir))
+  return jax.device_get(state), recorder.fingerprints
+
+
+def _gan_config(**overrides):
+  config = fake_family.get_config(gan=True)
+  config.eval_every = 2
+  config.update(overrides)
+  return config
+
+
+def _read_events(workdir):
+  """All tensorboard Event protos of the event files in workdir."""
+  events = []
+  for name in os.listdir(workdir):
+    if not name.startswith("events.out.tfevents"):
+      continue
+    with open(os.path.join(workdir, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):  # TFRecord framing: length, crc, payload, crc.
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[pos + 12:pos + 12 + length])
+      events.append(event)
+      pos += 12 + length + 4
+  return events
+
+
+def _assert_trees_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """4 uninterrupted GAN steps with eval and images every 2 steps."""
+  workdir = tmp_path_factory.mktemp("straight")
+  with pytest.MonkeyPatch.context() as mp:
+    state, fingerprints = _run(mp.setattr, workdir, _gan_config())
+  return workdir, state, fingerprints
+
+
+def test_runlocal_smoke_writes_checkpoints_events_and_metrics(straight):
+  workdir, state, fingerprints = straight
+  assert int(state["step"]) == 4
+  assert len(fingerprints) == 4 and len(set(fingerprints)) == 4
+  assert checkpoint.good_steps(workdir / "checkpoints") == [4, 2]
+  assert checkpoint.load_config(workdir).model.gan
+
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_lines = [l for l in lines if "loss/generator" in l]
+  assert [l["step"] for l in train_lines] == [1, 2, 3, 4]
+  for key in ("loss/discriminator", "lr/generator", "grad_norm/generator", "mse"):
+    assert all(np.isfinite(l[key]) for l in train_lines), key
+  assert train_lines[-1]["lr/generator"] == pytest.approx(1e-2)
+  assert "images_per_sec" in train_lines[-1]
+  assert [l["step"] for l in lines if "eval/mse" in l] == [2, 4]
+
+  events = _read_events(workdir)
+  images = [(e.step, v.image) for e in events for v in e.summary.value
+            if v.HasField("image")]
+  assert [step for step, _ in images] == [2, 4]
+  # 4 rows (examples) of composite | output | real | mask, 16x16 each.
+  assert (images[0][1].height, images[0][1].width) == (4 * 16, 4 * 16)
+  scalar_tags = {v.tag for e in events for v in e.summary.value if not v.HasField("image")}
+  assert {"loss/generator", "eval/mse", "steps_per_sec"} <= scalar_tags
+
+  # The checkpoint holds the returned state; load_networks reads it for inference.
+  _, networks = checkpoint.load_networks(workdir)
+  _assert_trees_equal(checkpoint.network_states(networks, fake_family.nnx.Param),
+                      state["params"])
+
+
+def test_resume_matches_an_uninterrupted_run(straight, tmp_path, monkeypatch):
+  _, straight_state, straight_fingerprints = straight
+  first, seen_first = _run(monkeypatch.setattr, tmp_path, _gan_config(total_steps=2))
+  assert int(first["step"]) == 2
+  resumed, seen_second = _run(monkeypatch.setattr, tmp_path, _gan_config())
+  # Same data order across the restart, and bit-identical parameters.
+  assert seen_first + seen_second == straight_fingerprints
+  _assert_trees_equal(resumed["params"], straight_state["params"])
+  _assert_trees_equal(resumed["rest"], straight_state["rest"])
+  _assert_trees_equal(resumed["opt_state"], straight_state["opt_state"])
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(
+    straight, tmp_path, monkeypatch, caplog):
+  workdir, straight_state, straight_fingerprints = straight
+  shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+  for path in (tmp_path / "checkpoints" / "4" / "state").rglob("*"):
+    if path.is_file() and "metadata" not in path.name.lower():
+      path.write_bytes(b"corrupt")
+  with caplog.at_level(logging.WARNING):
+    state, seen = _run(monkeypatch.setattr, tmp_path, _gan_config())
+  assert "step 4" in caplog.text and "falling back" in caplog.text
+  assert (tmp_path / "corrupt_checkpoints" / "4").is_dir()
+  assert checkpoint.good_steps(tmp_path / "checkpoints") == [4, 2]
+  # Resumed from step 2: steps 3 and 4 are redone on the same data.
+  assert seen == straight_fingerprints[2:]
+  _assert_trees_equal(state["params"], straight_state["params"])
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  config = fake_family.get_config()
+  config.total_steps = 6
+  config.checkpoint_every = 1
+  config.log_every = 4
+  config.optim.nan_from_step = 2  # The update of step 3 makes parameters NaN.
+  with pytest.raises(FloatingPointError, match=r"at step 3 \(.*loss/generator="):
+    _run(monkeypatch.setattr, tmp_path, config)
+  assert checkpoint.good_steps(tmp_path / "checkpoints") == [2, 1]
+  _, networks = checkpoint.load_networks(tmp_path)
+  leaves = jax.tree.leaves(checkpoint.network_states(networks))
+  assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path, monkeypatch):
+  config = fake_family.get_config()
+  config.total_steps = 8
+  config.checkpoint_every = 100
+  config.image_every = 0
+
+  def preempt(call):
+    if call == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  previous = signal.getsignal(signal.SIGTERM)
+  state, seen = _run(monkeypatch.setattr, tmp_path, config, on_call=preempt)
+  assert int(state["step"]) == 3 and len(seen) == 3
+  assert checkpoint.good_steps(tmp_path / "checkpoints") == [3]
+  assert signal.getsignal(signal.SIGTERM) == previous
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert json.loads(lines[-1])["step"] == 3
+
+
+def test_total_steps_and_default_workdir():
+  config = fake_family.get_config()
+  assert train.total_steps(config, steps_per_epoch=100) == 4
+  config.total_steps = 0
+  config.num_epochs = 3
+  assert train.total_steps(config, steps_per_epoch=7) == 21
+  assert train.default_workdir("configs/issam.py:runlocal,data=coco") == os.path.join(
+      ".", "workdirs", "issam_runlocal_data-coco")
+  assert train.default_workdir("configs/idih.py") == os.path.join(".", "workdirs", "idih")
+
+
+def test_batch_size_must_split_over_devices(tmp_path, monkeypatch):
+  config = fake_family.get_config()
+  config.batch_size = 12
+  with pytest.raises(ValueError, match="batch_size=12 must be a multiple of the device"):
+    _run(monkeypatch.setattr, tmp_path, config)
