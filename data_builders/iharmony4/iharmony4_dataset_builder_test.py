@@ -18,15 +18,14 @@ DUMMY = os.path.join(os.path.dirname(__file__), "dummy_data")
 try:  # tfds' standard test needs TensorFlow (and dill), which harmonax does not.
   import tensorflow  # noqa: F401  pylint: disable=unused-import
   from tensorflow_datasets.testing import dataset_builder_testing
-  _BaseTest = dataset_builder_testing.DatasetBuilderTestCase
   _HAVE_TF = True
 except ImportError:
-  _BaseTest = unittest.TestCase
   _HAVE_TF = False
 
 
 @unittest.skipUnless(_HAVE_TF, "tfds.testing.DatasetBuilderTestCase needs TensorFlow")
-class Iharmony4DatasetBuilderTest(_BaseTest):
+class Iharmony4DatasetBuilderTest(
+    dataset_builder_testing.DatasetBuilderTestCase if _HAVE_TF else unittest.TestCase):
   """The `tfds new` standard test (runs where TensorFlow is installed)."""
   DATASET_CLASS = ihd.Builder
   BUILDER_CONFIG_NAMES_TO_TEST = ["all", "all_1024"]
