@@ -21,8 +21,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Pillow's own guard (about 89.5 megapixels; it raises at twice that). Checked
-# here from the header so that huge images fail before any memory is spent.
+# Pillow's own guard (about 89.5 megapixels). Checked here from the header so
+# that huge images fail before any memory is spent. Pillow itself still refuses
+# images over twice its limit at open time, whatever max_pixels says (raise
+# PIL.Image.MAX_IMAGE_PIXELS too for such images).
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

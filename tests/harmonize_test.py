@@ -3,6 +3,8 @@
 import io
 import os
 import struct
+import sys
+import types
 import zlib
 
 from absl.testing import flagsaver
@@ -196,12 +198,15 @@ def test_folder_run_skips_and_reports_bad_files(model, tmp_path):
   os.remove(tmp_path / "mask" / "nomask.png")
   _write_pair(tmp_path, "mismatch", 16, 16, 4)
   Image.fromarray(_pair(16, 12)[1]).save(tmp_path / "mask" / "mismatch.png")
+  _forged_png(tmp_path / "comp" / "bomb.png", 20_000, 20_000)
+  (tmp_path / "mask" / "bomb.png").write_bytes((tmp_path / "mask" / "a.png").read_bytes())
 
   written, skipped = harmonize_lib.harmonize_folder(
       config, networks, str(tmp_path / "comp"), str(tmp_path / "mask"), str(tmp_path / "out"))
   assert sorted(os.path.basename(p) for p in written) == ["a.png", "b.png", "c0001_1_3.png"]
   reasons = {os.path.basename(p): r for p, r in skipped}
-  assert set(reasons) == {"corrupt.png", "nomask.png", "mismatch.png"}
+  assert set(reasons) == {"corrupt.png", "nomask.png", "mismatch.png", "bomb.png"}
+  assert "decompression bomb" in reasons["bomb.png"] and "400000000 pixels" in reasons["bomb.png"]
   assert "not a readable image" in reasons["corrupt.png"]
   assert "no mask named nomask" in reasons["nomask.png"]
   assert "mask is 12x16 but composite" in reasons["mismatch.png"]
@@ -234,3 +239,19 @@ def test_command_line_single_file_and_folder(model, tmp_path):
                            output=str(tmp_path / "bad_out.png")):
     assert harmonize_lib.main(["harmonize"]) == 1
   assert not (tmp_path / "bad_out.png").exists()
+
+
+def test_video_flags_dispatch_to_harmonax_video(model, tmp_path, monkeypatch):
+  config, networks = model
+  checkpoint.save_networks(tmp_path / "ckpt", config, networks)
+  calls = []
+  video = types.ModuleType("harmonax.video")
+  video.harmonize_video = lambda cfg, nets, **kwargs: calls.append((cfg, nets, kwargs)) or 0
+  monkeypatch.setitem(sys.modules, "harmonax.video", video)
+  with flagsaver.flagsaver(checkpoint=str(tmp_path / "ckpt"), frames=str(tmp_path / "frames"),
+                           mask=str(tmp_path / "masks"), output=str(tmp_path / "out")):
+    assert harmonize_lib.main(["harmonize"]) == 0
+  (cfg, nets, kwargs), = calls
+  assert cfg.model.name == "fake" and set(nets) == {"generator"}
+  assert kwargs == {"video": None, "frames": str(tmp_path / "frames"),
+                    "mask": str(tmp_path / "masks"), "output": str(tmp_path / "out")}
