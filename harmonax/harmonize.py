@@ -30,7 +30,6 @@ from harmonax import image_io
 from harmonax import models
 
 
-
 def define_flags() -> None:
   """Defines this tool's flags, reusing any of the same name already defined.
 
@@ -65,9 +64,10 @@ def _binary_mask(mask: np.ndarray) -> np.ndarray:
   mask = np.asarray(mask)
   if mask.dtype == bool:
     return mask
+  top = mask.max(initial=0)
   if np.issubdtype(mask.dtype, np.integer):
-    return mask >= (1 if mask.max(initial=0) <= 1 else 128)
-  return mask >= 0.5
+    return mask >= (1 if top <= 1 else 128 if top <= 255 else 32768)
+  return mask >= (0.5 if top <= 1 else 128)
 
 
 def harmonize(networks: dict[str, nnx.Module], composite: np.ndarray, mask: np.ndarray,
@@ -78,8 +78,9 @@ def harmonize(networks: dict[str, nnx.Module], composite: np.ndarray, mask: np.n
     networks: the family's networks in eval mode (checkpoint.load_networks).
     composite: uint8 in 0..255, or float in [0, 1].
     mask: [H,W], [H,W,1] (or with a batch axis) marking the foreground. bool;
-      integer: 0/1 if its maximum is <= 1, else 0..255 with foreground >= 128;
-      float: foreground >= 0.5.
+      integer: foreground >= 1 if its maximum is <= 1 (a 0/1 mask), else
+      >= 128 if its maximum is <= 255, else >= 32768 (16-bit); float:
+      foreground >= 0.5 (>= 128 if its maximum exceeds 1, i.e. 0..255).
     config: the model's config (config.model.name picks the family's predict).
 
   Returns:

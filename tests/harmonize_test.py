@@ -67,7 +67,8 @@ def test_float_batch_and_mask_conventions(model):
   np.testing.assert_array_equal(out[bg], batch[bg])
   # 0/1 integer, 0/255 integer, bool and [H,W,1] masks mean the same thing.
   ref = harmonize_lib.harmonize(networks, composite, mask, config=config)
-  for other in ((mask > 0).astype(np.uint8), mask > 0, mask[..., None]):
+  for other in ((mask > 0).astype(np.uint8), mask > 0, mask[..., None],
+                mask.astype(np.uint16) * 257, mask.astype(np.float32)):
     np.testing.assert_array_equal(
         harmonize_lib.harmonize(networks, composite, other, config=config), ref)
 
