@@ -4,7 +4,7 @@ Builds a small iHarmony4-layout dataset (HCOCO subset) of synthesized 640x480 ph
 (scikit-image's bundled photos, randomly cropped, scaled and recolored) in /tmp, then times
 `make_train_iterator` (decode, random resized crop, flip, resize, batch).
 
-  python -m benchmarks.input_pipeline [--num_images=160 --batch_size=16 --batches=20]
+  python -m benchmarks.input_pipeline [--num_images=160 --batch_size=16 --batches=30]
 """
 
 import datetime
@@ -27,7 +27,7 @@ from harmonax import input_pipeline
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/harmonax_bench_input", "Scratch dir.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 160, "Composites in the dataset.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Global batch size.")
-_BATCHES = flags.DEFINE_integer("batches", 20, "Timed batches per setting.")
+_BATCHES = flags.DEFINE_integer("batches", 30, "Timed batches per setting.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "grain worker counts to time.")
 _OUTPUT = flags.DEFINE_string(
     "output", os.path.join(os.path.dirname(__file__), "results", "input_pipeline.md"),
@@ -97,6 +97,7 @@ def main(argv):
 
   config = config_args.data_config("iharmony4/hcoco", image_size=256, data_dir=data_dir)
   rows = []
+  load_before = os.getloadavg()[0]
   for workers in map(int, _WORKERS.value):
     config.num_workers = workers
     rate = _time_pipeline(config, _BATCH_SIZE.value, _BATCHES.value)
@@ -107,7 +108,9 @@ def main(argv):
       "## Input pipeline: training images/s at 256x256",
       "",
       f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
-      f"no GPU, shared with other jobs; {datetime.date.today().isoformat()}.",
+      f"no GPU; {datetime.date.today().isoformat()}. 1-minute load average "
+      f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after the runs (other jobs "
+      "share the CPU: numbers are lower bounds).",
       f"Data: {_NUM_IMAGES.value} synthesized 640x480 JPEG composites (iHarmony4 layout, "
       "ArrayRecord); decode + random resized crop + flip + bilinear resize + batch; "
       f"{_BATCHES.value} timed batches after 2 warm-up batches.",
