@@ -31,7 +31,9 @@ class Generator(nnx.Module):
   """conv -> BatchNorm -> relu -> dropout -> conv, predicting a color residual."""
 
   def __init__(self, width: int, rngs: nnx.Rngs):
-    self.conv1 = nnx.Conv(4, width, (3, 3), rngs=rngs)
+    # No bias before BatchNorm: its gradient is pure rounding noise, which Adam
+    # would amplify into device-count-dependent updates.
+    self.conv1 = nnx.Conv(4, width, (3, 3), use_bias=False, rngs=rngs)
     self.norm = nnx.BatchNorm(width, momentum=0.9, rngs=rngs)
     self.dropout = nnx.Dropout(0.1)
     self.conv2 = nnx.Conv(width, 3, (3, 3), rngs=rngs)

@@ -1,0 +1,84 @@
+"""The trainer across device and process counts: restore 8 -> 4 devices, 2 processes == 1."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import fake_family
+from harmonax import checkpoint
+from harmonax import train
+
+fake_family.register()
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
+TIMEOUT = 300
+
+
+def _worker(workdir, total_steps, devices, **kwargs):
+  command = [sys.executable, WORKER, os.fspath(workdir), f"--total_steps={total_steps}",
+             f"--devices={devices}"] + [f"--{k}={v}" for k, v in kwargs.items()]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(process):
+  output, _ = process.communicate(timeout=TIMEOUT)
+  assert process.returncode == 0, output[-5000:]
+
+
+def _params(workdir):
+  _, networks = checkpoint.load_networks(workdir)
+  return checkpoint.network_states(networks)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """4 steps in this process on 8 devices; the checkpoint of step 2 is kept apart."""
+  workdir = tmp_path_factory.mktemp("reference")
+  with pytest.MonkeyPatch.context() as mp:
+    fake_family.install_synthetic_data(mp.setattr)
+    config = fake_family.get_config()
+    train.train_and_evaluate(config, os.fspath(workdir))
+  return workdir
+
+
+def _assert_close(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    # Reductions split over other device counts add in another order.
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+def test_resume_on_a_different_device_count(reference, tmp_path):
+  # Step 2 of the 8-device run, resumed on 4 devices up to step 4.
+  shutil.copytree(reference / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
+  _wait(_worker(tmp_path, total_steps=4, devices=4))
+  assert checkpoint.good_steps(tmp_path / "checkpoints") == [4, 2]
+  _assert_close(_params(tmp_path), _params(reference))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(reference, tmp_path):
+  port = _free_port()
+  workers = [_worker(tmp_path, total_steps=4, devices=4, num_processes=2,
+                     process_id=i, port=port) for i in range(2)]
+  for process in workers:
+    _wait(process)
+  steps = checkpoint.good_steps(tmp_path / "checkpoints")
+  assert steps == [4, 2]
+  # Each process saved its own shard of the data iterator.
+  assert sorted(p.name for p in (tmp_path / "checkpoints" / "4" / "data_iter").iterdir()
+                if p.suffix == ".json") == ["process_0-of-2.json", "process_1-of-2.json"]
+  _assert_close(_params(tmp_path), _params(reference))
