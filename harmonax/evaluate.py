@@ -224,7 +224,8 @@ def define_flags() -> None:
   """
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   if "config" not in flags.FLAGS:
-    config_flags.DEFINE_config_file("config", None, "Config file (eval/data settings).")
+    config_flags.DEFINE_config_file("config", None, "Config file (eval/data settings).",
+                                    allow_override=True)
   defs = [
       (flags.DEFINE_string, "workdir", None, "Training workdir (newest restorable step)."),
       (flags.DEFINE_string, "checkpoint", None, "A checkpoint.save_networks directory."),
@@ -241,7 +242,9 @@ def define_flags() -> None:
   ]
   for define, name, default, *rest in defs:
     if name not in flags.FLAGS:
-      define(name, default, *rest)
+      # allow_override: a module imported later (e.g. harmonax.train) may
+      # define the same flag at import time and then takes it over.
+      define(name, default, *rest, allow_override=True)
 
 
 def main(argv: list[str]) -> int:

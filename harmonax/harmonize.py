@@ -49,7 +49,9 @@ def define_flags() -> None:
   ]
   for define, name, default, help_text in defs:
     if name not in flags.FLAGS:
-      define(name, default, help_text)
+      # allow_override: a module imported later (e.g. harmonax.train) may
+      # define the same flag at import time and then takes it over.
+      define(name, default, help_text, allow_override=True)
 
 
 @functools.cache
