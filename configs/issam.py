@@ -1,0 +1,59 @@
+r"""iS2AM (Sofiiuk et al., WACV 2021) trained with FN-MSE, the official recipe.
+
+  python -m harmonax.train --config=configs/issam.py --workdir=/tmp/issam
+  python -m harmonax.train --config=configs/issam.py:data=iharmony4 --workdir=/tmp/issam
+  python -m harmonax.train --config=configs/issam.py:runlocal --workdir=/tmp/issam_local
+
+Full size: U-Net of depth 4, 32 base channels, spatial-separated attention from
+decoder level 2 (mid-channel factor 0.5), 2.19M parameters, 256x256 crops,
+batch 16, Adam 1e-3 for 120 epochs with lr x0.1 at epochs 105 and 115.
+`runlocal`: a depth-3, 8-channel model at 64x64 for ~20 steps.
+"""
+
+import ml_collections
+
+from harmonax import config_args
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The iS2AM config; `arg` as 'runlocal,data=coco' (see config_args.parse_arg)."""
+  arg = config_args.parse_arg(arg, runlocal=False, data="sample")
+  config = ml_collections.ConfigDict()
+
+  config.model = dict(
+      name="issam",
+      depth=4,            # U-Net levels; inputs must be multiples of 2**(depth - 1).
+      ch=32,              # Channels of the first level.
+      max_channels=512,
+      batchnorm_from=2,   # Batch norm from this encoder level on (decoder: everywhere).
+      attend_from=2,      # First decoder level with a spatial-separated attention module.
+      attention_mid_k=0.5,
+      image_fusion=True,  # Learned blending map with the input image.
+      init_magnitude=1.0,  # XavierGluon(gaussian, magnitude=1) as the official recipe.
+  )
+  config.data = config_args.data_config(arg.data, image_size=256)
+  config.batch_size = 16
+  config.num_epochs = 120
+  config.total_steps = 0
+  config.optim = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8,
+                      decay_epochs=(105, 115), decay_factor=0.1)
+  config.seed = 0
+  config.log_every = 100
+  config.eval_every = 5000
+  config.checkpoint_every = 5000
+  config.image_every = 5000
+  config.keep_checkpoints = 3
+  config.eval = dict(psnr_peak="real_max", ssim="gaussian11")
+
+  if arg.runlocal:
+    config.model.update(depth=3, ch=8, max_channels=32, attend_from=1)
+    config.data.image_size = 64
+    config.data.num_workers = 0
+    config.data.max_eval_examples = 16
+    config.batch_size = 8
+    config.total_steps = 20
+    config.log_every = 5
+    config.eval_every = 20
+    config.checkpoint_every = 20
+    config.image_every = 20
+  return config
