@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from data_builders.iharmony4 import iharmony4_dataset_builder as ihd
 from harmonax import checkpoint
 from harmonax import config_args
 from harmonax import evaluate
@@ -53,7 +54,6 @@ def test_summary_all_is_image_weighted_and_subsets_ordered():
 def dataset(tmp_path_factory):
   """iharmony4/all built from the repo's dummy data into a temporary data dir."""
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  from data_builders.iharmony4 import iharmony4_dataset_builder as ihd  # pylint: disable=g-import-not-at-top
   builder = ihd.Builder(config="all", data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=os.path.abspath(DUMMY)))
