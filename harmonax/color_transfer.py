@@ -9,6 +9,7 @@ WITHOUT clipping, so that their defining property holds exactly;
 `recolor_foreground` clips and pastes the result into the photo.
 """
 
+import functools
 import importlib
 import math
 from typing import Any
@@ -94,14 +95,30 @@ def histogram(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
   return out
 
 
-def _match_1d(values: np.ndarray, target: np.ndarray) -> np.ndarray:
-  """Quantile mapping of `values` onto the distribution of `target` (1-D)."""
-  order = np.argsort(values, kind="stable")
-  positions = (np.arange(values.size) + 0.5) / values.size
-  target_positions = (np.arange(target.size) + 0.5) / target.size
-  out = np.empty_like(values)
-  out[order] = np.interp(positions, target_positions, np.sort(target))
-  return out
+def _match_1d(values: np.ndarray, target: np.ndarray, bins: int = 300) -> np.ndarray:
+  """1-D PDF transfer of `values` onto `target`'s distribution (Pitie's pdf_transfer1D).
+
+  Both samples are histogrammed on common bins; each value goes through the
+  piecewise-linear map F_target^-1(F_values(x)). Histograms instead of full
+  sorts keep IDT's many iterations cheap on large foregrounds.
+  """
+  lo = min(values.min(), target.min())
+  hi = max(values.max(), target.max())
+  if hi - lo < 1e-12:
+    return np.full_like(values, target.mean())
+  edges = np.linspace(lo, hi, bins + 1)
+  # A tiny floor makes both CDFs strictly increasing, so the inverse is defined.
+  cdf_v = np.concatenate([[0.0], np.cumsum(np.histogram(values, edges)[0] + 1e-6)])
+  cdf_t = np.concatenate([[0.0], np.cumsum(np.histogram(target, edges)[0] + 1e-6)])
+  cdf_v /= cdf_v[-1]
+  cdf_t /= cdf_t[-1]
+  mapped_edges = np.interp(cdf_v, cdf_t, edges)
+  # np.interp(values, edges, mapped_edges), but the edges are uniform: index
+  # arithmetic instead of a binary search per value (IDT's hot loop).
+  position = (values - lo) * (bins / (hi - lo))
+  index = np.minimum(position.astype(np.int64), bins - 1)
+  frac = position - index
+  return mapped_edges[index] * (1 - frac) + mapped_edges[index + 1] * frac
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -131,32 +148,29 @@ def idt(source: np.ndarray, reference: np.ndarray, rng: np.random.Generator,
   return x
 
 
-def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-  """a[y + dy, x + dx] with edge replication (the neighbor in that direction)."""
-  h, w = a.shape[:2]
-  ys = np.clip(np.arange(h) + dy, 0, h - 1)
-  xs = np.clip(np.arange(w) + dx, 0, w - 1)
-  return a[ys][:, xs]
+def _neighbors(a: np.ndarray) -> tuple[np.ndarray, ...]:
+  """The right, left, lower and upper neighbor of every pixel (edges replicated)."""
+  p = np.pad(a, ((1, 1), (1, 1)) + ((0, 0),) * (a.ndim - 2), mode="edge")
+  return p[1:-1, 2:], p[1:-1, :-2], p[2:, 1:-1], p[:-2, 1:-1]
 
 
 def _regrain_solve(result: np.ndarray, original: np.ndarray, transferred: np.ndarray,
                    iterations: int, level: int) -> np.ndarray:
   """Jacobi iterations of Pitie's regrain energy at one pyramid level."""
-  grad_x = (_shift(original, 0, 1) - _shift(original, 0, -1)) / 2
-  grad_y = (_shift(original, 1, 0) - _shift(original, -1, 0)) / 2
-  grad_norm = np.sqrt(np.sum(grad_x ** 2 + grad_y ** 2, axis=2))
+  right, left, down, up = _neighbors(original)
+  grad_norm = np.sqrt(np.sum(((right - left) / 2) ** 2 + ((down - up) / 2) ** 2, axis=2))
   # psi: stick to the transferred colors on edges; phi: keep the original's
   # gradients in flat areas (weights as in Pitie et al. 2007, on [0, 1] pixels).
   psi = np.minimum(256 * grad_norm / 5, 1.0)[..., None]
   phi = (30.0 / (1 + 10 * grad_norm) * 2.0 ** (-level))[..., None]
-  offsets = ((0, 1), (0, -1), (1, 0), (-1, 0))
-  phis = [(_shift(phi, dy, dx) + phi) / 2 for dy, dx in offsets]
+  phis = [(n + phi) / 2 for n in _neighbors(phi)]
   denominator = psi + sum(phis)
+  # The terms that do not change across iterations: data term and the
+  # original's gradients toward each neighbor.
+  constant = psi * transferred + sum(
+      p * (original - n) for p, n in zip(phis, (right, left, down, up)))
   for _ in range(iterations):
-    numerator = psi * transferred
-    for p, (dy, dx) in zip(phis, offsets):
-      numerator = numerator + p * (_shift(result, dy, dx) - _shift(original, dy, dx) + original)
-    result = numerator / denominator
+    result = (constant + sum(p * n for p, n in zip(phis, _neighbors(result)))) / denominator
   return result
 
 
@@ -200,20 +214,51 @@ def _round(value: Any) -> Any:
   return value
 
 
+def _bucket(pixels: int) -> int:
+  """Pixel count rounded up to one of ~4 sizes per octave (multiple of 64)."""
+  size = 2.0 ** (math.ceil(4 * math.log2(max(pixels, 64))) / 4)
+  return int(math.ceil(size / 64) * 64)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_filter(name: str):
+  filters = importlib.import_module("harmonax.filters")
+  return importlib.import_module("jax").jit(functools.partial(filters.apply_filter, name))
+
+
+def apply_filters_flat(image: np.ndarray, mask: np.ndarray,
+                       filters: list[tuple[str, float]]) -> np.ndarray:
+  """`harmonax.filters.apply_filter` in sequence, on a flattened, padded image.
+
+  Equals applying each filter to the [H, W, 3] image (blended with `mask`
+  [H, W] each time), up to float rounding: every filter is per pixel except
+  temperature and contrast, which use whole-image means, and the padding
+  pixels are set to the current mean color before each filter so those means
+  do not change. Why: jax compiles per shape, and photos come in hundreds of
+  sizes; a few padded lengths keep the compiled filters few.
+  """
+  h, w, _ = image.shape
+  pixels = h * w
+  canvas = np.empty((1, _bucket(pixels), 3), np.float32)
+  canvas[0, :pixels] = image.reshape(pixels, 3)
+  weights = np.zeros(canvas.shape[:2] + (1,), np.float32)
+  weights[0, :pixels, 0] = mask.reshape(pixels)
+  for name, arg in filters:
+    canvas[0, pixels:] = canvas[0, :pixels].mean(0, dtype=np.float64)
+    canvas = np.array(_jitted_filter(name)(canvas, weights, np.float32(arg)))
+  return canvas[0, :pixels].reshape(h, w, 3)
+
+
 def _apply_filters(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                    max_filters: int) -> tuple[np.ndarray, dict[str, Any]]:
   """Harmonizer-style random white-box filters applied to the foreground."""
-  filters = importlib.import_module("harmonax.filters")
-  names = list(filters.FILTER_NAMES)
+  names = list(importlib.import_module("harmonax.filters").FILTER_NAMES)
   count = int(rng.integers(1, min(max_filters, len(names)) + 1))
   chosen = [names[i] for i in sorted(rng.choice(len(names), count, replace=False))]
-  out = image
-  applied = []
-  for name in chosen:
-    # Harmonizer samples each filter argument uniformly; |arg| < 0.1 is a no-op.
-    arg = float(rng.uniform(0.1, 0.5)) * (1 if rng.random() < 0.5 else -1)
-    out = np.asarray(filters.apply_filter(name, out, mask[..., None].astype(out.dtype), arg))
-    applied.append([name, _round(arg)])
+  # Harmonizer samples each filter argument uniformly; |arg| < 0.1 is a no-op.
+  applied = [[name, _round(float(rng.uniform(0.1, 0.5)) * (1 if rng.random() < 0.5 else -1))]
+             for name in chosen]
+  out = apply_filters_flat(image, mask, [(n, a) for n, a in applied])
   return out, {"filters": applied}
 
 
@@ -289,7 +334,11 @@ def paste(real: np.ndarray, recolored: np.ndarray, mask: np.ndarray) -> np.ndarr
 
 def foreground_mse(composite: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
   """fMSE on 0..255 pixels: sum(mask * (composite - real)^2) / (3 * sum(mask))."""
+  m = mask.reshape(mask.shape[:2])
+  if m.dtype == bool:  # Only the foreground pixels: much less work on big photos.
+    diff = composite[m].astype(np.float64) - real[m].astype(np.float64)
+    return float(np.sum(diff ** 2) / (3 * max(int(m.sum()), 1e-6)))
   diff = composite.astype(np.float64) - real.astype(np.float64)
-  m = mask.astype(np.float64).reshape(mask.shape[:2])
+  m = m.astype(np.float64)
   return float(np.sum(m[..., None] * diff ** 2) / (3 * max(m.sum(), 1e-6)))
 

@@ -178,3 +178,26 @@ def test_foreground_mse_definition():
   mask = np.zeros((4, 4, 1))
   mask[:2, :] = 1
   assert ct.foreground_mse(comp, real, mask) == pytest.approx(4 * 3 * 100 / (3 * 8))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("harmonax.filters") is None,
+                    reason="harmonax.filters not written yet")
+def test_apply_filters_flat_equals_filters_on_the_image():
+  from harmonax import filters  # pylint: disable=g-import-not-at-top
+  image, mask = _photo()
+  chain = [("temperature", 0.4), ("contrast", -0.3), ("saturation", 0.2)]
+  expected = image.astype(np.float32)
+  for name, arg in chain:
+    expected = np.asarray(filters.apply_filter(name, expected, mask[..., None].astype(np.float32), arg))
+  out = ct.apply_filters_flat(image, mask, chain)
+  np.testing.assert_allclose(out, expected, atol=2e-5)
+  np.testing.assert_array_equal(out[~mask], image[~mask].astype(np.float32))
+
+
+def test_foreground_mse_bool_mask_equals_float_mask():
+  rng = np.random.default_rng(0)
+  real = rng.integers(0, 256, (6, 7, 3)).astype(np.uint8)
+  comp = rng.integers(0, 256, (6, 7, 3)).astype(np.uint8)
+  mask = rng.random((6, 7)) < 0.4
+  assert ct.foreground_mse(comp, real, mask) == pytest.approx(
+      ct.foreground_mse(comp, real, mask.astype(np.float32)[..., None]))

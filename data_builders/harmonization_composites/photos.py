@@ -1,0 +1,110 @@
+"""Reading photos and masks that may be broken, and counting what was wrong.
+
+Every function returns None (and records the kind and file in the Summary)
+instead of raising, so one bad file never aborts a build. Conversions
+(grayscale, alpha, 16-bit, palette, CMYK, EXIF rotation) are applied and counted.
+"""
+
+import io
+import os
+import warnings
+
+from etils import epath
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from data_builders.harmonization_composites.summary import Summary
+from harmonax import image_io
+
+_EXIF_ORIENTATION = 0x0112
+# Orientations that swap width and height (rotations by 90 or 270 degrees).
+_TRANSPOSING = (5, 6, 7, 8)
+_MODE_KINDS = {"L": "grayscale", "1": "grayscale", "LA": "alpha", "RGBA": "alpha",
+               "PA": "alpha", "P": "palette", "CMYK": "cmyk", "I;16": "16bit",
+               "I;16B": "16bit", "I;16L": "16bit", "I": "16bit"}
+
+
+def _open(path: epath.PathLike, summary: Summary) -> Image.Image | None:
+  """Opens a file (header only); None and 'unreadable' if it is not an image."""
+  try:
+    data = epath.Path(path).read_bytes()
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      return Image.open(io.BytesIO(data))
+  except (OSError, UnidentifiedImageError, Image.DecompressionBombError,
+          Image.DecompressionBombWarning, ValueError):
+    summary.add("unreadable", os.fspath(path))
+    return None
+
+
+def _orientation(img: Image.Image) -> int:
+  try:
+    return int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+  except Exception:  # pylint: disable=broad-except  # Malformed EXIF: ignore it.
+    return 1
+
+
+def oriented_size(path: epath.PathLike, summary: Summary) -> tuple[int, int] | None:
+  """(width, height) as displayed (EXIF rotation applied), from the header."""
+  img = _open(path, summary)
+  if img is None:
+    return None
+  w, h = img.size
+  return (h, w) if _orientation(img) in _TRANSPOSING else (w, h)
+
+
+def _load(path: epath.PathLike, summary: Summary) -> Image.Image | None:
+  """Decodes fully and applies the EXIF orientation; None if truncated/corrupt."""
+  img = _open(path, summary)
+  if img is None:
+    return None
+  try:
+    img.load()
+  except (OSError, ValueError, SyntaxError):
+    summary.add("truncated", os.fspath(path))
+    return None
+  if _orientation(img) != 1:
+    summary.add("exif_rotated", os.fspath(path))
+    img = ImageOps.exif_transpose(img)
+  return img
+
+
+def read_photo(path: epath.PathLike, summary: Summary, max_size: int | None = None
+               ) -> tuple[np.ndarray, tuple[int, int]] | tuple[None, None]:
+  """(uint8 [H, W, 3] RGB with long side <= max_size, (height, width) before
+  resizing), or (None, None) if unusable."""
+  img = _load(path, summary)
+  if img is None:
+    return None, None
+  kind = _MODE_KINDS.get(img.mode)
+  if kind:
+    summary.add(kind, os.fspath(path))
+  try:
+    rgb = image_io.image_to_rgb(img)
+  except (OSError, ValueError) as e:
+    summary.add("unreadable", f"{os.fspath(path)} ({e})")
+    return None, None
+  original = rgb.shape[:2]
+  if max_size and max(rgb.shape[:2]) > max_size:
+    summary.add("resized", os.fspath(path))
+    h, w = rgb.shape[:2]
+    scale = max_size / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.LANCZOS))
+  return rgb, original
+
+
+def read_mask(path: epath.PathLike, summary: Summary) -> np.ndarray | None:
+  """A mask file as bool [H, W] (any mode; see harmonax.image_io), or None."""
+  img = _load(path, summary)
+  if img is None:
+    return None
+  if img.mode != "L" or not np.isin(np.asarray(img), (0, 255)).all():
+    summary.add("mask_converted", os.fspath(path))
+  return image_io.mask_to_binary(img)[..., 0] > 0.5
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+  """A bool mask resized to (height, width): bilinear, then >= 0.5."""
+  img = Image.fromarray(mask.astype(np.uint8) * 255)
+  return np.asarray(img.resize((width, height), Image.BILINEAR)) >= 128
