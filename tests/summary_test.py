@@ -1,0 +1,63 @@
+"""Tests of harmonax.summary: parameter counts and lowered-HLO FLOPs."""
+
+import glob
+import importlib
+import os
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import pytest
+
+from harmonax import summary
+from harmonax.models import get_family
+
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+    os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
+                 if not os.path.basename(p).startswith("_"))
+
+
+def _config(name, arg="runlocal"):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def test_lowered_flops_counts_two_per_multiply_add():
+  x = jax.ShapeDtypeStruct((1, 12, 10, 8), jnp.float32)
+  k = jax.ShapeDtypeStruct((3, 3, 8, 4), jnp.float32)
+  conv = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+      x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert summary.lowered_flops(conv, x, k) == 2 * (10 * 8 * 4) * (8 * 9)
+
+
+@pytest.mark.parametrize("name, params", [("idih", 8_301_284), ("issam", 2_185_340)])
+def test_full_size_summary(name, params):
+  result = summary.summarize(_config(name, ""))
+  assert result.params == {"generator": params}
+  assert result.image_size == 256
+  # Lower bounds from the biggest convolutions alone (2 FLOPs per multiply-add):
+  # iDIH's 64->64 4x4 stride-2 conv at 128x128 -> 64x64; iS2AM's two 3x3 convs
+  # on 64 and 32 channels at 256x256.
+  bound = {"idih": 2 * 64 * 64 * 64 * 64 * 16,
+           "issam": 2 * 256 * 256 * 32 * 9 * (64 + 32)}[name]
+  assert bound / 1e9 < result.gflops_per_image < 20 * bound / 1e9
+  table = summary.format_table(result)
+  assert f"| generator | {params:,} | {params / 1e6:.2f} |" in table
+  assert "GFLOPs per image" in table
+
+
+def test_flops_scale_with_pixels():
+  config = _config("issam")
+  small = summary.summarize(config, image_size=32).gflops_per_image
+  large = summary.summarize(config, image_size=64).gflops_per_image
+  assert large == pytest.approx(4 * small, rel=0.05)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_runlocal_config_summarizes(name):
+  config = _config(name)
+  result = summary.summarize(config)
+  family = get_family(config.model.name)
+  networks = nnx.eval_shape(lambda: family.create_networks(config, nnx.Rngs(0)))
+  assert set(result.params) == set(networks)
+  assert all(count > 0 for count in result.params.values())
+  assert result.gflops_per_image > 0
