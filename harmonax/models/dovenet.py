@@ -176,6 +176,7 @@ def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
   # The penalty differentiates D w.r.t. its input; a functional copy keeps the
   # inner trace from writing spectral-norm vectors into the module.
   graphdef, state = nnx.split(disc)
+  state = state.to_pure_dict()  # Plain arrays: merge makes fresh variables.
 
   def gp_score(z):
     g, v = nnx.merge(graphdef, state)(z, mask)

@@ -1,0 +1,62 @@
+r"""DoveNet (Cong et al., CVPR 2020), the official training recipe.
+
+  python -m harmonax.train --config=configs/dovenet.py --workdir=/tmp/dovenet
+  python -m harmonax.train --config=configs/dovenet.py:data=iharmony4 --workdir=/tmp/dovenet
+  python -m harmonax.train --config=configs/dovenet.py:runlocal --workdir=/tmp/dovenet_local
+
+Full size (as `scripts/train_pix2pix.sh` of the official code: --netG s2ad
+--norm instance --gan_mode wgangp --no_flip --preprocess none): attention U-Net
+with 8 downsamplings and 64 base channels (54.76M parameters), domain
+verification discriminator (17.79M), whole images resized to 256x256, batch 1,
+Adam(2e-4, 0.5, 0.999) for 100 epochs, then linear decay to 0 over 100 more.
+`runlocal`: 64x64 input, 6 downsamplings, 8 channels, 4 strided discriminator
+layers, batch 8, 10 steps (about a minute on 2 CPU cores).
+"""
+
+import ml_collections
+
+from harmonax import config_args
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The DoveNet config; `arg` as 'runlocal,data=coco' (see config_args.parse_arg)."""
+  arg = config_args.parse_arg(arg, runlocal=False, data="sample")
+  config = ml_collections.ConfigDict()
+
+  config.model = dict(
+      name="dovenet",
+      num_downs=8,        # U-Net levels; inputs are padded to multiples of 2**num_downs.
+      ngf=64,             # Generator channels of the first level.
+      norm="instance",    # 'instance' (training recipe, released G) or 'batch'.
+      use_dropout=True,   # Dropout 0.5 in the 512-channel middle levels.
+      ndf=64,             # Discriminator channels of the first level.
+      d_num_strided=6,    # Stride-2 partial convs before the stride-1 one (needs >= 255 px).
+  )
+  # DoveNet resizes whole images to 256 (no crop: scale 1) and never flips.
+  config.data = config_args.data_config(arg.data, image_size=256, hflip=False)
+  config.data.crop_scale = (1.0, 1.0)
+  config.batch_size = 1
+  config.num_epochs = 200
+  config.total_steps = 0
+  config.optim = dict(lr=2e-4, b1=0.5, b2=0.999, epochs_constant=100, epochs_decay=100)
+  config.seed = 0
+  config.log_every = 100
+  config.eval_every = 50000
+  config.checkpoint_every = 10000
+  config.image_every = 10000
+  config.keep_checkpoints = 3
+  # The official test computes PSNR with data_range = output.max() - output.min().
+  config.eval = dict(psnr_peak="pred_range", ssim="gaussian11")
+
+  if arg.runlocal:
+    config.model.update(num_downs=6, ngf=8, ndf=8, d_num_strided=4)
+    config.data.image_size = 64
+    config.data.num_workers = 0
+    config.data.max_eval_examples = 16
+    config.batch_size = 8
+    config.total_steps = 10
+    config.log_every = 5
+    config.eval_every = 10
+    config.checkpoint_every = 10
+    config.image_every = 10
+  return config
