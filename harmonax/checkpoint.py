@@ -217,8 +217,27 @@ def make_manager(workdir: str | os.PathLike, keep: int, *,
   return ocp.CheckpointManager(
       epath.Path(workdir) / CHECKPOINT_DIR,
       options=options,
-      item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(),
+      item_handlers={STATE_ITEM: _state_handler(),
                      DATA_ITER_ITEM: grain.PyGrainCheckpointHandler()})
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+  """Orbax's handler; on CPU without replica-parallel writes.
+
+  Replica-parallel saving slices every replicated array into one piece per
+  device with eager JAX ops; on CPU that compiles a slice per array shape
+  (seconds per save for nothing: all devices share the host's memory).
+  """
+  if jax.default_backend() != "cpu":
+    return ocp.PyTreeCheckpointHandler()
+  handlers = ocp.type_handlers
+  registry = handlers.create_type_handler_registry(
+      (jax.Array, handlers.ArrayHandler(use_replica_parallel=False)),
+      (np.ndarray, handlers.NumpyHandler()),
+      (np.number, handlers.ScalarHandler()),
+      (int, handlers.ScalarHandler()),
+      (float, handlers.ScalarHandler()))
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
 def save_train_state(manager: ocp.CheckpointManager, step: int, state: PyTree,
