@@ -79,14 +79,17 @@ def measure(config: ml_collections.ConfigDict, size: int, repeats: int, warmup: 
                + analysis.temp_size_in_bytes) if analysis is not None else float("nan")
   for _ in range(warmup):
     compiled(state, composite, mask).block_until_ready()
-  start = time.perf_counter()
+  times = []
   for _ in range(repeats):
+    start = time.perf_counter()
     compiled(state, composite, mask).block_until_ready()
-  seconds = (time.perf_counter() - start) / repeats
+    times.append(time.perf_counter() - start)
   # ru_maxrss is in KiB on Linux.
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-  return {"size": size, "params": params, "compile_s": compile_s, "s_per_image": seconds,
-          "rss_gib": rss / 2**30, "xla_gib": xla_bytes / 2**30}
+  return {"size": size, "params": params, "compile_s": compile_s,
+          "best_s": min(times), "median_s": float(np.median(times)),
+          "rss_gib": rss / 2**30, "xla_gib": xla_bytes / 2**30,
+          "load_avg": os.getloadavg()[0]}
 
 
 def main(argv: list[str]) -> None:
@@ -109,24 +112,28 @@ def main(argv: list[str]) -> None:
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
       print(f"size {size} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-      rows.append(f"| {size}x{size} | failed (exit {proc.returncode}) | | | | |")
+      rows.append(f"| {size}x{size} | failed (exit {proc.returncode}) | | | | | | |")
       continue
     r = json.loads(line[len("RESULT "):])
     params = r["params"]
     print(r)
-    rows.append(f"| {size}x{size} | {r['compile_s']:.1f} | {1 / r['s_per_image']:.3g} | "
-                f"{r['s_per_image']:.3g} | {r['rss_gib']:.2f} | {r['xla_gib']:.3f} |")
+    rows.append(f"| {size}x{size} | {r['compile_s']:.1f} | {1 / r['best_s']:.3g} | "
+                f"{r['best_s']:.3g} | {r['median_s']:.3g} | {r['rss_gib']:.2f} | "
+                f"{r['xla_gib']:.3f} | {r['load_avg']:.1f} |")
   table = "\n".join([
       f"## Inference: {config.model.name} (`{_CONFIG.value}`), batch 1",
       "",
       f"Machine: 2-core CPU ({platform.machine()}), no GPU, shared with other jobs; "
       f"{datetime.date.today().isoformat()}. jax {jax.__version__}, random weights, "
-      f"{params / 1e6:.2f}M parameters; {_REPEATS.value} timed call(s) after {_WARMUP.value} warm-up call(s), "
-      "each size in a fresh process. Peak RSS includes Python, JAX and the weights; "
-      "XLA buffers = arguments + outputs + temporaries of the compiled program.",
+      f"{params / 1e6:.2f}M parameters; {_REPEATS.value} timed call(s) after "
+      f"{_WARMUP.value} warm-up call(s), each size in a fresh process. images/s from the "
+      "best call (the machine is shared: the load average column shows how busy it was). "
+      "Peak RSS includes Python, JAX and the weights; XLA buffers = arguments + outputs + "
+      "temporaries of the compiled program.",
       "",
-      "| size | compile s | images/s | s/image | peak RSS GiB | XLA buffers GiB |",
-      "|---|---|---|---|---|---|",
+      "| size | compile s | images/s | best s/image | median s/image | peak RSS GiB | "
+      "XLA buffers GiB | load avg |",
+      "|---|---|---|---|---|---|---|---|",
       *rows,
   ]) + "\n"
   print(table)
