@@ -6,7 +6,6 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import fake_family
@@ -153,4 +152,5 @@ def test_restore_train_state_onto_new_shardings(tmp_path):
     assert y.sharding.num_devices == 4
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   np.testing.assert_array_equal(next(fresh_iter)["real"], expected_next["real"])
-  assert isinstance(restored["opt_state"]["generator"][0], optax.ScaleByAdamState)
+  # Optimizer states come back as their optax types, not plain containers.
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
