@@ -32,8 +32,10 @@ def _open(path: epath.PathLike, summary: Summary) -> Image.Image | None:
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       return Image.open(io.BytesIO(data))
   except (OSError, UnidentifiedImageError, Image.DecompressionBombError,
-          Image.DecompressionBombWarning, ValueError):
-    summary.add("unreadable", os.fspath(path))
+          Image.DecompressionBombWarning, ValueError) as e:
+    # A file cut short inside its header fails here already.
+    kind = "truncated" if "truncated" in str(e).lower() else "unreadable"
+    summary.add(kind, os.fspath(path))
     return None
 
 

@@ -1,0 +1,101 @@
+"""Tests of `python -m data_builders.build` and its `build()` function (incl. the Beam path)."""
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from data_builders import build as build_lib
+
+HERE = os.path.dirname(__file__)
+DUMMY = os.path.join(HERE, "dummy_data")
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def _examples(data_dir, name):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder_from_directory(os.path.join(data_dir, name, "1.0.0"))
+  return {split: {ex["name"].decode(): ex for ex in builder.as_data_source(split=split)}
+          for split in ("train", "test")}
+
+
+def test_build_returns_summary_then_reuses_the_dataset(tmp_path):
+  summary = build_lib.build("harmonization_composites/folder", os.fspath(tmp_path), DUMMY)
+  assert dict(summary.examples) == {"train": 4, "test": 1}
+  again = build_lib.build("harmonization_composites/folder", os.fspath(tmp_path), DUMMY)
+  assert dict(again.examples) == {"train": 4, "test": 1}
+  assert not again.files  # Nothing was read the second time.
+
+
+def test_data_dir_defaults_to_tfds_data_dir(tmp_path, monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", os.fspath(tmp_path))
+  build_lib.build("harmonization_composites/folder", None, DUMMY)
+  assert (tmp_path / "harmonization_composites" / "folder" / "1.0.0" /
+          "dataset_info.json").exists()
+
+
+def test_unknown_dataset_and_config_name_the_valid_ones(tmp_path):
+  with pytest.raises(ValueError, match="Unknown dataset 'nope'.*harmonization_composites"):
+    build_lib.build("nope/x", os.fspath(tmp_path))
+  with pytest.raises(ValueError, match="Unknown config 'bogus'.*'sample', 'coco', 'folder'"):
+    build_lib.build("harmonization_composites/bogus", os.fspath(tmp_path))
+
+
+def test_iharmony4_builds_through_the_same_command(tmp_path):
+  manual = os.path.join(REPO, "data_builders", "iharmony4", "dummy_data")
+  if not os.path.isdir(manual):
+    pytest.skip("iharmony4 dummy data not there")
+  summary = build_lib.build("iharmony4/all", os.fspath(tmp_path), manual)
+  assert summary.examples["train"] > 0 and summary.examples["test"] > 0
+
+
+def test_cli_shows_progress_and_prints_the_summary(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "data_builders.build", "harmonization_composites/coco",
+       f"--data_dir={tmp_path}", f"--manual_dir={DUMMY}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "examples: test=3, train=8" in result.stdout
+  assert "skipped crowd (COCO crowd annotation): 2: 000000000001.jpg#104" in result.stdout
+  # tqdm's bar: count/total, elapsed<remaining (the ETA) and the rate.
+  assert "Building train: 100%" in result.stderr or "Building train:" in result.stderr
+  assert "<" in result.stderr and "examples/s" in result.stderr
+
+
+def _manual_with_truncated_photo(tmp_path):
+  manual = tmp_path / "manual"
+  shutil.copytree(DUMMY, manual)
+  jpeg = io.BytesIO()
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8)).save(
+      jpeg, format="JPEG")
+  (manual / "images" / "broken.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) * 2 // 3])
+  mask = np.zeros((96, 128), np.uint8)
+  mask[20:60, 30:90] = 255
+  Image.fromarray(mask).save(manual / "masks" / "broken.png")
+  return manual
+
+
+def test_beam_build_equals_the_plain_build(tmp_path):
+  pytest.importorskip("apache_beam")
+  manual = _manual_with_truncated_photo(tmp_path)
+  plain = build_lib.build("harmonization_composites/folder", os.fspath(tmp_path / "plain"),
+                          os.fspath(manual))
+  beam = build_lib.build("harmonization_composites/folder", os.fspath(tmp_path / "beam"),
+                         os.fspath(manual), beam=True, beam_workers=2)
+  assert dict(beam.examples) == dict(plain.examples) == {"train": 4, "test": 1}
+  # The truncated photo is found on a worker; its report reaches the summary.
+  assert {os.path.basename(f) for f in beam.files["truncated"]} == {"broken.jpg"}
+  a = _examples(tmp_path / "plain", "harmonization_composites/folder")
+  b = _examples(tmp_path / "beam", "harmonization_composites/folder")
+  for split in ("train", "test"):
+    assert a[split].keys() == b[split].keys()
+    for name, ex in a[split].items():
+      for key in ("composite", "real", "mask"):
+        np.testing.assert_array_equal(ex[key], b[split][name][key])
+      assert ex["transfer"] == b[split][name]["transfer"]
+  assert not list((tmp_path / "beam").glob(".issues_*"))  # Cleaned up.
