@@ -175,12 +175,14 @@ def num_examples(data_config, split: str) -> int:
 
 
 def fake_evaluate_networks(config, networks, data_config, split, max_examples):
-  """Mean MSE of `predict` over `max_examples` synthetic examples."""
-  del config, split
+  """Mean MSE of the family's `predict` over `max_examples` synthetic examples."""
+  del split
+  from harmonax import models  # pylint: disable=g-import-not-at-top
+  family_predict = models.get_family(config.model.name).predict
   n = max_examples if max_examples > 0 else 16
   batch = [_example(10_000 + i, data_config.image_size) for i in range(n)]
   stack = {k: jnp.asarray(np.stack([b[k] for b in batch])) for k in batch[0]}
-  out = nnx.jit(predict)(networks, stack["composite"], stack["mask"])
+  out = nnx.jit(family_predict)(networks, stack["composite"], stack["mask"])
   return {"mse": float(jnp.mean((out - stack["real"]) ** 2))}
 
 
