@@ -25,12 +25,6 @@ from harmonax import checkpoint
 from harmonax import models
 from harmonax import torch_import
 
-_MODEL = flags.DEFINE_string("model", None, "Model family name (harmonax.models.<name>).")
-_TORCH_CHECKPOINT = flags.DEFINE_string(
-    "torch_checkpoint", None, "PATH, or role=PATH pairs separated by commas.")
-_OUTPUT = flags.DEFINE_string("output", None, "Directory to write (config.json + networks/).")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file; default: configs/<model>.py at full size.", lock_config=False)
 
 
 def parse_checkpoint_arg(arg: str) -> dict[str, str]:
@@ -112,15 +106,30 @@ def convert(model: str, checkpoints: dict[str, str], output: str | None,
   return networks
 
 
+def define_flags() -> None:
+  """Defines this tool's flags (not at import: other tools define --config too)."""
+  if "config" not in flags.FLAGS:
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file; default: configs/<model>.py at full size.",
+        lock_config=False, allow_override=True)
+  for name, help_text in [
+      ("model", "Model family name (harmonax.models.<name>)."),
+      ("torch_checkpoint", "PATH, or role=PATH pairs separated by commas."),
+      ("output", "Directory to write (config.json + networks/).")]:
+    if name not in flags.FLAGS:
+      flags.DEFINE_string(name, None, help_text, allow_override=True)
+
+
 def main(argv):
+  f = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  for flag in (_MODEL, _TORCH_CHECKPOINT, _OUTPUT):
-    if not flag.value:
-      raise app.UsageError(f"--{flag.name} is required")
-  convert(_MODEL.value, parse_checkpoint_arg(_TORCH_CHECKPOINT.value), _OUTPUT.value,
-          _CONFIG.value)
+  for name in ("model", "torch_checkpoint", "output"):
+    if not f[name].value:
+      raise app.UsageError(f"--{name} is required")
+  convert(f.model, parse_checkpoint_arg(f.torch_checkpoint), f.output, f.config)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -30,9 +30,6 @@ import numpy as np
 
 from harmonax import models
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/idih.py.",
-                                          lock_config=False)
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Default: config.data.image_size.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +100,24 @@ def format_table(summary: Summary) -> str:
   return "\n".join(lines)
 
 
+def define_flags() -> None:
+  """Defines --config and --image_size (not at import: other tools define them too)."""
+  if "config" not in flags.FLAGS:
+    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/idih.py.",
+                                    lock_config=False, allow_override=True)
+  if "image_size" not in flags.FLAGS:
+    flags.DEFINE_integer("image_size", None, "Default: config.data.image_size.",
+                         allow_override=True)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None:
+  if flags.FLAGS.config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/idih.py")
-  print(format_table(summarize(_CONFIG.value, _IMAGE_SIZE.value)))
+  print(format_table(summarize(flags.FLAGS.config, flags.FLAGS.image_size)))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

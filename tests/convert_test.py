@@ -232,3 +232,22 @@ def test_load_state_dict_unwraps_and_strips_prefix(tmp_path):
   path = tmp_path / "wrapped.pth"
   torch.save({"state_dict": {"module.a.weight": torch.ones(2)}, "epoch": 3}, path)
   assert list(torch_import.load_state_dict(str(path))) == ["a.weight"]
+
+
+def test_command_line(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  state = _official_state_dict("issam", seed=2)
+  np.savez(tmp_path / "issam.npz", **state)
+  out = tmp_path / "out"
+  root = os.path.join(os.path.dirname(__file__), "..")
+  result = subprocess.run(
+      [sys.executable, "-m", "harmonax.convert", "--model=issam",
+       f"--torch_checkpoint={tmp_path / 'issam.npz'}", f"--output={out}"],
+      cwd=root, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-2000:]
+  _, networks = checkpoint.load_networks(out)
+  np.testing.assert_array_equal(
+      torch_import.to_state_dict(networks["generator"])["decoder.to_rgb.weight"],
+      state["decoder.to_rgb.weight"])
