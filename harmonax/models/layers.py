@@ -173,7 +173,6 @@ class GaussianSmoothing(nnx.Module):
                              (channels, 1, kernel_size, kernel_size))
     self.weight = Buffer(jnp.asarray(kernel))
     self.padding = padding
-
     self.channels = channels
 
   def __call__(self, x: jax.Array) -> jax.Array:
