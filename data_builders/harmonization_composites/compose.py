@@ -5,6 +5,7 @@ seeded from the job's key), so a build gives the same bytes in any order, in
 one process or across Beam workers.
 """
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -88,11 +89,27 @@ def _photo_and_mask(obj: Obj, max_size: int | None) -> tuple[Any, Any, Summary]:
   return photo, mask, summary
 
 
+# PNG bytes of recent real photos, by (path, max_size): the objects and variants
+# of one photo share them. A small LRU: jobs come grouped by photo.
+_REAL_PNG: collections.OrderedDict = collections.OrderedDict()
+_REAL_PNG_SIZE = 4
+
+
+def _real_png(obj: Obj, max_size: int | None, photo: np.ndarray) -> bytes:
+  key = (obj.photo, max_size)
+  if key in _REAL_PNG:
+    _REAL_PNG.move_to_end(key)
+  else:
+    _REAL_PNG[key] = encode_png(photo)
+    if len(_REAL_PNG) > _REAL_PNG_SIZE:
+      _REAL_PNG.popitem(last=False)
+  return _REAL_PNG[key]
+
+
 @functools.lru_cache(maxsize=16)
-def _encoded(obj: Obj, max_size: int | None) -> tuple[bytes, bytes]:
-  """PNG bytes of the real photo and the 0/255 mask (cached per object)."""
-  photo, mask, _ = _photo_and_mask(obj, max_size)
-  return encode_png(photo), encode_png((mask * np.uint8(255))[..., None])
+def _mask_png(obj: Obj, max_size: int | None) -> bytes:
+  _, mask, _ = _photo_and_mask(obj, max_size)
+  return encode_png((mask * np.uint8(255))[..., None])
 
 
 def _choose_method(methods: tuple[tuple[str, float], ...], rng: np.random.Generator) -> str:
@@ -114,7 +131,6 @@ def make_example(job: Job, config, summary: Summary
     summary.merge(ref_found)
     if ref_photo is not None and ref_mask is not None:
       reference_pixels = ref_photo[ref_mask].astype(np.float64) / 255
-  real = photo.astype(np.float64) / 255
   for attempt in range(config.max_attempts):
     rng = rng_for(job.seed_key, attempt)
     methods = config.methods
@@ -126,12 +142,10 @@ def make_example(job: Job, config, summary: Summary
     ref = reference_pixels
     if ref is not None and len(ref) > _MAX_REFERENCE_PIXELS:
       ref = ref[np.sort(rng.choice(len(ref), _MAX_REFERENCE_PIXELS, replace=False))]
-    recolored, params = color_transfer.recolor_foreground(
-        real, mask, ref, method, rng, strength)
-    composite = np.round(recolored * 255).astype(np.uint8)
-    # Background bytes are the real photo's, exactly (the float round trip is
-    # exact too, but this makes it a guarantee).
-    composite = color_transfer.paste(photo, composite, mask)
+    pixels, params = color_transfer.recolor_pixels(photo, mask, ref, method, rng, strength)
+    # Only foreground pixels are written: the background bytes are the real photo's.
+    composite = photo.copy()
+    composite[mask] = np.round(pixels * 255).astype(np.uint8)
     fmse = color_transfer.foreground_mse(composite, photo, mask)
     if fmse < config.min_fmse:
       summary.add("rejected_small_change", job.key)
@@ -141,11 +155,10 @@ def make_example(job: Job, config, summary: Summary
       if method not in ("exposure", "filters") and job.reference is not None:
         params["reference"] = job.reference.name
       params.update(fmse=round(fmse, 2), attempt=attempt)
-      real_png, mask_png = _encoded(job.obj, config.max_size)
       return job.key, {
           "composite": encode_png(composite),
-          "real": real_png,
-          "mask": mask_png,
+          "real": _real_png(job.obj, config.max_size, photo),
+          "mask": _mask_png(job.obj, config.max_size),
           "name": job.key,
           "transfer": json.dumps(params, sort_keys=True),
           "category": job.obj.category,
