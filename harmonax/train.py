@@ -19,6 +19,7 @@ config.batch_size. SIGTERM (preemption) saves a checkpoint and exits cleanly.
 import os
 import signal
 import time
+from typing import Callable, NamedTuple
 
 from absl import app
 from absl import flags
@@ -87,6 +88,78 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+class TrainFns(NamedTuple):
+  """The trainer's pure functions for one config."""
+  init_state: Callable[[], dict]  # () -> state; jit with out_shardings.
+  # (state, batch) -> (state, metrics, finite, harmonized).
+  train_step: Callable[[dict, dict], tuple]
+  merge: Callable[[dict, dict], dict[str, nnx.Module]]  # (params, rest) -> networks.
+  networks: list[str]
+
+
+def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> TrainFns:
+  """Builds the train state initializer and the update step of config's model family.
+
+  The state is `{'params', 'rest', 'opt_state': {network: ...}, 'step'}`; the step
+  makes one forward pass and pulls back a one-hot cotangent per trained network.
+  """
+  # Networks -> (graphdef, Param state, other state) per network.
+  family = models.get_family(config.model.name)
+  abstract_nets = checkpoint.abstract_networks(config)
+  graphdefs = {k: nnx.split(net, nnx.Param, ...)[0] for k, net in abstract_nets.items()}
+  optimizers = family.make_optimizers(config, steps_per_epoch)
+  if unknown := set(optimizers) - set(graphdefs):
+    raise ValueError(f"make_optimizers names {sorted(unknown)}, which create_networks "
+                     f"does not make (networks: {sorted(graphdefs)})")
+
+  def init_state():
+    nets = family.create_networks(config, nnx.Rngs(config.seed))
+    params = checkpoint.network_states(nets, nnx.Param)
+    return {"params": params,
+            "rest": checkpoint.network_states(nets, nnx.Not(nnx.Param)),
+            "opt_state": {k: opt.init(params[k]) for k, opt in optimizers.items()},
+            "step": jnp.zeros((), jnp.int32)}
+
+  def merge(params, rest):
+    return {k: nnx.merge(graphdefs[k], params[k], rest[k]) for k in graphdefs}
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 1),
+                             state["step"])
+
+    def loss_fn(params):
+      nets = merge(params, state["rest"])
+      losses, metrics, outputs = family.compute_losses(nets, batch, rng, train=True)
+      rest = checkpoint.network_states(nets, nnx.Not(nnx.Param))
+      return losses, (metrics, outputs["harmonized"], rest)
+
+    losses, pullback, (metrics, harmonized, rest) = jax.vjp(
+        loss_fn, state["params"], has_aux=True)
+    if missing := set(optimizers) - set(losses):
+      raise ValueError(f"compute_losses returned no loss for trained networks "
+                       f"{sorted(missing)} (losses: {sorted(losses)})")
+    params, opt_state = dict(state["params"]), dict(state["opt_state"])
+    metrics = dict(metrics)
+    for k, optimizer in optimizers.items():
+      # A one-hot cotangent: d losses[k] / d params, of which network k's part
+      # is kept; e.g. a generator's adversarial loss trains only the generator.
+      cotangent = {j: jnp.ones_like(v) if j == k else jnp.zeros_like(v)
+                   for j, v in losses.items()}
+      grads = pullback(cotangent)[0][k]
+      updates, opt_state[k] = optimizer.update(grads, opt_state[k], params[k])
+      params[k] = optax.apply_updates(params[k], updates)
+      metrics[f"grad_norm/{k}"] = optax.global_norm(grads)
+    metrics.update({f"loss/{k}": v for k, v in losses.items()})
+    metrics.update({f"lr/{k}": v for k, v in learning_rates(opt_state).items()})
+    new_state = {"params": params, "rest": rest, "opt_state": opt_state,
+                 "step": state["step"] + 1}
+    # Checked before every save, so a diverged state is never written.
+    finite = _all_finite(losses) & _all_finite(params) & _all_finite(rest)
+    return new_state, metrics, finite, harmonized
+
+  return TrainFns(init_state, train_step, merge, sorted(graphdefs))
+
+
 class _Preemption:
   """Sets a flag on SIGTERM (single process); multi-host uses JAX's sync points."""
 
@@ -134,76 +207,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_steps = total_steps(config, steps_per_epoch)
   train_iter = input_pipeline.make_train_iterator(config.data, config.batch_size, config.seed)
 
-  # ---- Model: networks -> (graphdef, Param state, other state) per network.
-  family = models.get_family(config.model.name)
-  abstract_nets = checkpoint.abstract_networks(config)
-  graphdefs = {k: nnx.split(net, nnx.Param, ...)[0] for k, net in abstract_nets.items()}
-  optimizers = family.make_optimizers(config, steps_per_epoch)
-  if unknown := set(optimizers) - set(graphdefs):
-    raise ValueError(f"make_optimizers names {sorted(unknown)}, which create_networks "
-                     f"does not make (networks: {sorted(graphdefs)})")
-
-  def init_state():
-    nets = family.create_networks(config, nnx.Rngs(config.seed))
-    params = checkpoint.network_states(nets, nnx.Param)
-    return {"params": params,
-            "rest": checkpoint.network_states(nets, nnx.Not(nnx.Param)),
-            "opt_state": {k: opt.init(params[k]) for k, opt in optimizers.items()},
-            "step": jnp.zeros((), jnp.int32)}
-
-  def merge(params, rest):
-    return {k: nnx.merge(graphdefs[k], params[k], rest[k]) for k in graphdefs}
-
-  # ---- Update step: one forward pass, one pullback per trained network.
-  def train_step(state, batch):
-    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 1),
-                             state["step"])
-
-    def loss_fn(params):
-      nets = merge(params, state["rest"])
-      losses, metrics, outputs = family.compute_losses(nets, batch, rng, train=True)
-      rest = checkpoint.network_states(nets, nnx.Not(nnx.Param))
-      return losses, (metrics, outputs["harmonized"], rest)
-
-    losses, pullback, (metrics, harmonized, rest) = jax.vjp(
-        loss_fn, state["params"], has_aux=True)
-    if missing := set(optimizers) - set(losses):
-      raise ValueError(f"compute_losses returned no loss for trained networks "
-                       f"{sorted(missing)} (losses: {sorted(losses)})")
-    params, opt_state = dict(state["params"]), dict(state["opt_state"])
-    metrics = dict(metrics)
-    for k, optimizer in optimizers.items():
-      # A one-hot cotangent: d losses[k] / d params, of which network k's part
-      # is kept; e.g. a generator's adversarial loss trains only the generator.
-      cotangent = {j: jnp.ones_like(v) if j == k else jnp.zeros_like(v)
-                   for j, v in losses.items()}
-      grads = pullback(cotangent)[0][k]
-      updates, opt_state[k] = optimizer.update(grads, opt_state[k], params[k])
-      params[k] = optax.apply_updates(params[k], updates)
-      metrics[f"grad_norm/{k}"] = optax.global_norm(grads)
-    metrics.update({f"loss/{k}": v for k, v in losses.items()})
-    metrics.update({f"lr/{k}": v for k, v in learning_rates(opt_state).items()})
-    new_state = {"params": params, "rest": rest, "opt_state": opt_state,
-                 "step": state["step"] + 1}
-    # Checked before every save, so a diverged state is never written.
-    finite = _all_finite(losses) & _all_finite(params) & _all_finite(rest)
-    return new_state, metrics, finite, harmonized
-
-  train_step = jax.jit(train_step, donate_argnums=(0,))
+  # ---- Model and update step.
+  fns = make_train_fns(config, steps_per_epoch)
+  merge = fns.merge
+  train_step = jax.jit(fns.train_step, donate_argnums=(0,))
 
   # ---- Checkpoint: resume from the newest restorable step, else initialize.
   manager = checkpoint.make_manager(workdir, config.get("keep_checkpoints", 3))
-  abstract_state = sharding.abstract_like(jax.eval_shape(init_state), replicated)
+  abstract_state = sharding.abstract_like(jax.eval_shape(fns.init_state), replicated)
   restored = checkpoint.restore_train_state(manager, abstract_state, train_iter)
   if restored is not None:
     state, start_step = restored
     logging.info("Resumed from step %d of %s", start_step, manager.directory)
   else:
-    state, start_step = jax.jit(init_state, out_shardings=replicated)(), 0
+    state, start_step = jax.jit(fns.init_state, out_shardings=replicated)(), 0
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   logging.info("%s: %d parameters in %s; %d steps (%d per epoch), global batch %d on "
                "%d devices, %d processes", config.model.name, num_params,
-               sorted(graphdefs), num_steps, steps_per_epoch, config.batch_size,
+               fns.networks, num_steps, steps_per_epoch, config.batch_size,
                jax.device_count(), jax.process_count())
 
   # ---- Evals: averaged metrics on config.data.eval_split.
