@@ -224,3 +224,30 @@ def test_batch_size_must_split_over_devices(tmp_path, monkeypatch):
   config.batch_size = 12
   with pytest.raises(ValueError, match="batch_size=12 must be a multiple of the device"):
     _run(monkeypatch.setattr, tmp_path, config)
+
+
+LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")
+
+
+def test_launch_scripts_parse_and_run_training_on_every_worker(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  scripts = sorted(f for f in os.listdir(LAUNCH) if f.endswith(".sh"))
+  assert {"create.sh", "setup.sh", "train.sh", "delete.sh"} <= set(scripts)
+  for script in scripts:
+    path = os.path.join(LAUNCH, script)
+    subprocess.run(["bash", "-n", path], check=True)
+    usage = subprocess.run(["bash", path], capture_output=True, text=True)
+    assert usage.returncode == 2 and "ZONE" in usage.stderr, script
+  # A stand-in gcloud that prints its arguments shows the command each worker runs.
+  fake = tmp_path / "gcloud"
+  fake.write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+  fake.chmod(0o755)
+  env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
+  out = subprocess.run(
+      ["bash", os.path.join(LAUNCH, "train.sh"), "us-central2-b", "my-tpu",
+       "configs/issam.py:data=iharmony4", "gs://bucket/run", "--config.batch_size=64"],
+      capture_output=True, text=True, env=env, check=True).stdout
+  assert "--worker=all" in out and "--zone=us-central2-b" in out
+  assert ("python3 -m harmonax.train --config=configs/issam.py:data=iharmony4 "
+          "--workdir=gs://bucket/run --distributed --config.batch_size=64") in " ".join(
+              out.split())
