@@ -117,10 +117,22 @@ def iterate_records(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
       yield record
 
 
+def image_path(directory: str, name: str, subset: str = "") -> str:
+  """Where a saved prediction goes: directory/[subset/]<name without extension>.png.
+
+  Example names may hold folders ('coffee/cup/v00'); they are kept as folders
+  (unique names stay unique), minus empty, '.' and '..' parts.
+  """
+  parts = [p for p in f"{subset}/{name}".replace("\\", "/").split("/")
+           if p not in ("", ".", "..")]
+  if not parts:
+    raise ValueError(f"Example without a usable name: name={name!r} subset={subset!r}")
+  parts[-1] = os.path.splitext(parts[-1])[0] + ".png"
+  return os.path.join(directory, *parts)
+
+
 def _save_prediction(directory: str, record: Record, image: np.ndarray) -> None:
-  stem = os.path.splitext(os.path.basename(record["name"]))[0] or "example"
-  subdir = os.path.join(directory, record["subset"]) if record["subset"] else directory
-  image_io.write_image(os.path.join(subdir, stem + ".png"), image)
+  image_io.write_image(image_path(directory, record["name"], record["subset"]), image)
 
 
 def summarize(records: list[Record], keys: tuple[str, ...] | list[str] = COLUMNS

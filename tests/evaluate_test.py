@@ -142,6 +142,14 @@ def test_command_line_table_csv_and_images(dataset, tmp_path):
   assert np.abs(saved.astype(int) - comp.astype(int)).max() <= 1
 
 
+def test_image_path_keeps_names_unique_and_inside():
+  assert evaluate.image_path("/o", "c101_2_3.jpg", "HCOCO") == "/o/HCOCO/c101_2_3.png"
+  assert evaluate.image_path("/o", "coffee/cup/v00") == "/o/coffee/cup/v00.png"
+  assert evaluate.image_path("/o", "../../etc/x.jpg") == "/o/etc/x.png"
+  with pytest.raises(ValueError, match="usable name"):
+    evaluate.image_path("/o", "..")
+
+
 def test_bad_settings_raise():
   config = fake_family.get_config()
   config.eval.psnr_peak = "max"
