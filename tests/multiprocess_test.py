@@ -82,3 +82,16 @@ def test_two_processes_match_one(reference, tmp_path):
   assert sorted(p.name for p in (tmp_path / "checkpoints" / "4" / "data_iter").iterdir()
                 if p.suffix == ".json") == ["process_0-of-2.json", "process_1-of-2.json"]
   _assert_close(_params(tmp_path), _params(reference))
+
+
+def test_sigterm_on_one_host_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
+  port = _free_port()
+  # Only process 1 gets SIGTERM (at its 3rd batch): JAX's preemption service
+  # makes both processes stop, and save, at one agreed step.
+  workers = [_worker(tmp_path, total_steps=40, devices=4, num_processes=2, process_id=i,
+                     port=port, checkpoint_every=100, sigterm_at_batch=3 if i else 0)
+             for i in range(2)]
+  for process in workers:
+    _wait(process)
+  steps = checkpoint.good_steps(tmp_path / "checkpoints")
+  assert len(steps) == 1 and 3 <= steps[0] < 40, steps

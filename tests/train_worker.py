@@ -8,6 +8,7 @@ The device count is set before JAX starts, which pytest's process cannot do.
 
 import argparse
 import os
+import signal
 import sys
 
 
@@ -16,9 +17,12 @@ def main() -> None:
   parser.add_argument("workdir")
   parser.add_argument("--total_steps", type=int, required=True)
   parser.add_argument("--devices", type=int, required=True)
+  parser.add_argument("--checkpoint_every", type=int, default=2)
   parser.add_argument("--num_processes", type=int, default=1)
   parser.add_argument("--process_id", type=int, default=0)
   parser.add_argument("--port", type=int, default=0)
+  parser.add_argument("--sigterm_at_batch", type=int, default=0,
+                      help="send SIGTERM to this process when it reads this batch")
   args = parser.parse_args()
 
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
@@ -39,9 +43,19 @@ def main() -> None:
   assert jax.local_device_count() == args.devices, jax.devices()
   fake_family.register()
   fake_family.install_synthetic_data(setattr)
+  if args.sigterm_at_batch:
+    original, calls = sharding.global_batch, []
+
+    def global_batch(local, mesh):
+      calls.append(1)
+      if len(calls) == args.sigterm_at_batch:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return original(local, mesh)
+
+    sharding.global_batch = global_batch
   config = fake_family.get_config()
   config.total_steps = args.total_steps
-  config.checkpoint_every = 2
+  config.checkpoint_every = args.checkpoint_every
   train.train_and_evaluate(config, args.workdir)
 
 
