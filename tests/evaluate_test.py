@@ -97,7 +97,9 @@ def test_extra_eval_metrics_become_columns(dataset):
   extra = types.ModuleType("harmonax.models.fake_extra")
   extra.__dict__.update({k: getattr(fake_family, k) for k in
                          ("create_networks", "make_optimizers", "compute_losses", "predict")})
-  extra.extra_eval_metrics = lambda nets, batch: {"mean_mask": batch["mask"].mean(axis=(1, 2, 3))}
+  extra.extra_eval_metrics = lambda nets, batch: {
+      "mean_mask": batch["mask"].mean(axis=(1, 2, 3)),
+      "pred_minus_composite": jnp.abs(batch["harmonized"] - batch["composite"]).max((1, 2, 3))}
   sys.modules["harmonax.models.fake_extra"] = extra
   try:
     config.model.name = "fake_extra"
@@ -107,6 +109,7 @@ def test_extra_eval_metrics_become_columns(dataset):
     del sys.modules["harmonax.models.fake_extra"]
   assert len(records) == 5
   assert all(0 < r["mean_mask"] < 1 for r in records)
+  assert all(r["pred_minus_composite"] < 1e-6 for r in records)  # Identity model.
   table = evaluate.format_table(records, "real_max", "gaussian7", extra_keys=("mean_mask",))
   assert "| method | subset | MSE | PSNR | fMSE | fPSNR | SSIM | mean_mask | N |" in table
 
