@@ -10,7 +10,8 @@ prediction clipped to [0, 1] (not quantized to 8 bits), then averaged over
 images; "All" is image-weighted. The same code scores the input composite as
 the identity "composite" row. Padding rows of the last batch are never counted.
 Writes <output_dir>/eval_<dataset>_<split>.{md,csv}; output_dir defaults to
-the workdir/checkpoint directory.
+the workdir/checkpoint directory. With --image_size=0 (full resolution) batches
+hold one image and every new image shape compiles once more.
 """
 
 import csv
