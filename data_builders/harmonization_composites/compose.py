@@ -11,6 +11,7 @@ import functools
 import hashlib
 import io
 import json
+import threading
 from typing import Any
 
 import numpy as np
@@ -95,15 +96,21 @@ _REAL_PNG: collections.OrderedDict = collections.OrderedDict()
 _REAL_PNG_SIZE = 4
 
 
+_REAL_PNG_LOCK = threading.Lock()  # Builds without Beam run jobs in threads.
+
+
 def _real_png(obj: Obj, max_size: int | None, photo: np.ndarray) -> bytes:
   key = (obj.photo, max_size)
-  if key in _REAL_PNG:
-    _REAL_PNG.move_to_end(key)
-  else:
-    _REAL_PNG[key] = encode_png(photo)
+  with _REAL_PNG_LOCK:
+    if key in _REAL_PNG:
+      _REAL_PNG.move_to_end(key)
+      return _REAL_PNG[key]
+  data = encode_png(photo)
+  with _REAL_PNG_LOCK:
+    _REAL_PNG[key] = data
     if len(_REAL_PNG) > _REAL_PNG_SIZE:
       _REAL_PNG.popitem(last=False)
-  return _REAL_PNG[key]
+  return data
 
 
 @functools.lru_cache(maxsize=16)
