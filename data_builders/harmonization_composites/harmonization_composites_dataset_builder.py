@@ -186,8 +186,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "transfer": tfds.features.Text(),
             "category": tfds.features.Text(),
         }),
-        supervised_keys=None,
-        homepage="https://github.com/bcmi/Image-Harmonization-Dataset-iHarmony4",
+        supervised_keys=None,  # README.md and CITATIONS.bib are read from this folder.
     )
 
   def _download_and_prepare(self, dl_manager, download_config=None):
