@@ -192,8 +192,7 @@ def convert_torch(state_dicts: dict[str, dict[str, np.ndarray]],
     torch_import.StateDictMismatchError: on missing, unexpected or mis-shaped keys.
     ValueError: if no generator state dict is given.
   """
-  return dovenet.convert_networks(create_networks(config, nnx.Rngs(0)), state_dicts,
-                                  TORCH_NAMES)
+  return dovenet.convert_networks(config, create_networks, state_dicts, TORCH_NAMES)
 
 
 to_torch = dovenet.to_torch

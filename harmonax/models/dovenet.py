@@ -227,12 +227,20 @@ def convert_torch(state_dicts: dict[str, dict[str, np.ndarray]],
     torch_import.StateDictMismatchError: on missing, unexpected or mis-shaped keys.
     ValueError: if no generator state dict is given.
   """
-  return convert_networks(create_networks(config, nnx.Rngs(0)), state_dicts, TORCH_NAMES)
+  return convert_networks(config, create_networks, state_dicts, TORCH_NAMES)
 
 
-def convert_networks(networks: dict[str, nnx.Module], state_dicts: dict,
+def convert_networks(config: ml_collections.ConfigDict, create, state_dicts: dict,
                      torch_names: dict[str, str]) -> dict[str, nnx.State]:
-  """Loads each given state dict into its network and returns their states."""
+  """Loads each given state dict into its network and returns their states.
+
+  The networks are built abstractly (no random init of ~70M parameters): every
+  variable must come from the state dicts, which load_into enforces.
+  """
+  networks = nnx.eval_shape(lambda: create(config, nnx.Rngs(0)))
+  if not any(k in state_dicts for k in ("generator", torch_names["generator"])):
+    raise ValueError(f"No generator weights among state dicts {sorted(state_dicts)}; "
+                     f"expected one of {sorted(torch_names.items())}")
   states = {}
   for name, short in torch_names.items():
     sd = state_dicts.get(short, state_dicts.get(name))
@@ -241,9 +249,6 @@ def convert_networks(networks: dict[str, nnx.Module], state_dicts: dict,
     sd = spectral_norm.torch_names_to_wrapper(_strip_prefix(sd, short + "."))
     torch_import.load_into(networks[name], sd, context=f"{short} ({name})")
     states[name] = nnx.state(networks[name])
-  if "generator" not in states:
-    raise ValueError(f"No generator weights among state dicts {sorted(state_dicts)}; "
-                     f"expected one of {sorted(torch_names.items())}")
   return states
 
 

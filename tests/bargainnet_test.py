@@ -1,0 +1,158 @@
+"""Tests for the BargainNet family: triplet loss, step, harmony score, predict, import."""
+
+import os
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import bargainnet as bargainnet_config
+from dovenet_test import random_state_dicts
+from harmonax.models import bargainnet
+
+KEYS = os.path.join(os.path.dirname(__file__), "data", "torch_keys", "bargainnet_keys.txt")
+
+
+def tiny_config():
+  """A BargainNet small enough for CPU tests (64x64: the code extractor needs >= 63)."""
+  config = bargainnet_config.get_config("runlocal")
+  config.model.update(num_downs=6, ngf=4, ndf=4)
+  return config
+
+
+def _batch(size=64, batch=2, seed=0):
+  rng = np.random.RandomState(seed)
+  mask = np.zeros((batch, size, size, 1), np.float32)
+  mask[:, size // 4:size // 2, size // 4:3 * size // 4] = 1.0
+  return {"composite": jnp.asarray(rng.rand(batch, size, size, 3), jnp.float32),
+          "real": jnp.asarray(rng.rand(batch, size, size, 3), jnp.float32),
+          "mask": jnp.asarray(mask)}
+
+
+def test_triplet_loss_hand_values():
+  a, p, n = jnp.zeros((1, 2)), jnp.array([[3.0, 4.0]]), jnp.array([[0.0, 1.0]])
+  # d(a, p) = 5, d(a, n) = 1: relu(5 - 1 + 0.1) = 4.1; swapped: relu(1 - 5 + 0.1) = 0.
+  np.testing.assert_allclose(bargainnet.triplet_margin_loss(a, p, n, 0.1, eps=0.0), 4.1)
+  np.testing.assert_allclose(bargainnet.triplet_margin_loss(a, n, p, 0.1, eps=0.0), 0.0)
+  # Official codes: per-dimension triplets, relu(|a-p| - |a-n| + m) averaged:
+  # dim 0: relu(3 - 0 + 0.1) = 3.1; dim 1: relu(4 - 1 + 0.1) = 3.1.
+  np.testing.assert_allclose(bargainnet.code_triplet_loss(a, p, n, 0.1), 3.1, rtol=1e-5)
+
+
+def test_code_triplet_loss_matches_torch_on_official_shapes():
+  torch = pytest.importorskip("torch")
+  rng = np.random.RandomState(0)
+  a, p, n = (rng.randn(3, 16).astype(np.float32) for _ in range(3))
+  loss = torch.nn.TripletMarginLoss(margin=0.1, p=2)
+  want = loss(*(torch.from_numpy(x)[:, :, None, None] for x in (a, p, n))).item()
+  np.testing.assert_allclose(bargainnet.code_triplet_loss(a, p, n), want, rtol=1e-5)
+
+
+def test_full_size_parameter_counts_match_official():
+  config = bargainnet_config.get_config()
+  nets = nnx.eval_shape(lambda: bargainnet.create_networks(config, nnx.Rngs(0)))
+  count = lambda net: sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))
+  assert count(nets["generator"]) == 54_776_324  # official: 54.78M
+  assert count(nets["encoder"]) == 3_919_376     # official: 3.92M
+
+
+def test_step_trains_generator_and_encoder_with_one_loss():
+  config = tiny_config()
+  nets = bargainnet.create_networks(config, nnx.Rngs(0))
+  graphs, params, rest = {}, {}, {}
+  for k, net in nets.items():
+    graphs[k], p, r = nnx.split(net, nnx.Param, ...)
+    params[k], rest[k] = p.to_pure_dict(), r.to_pure_dict()
+  batch = _batch()
+
+  @jax.jit
+  def step(params):
+    def loss_fn(p):
+      ns = {k: nnx.merge(graphs[k], p[k], rest[k]) for k in graphs}
+      losses, metrics, _ = bargainnet.compute_losses(ns, batch, jax.random.key(1), True)
+      new_rest = {k: nnx.state(n, nnx.Not(nnx.Param)).to_pure_dict() for k, n in ns.items()}
+      return losses["generator"], (losses, metrics, new_rest)
+    return jax.grad(loss_fn, has_aux=True)(params)
+
+  grads, (losses, metrics, new_rest) = step(params)
+  np.testing.assert_array_equal(losses["generator"], losses["encoder"])
+  np.testing.assert_allclose(
+      losses["generator"],
+      metrics["l1"] + 0.01 * (metrics["triplet_fg"] + metrics["triplet_bg"]), rtol=1e-6)
+  assert metrics["triplet_fg"] > 0 and metrics["triplet_bg"] > 0
+  norm = optax.global_norm
+  assert norm(grads["generator"]) > 0 and norm(grads["encoder"]) > 0
+  assert float(grads["generator"]["weight"][0]) != 0.0  # the code scale is learned
+  assert not np.allclose(new_rest["encoder"]["norm2f"]["mean"], rest["encoder"]["norm2f"]["mean"])
+  optimizers = bargainnet.make_optimizers(config, steps_per_epoch=10)
+  assert set(optimizers) == {"generator", "encoder"}
+  for k in optimizers:
+    updates, _ = optimizers[k].update(grads[k], optimizers[k].init(params[k]), params[k])
+    assert norm(updates) > 0
+
+
+def test_code_scale_is_clamped():
+  config = tiny_config()
+  gen = bargainnet.create_networks(config, nnx.Rngs(0))["generator"]
+  gen.eval()
+  x = jax.random.uniform(jax.random.key(0), (1, 64, 64, 20))
+  gen.weight[...] = jnp.array([-1.0])
+  low = gen(x)
+  gen.weight[...] = jnp.array([0.001])
+  np.testing.assert_allclose(gen(x), low, atol=1e-6)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (40, 70)])
+def test_predict_any_size_keeps_background_exact(hw):
+  nets = bargainnet.create_networks(tiny_config(), nnx.Rngs(0))
+  for net in nets.values():
+    net.eval()
+  rng = np.random.RandomState(0)
+  comp = jnp.asarray(rng.rand(1, *hw, 3), jnp.float32)
+  mask = jnp.asarray(rng.rand(1, *hw, 1) > 0.6, jnp.float32)
+  out = np.asarray(jax.jit(bargainnet.predict)(nets, comp, mask))
+  assert out.shape == comp.shape and np.isfinite(out).all()
+  bg = np.asarray(mask[..., 0]) == 0
+  np.testing.assert_array_equal(out[bg], np.asarray(comp)[bg])
+  assert not np.allclose(out[~bg], np.asarray(comp)[~bg])
+
+
+def test_harmony_score_is_exp_of_code_distance():
+  nets = bargainnet.create_networks(tiny_config(), nnx.Rngs(0))
+  enc = nets["encoder"]
+  enc.eval()
+  batch = _batch(size=64)
+  score = bargainnet.harmony_score(enc, batch["composite"], batch["mask"], size=None)
+  x = batch["composite"] * 2 - 1
+  dist = np.linalg.norm(enc(x, batch["mask"]) - enc(x, 1 - batch["mask"]), axis=-1)
+  np.testing.assert_allclose(score, np.exp(-0.04212 * dist), rtol=1e-5)
+  assert score.shape == (2,) and np.all((score > 0) & (score <= 1))
+  # A region compared with itself is perfectly harmonious.
+  same = bargainnet.harmony_score(enc, batch["composite"], jnp.full_like(batch["mask"], 0.5),
+                                  size=None)
+  np.testing.assert_allclose(same, 1.0, rtol=1e-6)
+  for net in nets.values():
+    net.eval()
+  extra = bargainnet.extra_eval_metrics(nets, batch)
+  assert set(extra) == {"harmony_score", "harmony_score_composite"}
+  assert all(v.shape == (2,) for v in extra.values())
+
+
+def test_convert_round_trips_official_keys():
+  config = bargainnet_config.get_config()
+  sds = random_state_dicts(KEYS)
+  states = bargainnet.convert_torch(sds, config)
+  assert set(states) == {"generator", "encoder"}
+  abstract = nnx.eval_shape(lambda: bargainnet.create_networks(config, nnx.Rngs(1)))
+  for name, short in bargainnet.TORCH_NAMES.items():
+    back = bargainnet.to_torch(nnx.merge(nnx.graphdef(abstract[name]), states[name]))
+    expected = {k: v for k, v in sds[short].items() if not k.endswith("num_batches_tracked")}
+    assert sorted(back) == sorted(expected)
+    for key, value in expected.items():
+      np.testing.assert_array_equal(back[key], value, err_msg=key)
+  np.testing.assert_array_equal(states["generator"]["weight"][...], sds["G"]["weight"])
+  np.testing.assert_array_equal(states["encoder"]["norm3f"]["var"][...],
+                                sds["E"]["norm3f.running_var"])

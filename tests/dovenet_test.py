@@ -1,0 +1,185 @@
+"""Tests for the DoveNet family: losses, GAN step, parameter counts, predict, import."""
+
+import ast
+import os
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import dovenet as dovenet_config
+from harmonax import torch_import
+from harmonax.models import dovenet
+
+KEYS = os.path.join(os.path.dirname(__file__), "data", "torch_keys", "dovenet_keys.txt")
+
+
+def read_key_list(path: str) -> dict[str, dict[str, tuple[tuple[int, ...], str]]]:
+  """{'G': {key without 'G.': (shape, dtype)}, ...} from a torch_keys listing."""
+  modules: dict[str, dict] = {}
+  with open(path) as f:
+    for line in f:
+      if not line.strip() or line.startswith("#"):
+        continue
+      key, shape, dtype = line.rstrip("\n").split("\t")[:3]
+      module, _, name = key.partition(".")
+      modules.setdefault(module, {})[name] = (tuple(eval(shape)), dtype)  # pylint: disable=eval-used
+  return modules
+
+
+def random_state_dicts(path: str, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+  rng = np.random.default_rng(seed)
+  return {m: {k: (rng.standard_normal(s, dtype=np.float32) if d == "float32"
+                  else np.zeros(s, np.int64)) for k, (s, d) in keys.items()}
+          for m, keys in read_key_list(path).items()}
+
+
+def tiny_config(**model):
+  """A DoveNet small enough for CPU tests: 32x32 input."""
+  config = dovenet_config.get_config("runlocal")
+  config.model.update(num_downs=5, ngf=4, ndf=4, d_num_strided=3, **model)
+  return config
+
+
+def _batch(size=32, batch=2, seed=0):
+  rng = np.random.RandomState(seed)
+  mask = np.zeros((batch, size, size, 1), np.float32)
+  mask[:, size // 4:size // 2, size // 4:3 * size // 4] = 1.0
+  return {"composite": jnp.asarray(rng.rand(batch, size, size, 3), jnp.float32),
+          "real": jnp.asarray(rng.rand(batch, size, size, 3), jnp.float32),
+          "mask": jnp.asarray(mask)}
+
+
+def test_hinge_loss_hand_values():
+  real, fake = jnp.array([0.5, 2.0]), jnp.array([-2.0, 0.0])
+  # relu(1 - real) = [0.5, 0] -> 0.25; relu(1 + fake) = [0, 1] -> 0.5.
+  np.testing.assert_allclose(dovenet.hinge_d_loss(real, fake), 0.75)
+
+
+def test_gradient_penalty_hand_value():
+  # A linear critic sum(w * x) has input gradient w everywhere: (|w| - 1)^2.
+  w = jnp.array([3.0, 4.0]).reshape(1, 2)
+  real, fake = jnp.ones((3, 2)), jnp.zeros((3, 2))
+  gp = dovenet.gradient_penalty(lambda x: x @ w.T, real, fake, jax.random.key(0), 10.0)
+  np.testing.assert_allclose(gp, 10.0 * (5.0 - 1.0) ** 2, rtol=1e-6)
+
+
+def test_full_size_parameter_counts_match_official():
+  config = dovenet_config.get_config()
+  nets = nnx.eval_shape(lambda: dovenet.create_networks(config, nnx.Rngs(0)))
+  count = lambda net: sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))
+  assert count(nets["generator"]) == 54_755_587  # official: 54.76M
+  assert count(nets["discriminator"]) == 17_787_138  # official: 17.79M
+
+
+def test_linear_decay_schedule():
+  config = tiny_config()
+  opt = dovenet.make_optimizers(config, steps_per_epoch=10)
+  assert set(opt) == {"generator", "discriminator"}
+  sched = dovenet.linear_decay_schedule(2e-4, 100, 100, steps_per_epoch=10)
+  np.testing.assert_allclose(sched(0), 2e-4)
+  np.testing.assert_allclose(sched(999), 2e-4)           # epoch 99
+  np.testing.assert_allclose(sched(1000), 2e-4 * 100 / 101, rtol=1e-6)  # epoch 100
+  np.testing.assert_allclose(sched(1999), 2e-4 / 101, rtol=1e-6)        # epoch 199
+
+
+def test_gan_step_trains_both_networks_with_separate_gradients():
+  config = tiny_config()
+  nets = dovenet.create_networks(config, nnx.Rngs(0))
+  graphs, params, rest = {}, {}, {}
+  for k, net in nets.items():
+    graphs[k], p, r = nnx.split(net, nnx.Param, ...)
+    params[k], rest[k] = p.to_pure_dict(), r.to_pure_dict()
+  batch = _batch()
+
+  @jax.jit
+  def step(params, rest):
+    def loss_fn(p):  # as the trainer: merge pure dicts, one forward pass
+      ns = {k: nnx.merge(graphs[k], p[k], rest[k]) for k in graphs}
+      losses, metrics, outputs = dovenet.compute_losses(ns, batch, jax.random.key(1), True)
+      new_rest = {k: nnx.state(n, nnx.Not(nnx.Param)).to_pure_dict() for k, n in ns.items()}
+      return losses, (metrics, outputs, new_rest)
+
+    losses, pullback, aux = jax.vjp(loss_fn, params, has_aux=True)
+    grads = {name: pullback({k: jnp.asarray(k == name, v.dtype) for k, v in losses.items()})[0]
+             for name in losses}
+    return losses, grads, aux
+
+  losses, grads, (metrics, outputs, new_rest) = step(params, rest)
+  assert all(np.isfinite(float(v)) for v in list(losses.values()) + list(metrics.values()))
+  np.testing.assert_allclose(
+      losses["generator"],
+      metrics["g_global"] + metrics["g_verification"] + 100 * metrics["l1"], rtol=1e-5)
+  np.testing.assert_allclose(
+      losses["discriminator"],
+      metrics["d_global"] + metrics["d_verification"] + metrics["d_gp"], rtol=1e-5)
+
+  norm = optax.global_norm
+  g_grads, d_grads = grads["generator"], grads["discriminator"]
+  # The generator loss depends on D's params (-D(fake)) -- the trainer keeps
+  # that part out of D's update -- and the D loss trains D.
+  assert norm(g_grads["discriminator"]) > 0
+  assert norm(d_grads["discriminator"]) > 0 and norm(g_grads["generator"]) > 0
+
+  # One Adam step per network changes both; spectral-norm vectors advance.
+  optimizers = dovenet.make_optimizers(config, 10)
+  for k, g in (("generator", g_grads), ("discriminator", d_grads)):
+    updates, _ = optimizers[k].update(g[k], optimizers[k].init(params[k]), params[k])
+    new = optax.apply_updates(params[k], updates)
+    assert norm(jax.tree.map(jnp.subtract, new, params[k])) > 0
+  u_old = rest["discriminator"]["D"]["conv1f"]["u"]
+  assert not np.allclose(new_rest["discriminator"]["D"]["conv1f"]["u"], u_old)
+  bg = np.asarray(batch["mask"][..., 0]) == 0
+  np.testing.assert_array_equal(np.asarray(outputs["harmonized"])[bg],
+                                np.asarray(batch["composite"])[bg])
+
+
+@pytest.mark.parametrize("hw", [(32, 32), (20, 45)])
+def test_predict_any_size_keeps_background_exact(hw):
+  nets = dovenet.create_networks(tiny_config(), nnx.Rngs(0))
+  for net in nets.values():
+    net.eval()
+  rng = np.random.RandomState(0)
+  comp = jnp.asarray(rng.rand(1, *hw, 3), jnp.float32)
+  mask = jnp.asarray(rng.rand(1, *hw, 1) > 0.6, jnp.float32)
+  out = jax.jit(dovenet.predict)(nets, comp, mask)
+  assert out.shape == comp.shape
+  bg = np.asarray(mask[..., 0]) == 0
+  np.testing.assert_array_equal(np.asarray(out)[bg], np.asarray(comp)[bg])
+  fg = ~bg
+  assert np.all((np.asarray(out)[fg] >= 0) & (np.asarray(out)[fg] <= 1))
+  assert not np.allclose(np.asarray(out)[fg], np.asarray(comp)[fg])
+
+
+def test_convert_round_trips_official_keys():
+  config = dovenet_config.get_config()  # full size: the official names and shapes
+  sds = random_state_dicts(KEYS)
+  states = dovenet.convert_torch(sds, config)
+  assert set(states) == {"generator", "discriminator"}
+  abstract = nnx.eval_shape(lambda: dovenet.create_networks(config, nnx.Rngs(1)))
+  for name, short in dovenet.TORCH_NAMES.items():
+    back = dovenet.to_torch(nnx.merge(nnx.graphdef(abstract[name]), states[name]))
+    assert sorted(back) == sorted(sds[short])
+    for key, value in sds[short].items():
+      np.testing.assert_array_equal(back[key], value, err_msg=key)
+  # Layouts: PyTorch [O, I, kh, kw] -> [kh, kw, I, O]; raw SN weight; u vector.
+  g = states["generator"]
+  np.testing.assert_array_equal(g["model"]["model"][0]["kernel"][...],
+                                sds["G"]["model.model.0.weight"].transpose(2, 3, 1, 0))
+  d = states["discriminator"]["D"]["conv2f"]
+  np.testing.assert_array_equal(d["layer"]["kernel"][...],
+                                sds["D"]["D.conv2f.weight_orig"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(d["u"][...], sds["D"]["D.conv2f.weight_u"])
+
+
+def test_convert_names_bad_keys_and_requires_generator():
+  config = tiny_config()
+  sd = torch_import.to_state_dict(dovenet.create_networks(config, nnx.Rngs(0))["generator"])
+  sd["model.model.0.weight"] = sd["model.model.0.weight"][:1]
+  with pytest.raises(torch_import.StateDictMismatchError, match="model.model.0.weight"):
+    dovenet.convert_torch({"G": sd}, config)
+  with pytest.raises(ValueError, match="No generator weights"):
+    dovenet.convert_torch({"D": {}}, config)
