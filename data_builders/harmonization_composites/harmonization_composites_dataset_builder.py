@@ -31,7 +31,7 @@ from harmonax import color_transfer
 
 SPLITS = ("train", "test")
 # Worker threads and jobs in flight of a build without Beam.
-_THREADS = 4
+_THREADS = 3
 _WINDOW = 64
 # Default mix of methods (relative weights); 'filters' are Harmonizer's white-box filters.
 DEFAULT_METHODS = (("reinhard", 1.0), ("covariance", 1.0), ("histogram", 1.0),
@@ -226,8 +226,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # Threads: numpy, zlib and XLA release the GIL, so 2 cores make ~1.5x the
     # examples. Windows keep memory bounded; map keeps the order (and every
     # example is seeded from its key anyway).
-    workers = min(_THREADS, os.cpu_count() or 1)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=_THREADS) as pool:
       for start in range(0, len(jobs), _WINDOW):
         for found, example in pool.map(make, jobs[start:start + _WINDOW]):
           self.summary.merge(found)
