@@ -209,7 +209,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Model and update step.
   fns = make_train_fns(config, steps_per_epoch)
-  merge = fns.merge
   train_step = jax.jit(fns.train_step, donate_argnums=(0,))
 
   # ---- Checkpoint: resume from the newest restorable step, else initialize.
@@ -229,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Evals: averaged metrics on config.data.eval_split.
   def run_eval(step):
-    nets = merge(state["params"], state["rest"])
+    nets = fns.merge(state["params"], state["rest"])
     for net in nets.values():
       net.eval()
     results = evaluate.evaluate_networks(
@@ -250,9 +249,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if not finite:
         losses = ", ".join(f"{k}={float(v):.6g}" for k, v in sorted(metrics.items()))
         good = manager.latest_step()
+        kept = (f"the last good checkpoint is step {good} in {manager.directory}"
+                if good is not None else "no checkpoint was saved")
         raise FloatingPointError(
-            f"Non-finite loss or parameters at step {step} ({losses}); training stopped. "
-            f"The last good checkpoint is step {good} in {manager.directory}.")
+            f"Non-finite loss or parameters at step {step} ({losses}); training "
+            f"stopped, {kept}.")
     if not fetched:
       return {}
     return {k: float(np.mean([m[k] for _, m, _ in fetched])) for k in fetched[-1][1]}
@@ -260,7 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Loop.
   every = lambda n, step: n > 0 and step % n == 0
   progress = metric_writers.Progress(start_step, num_steps, config.batch_size)
-  step = start_step
+  if start_step >= num_steps:
+    logging.info("Nothing to do: step %d of %d already reached.", start_step, num_steps)
   try:
     with _Preemption() as preemption, jax.set_mesh(mesh):
       for step in range(start_step + 1, num_steps + 1):
