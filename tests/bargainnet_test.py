@@ -11,6 +11,7 @@ import pytest
 
 from configs import bargainnet as bargainnet_config
 from dovenet_test import random_state_dicts
+from dovenet_test import runlocal_smoke
 from harmonax.models import bargainnet
 
 KEYS = os.path.join(os.path.dirname(__file__), "data", "torch_keys", "bargainnet_keys.txt")
@@ -156,3 +157,13 @@ def test_convert_round_trips_official_keys():
   np.testing.assert_array_equal(states["generator"]["weight"][...], sds["G"]["weight"])
   np.testing.assert_array_equal(states["encoder"]["norm3f"]["var"][...],
                                 sds["E"]["norm3f.running_var"])
+
+
+def test_runlocal_trains_checkpoints_resumes_and_evaluates(tmp_path, monkeypatch):
+  _, second, networks = runlocal_smoke(bargainnet_config.get_config("runlocal"), tmp_path,
+                                       monkeypatch.setattr)
+  assert set(second["params"]) == {"generator", "encoder"}
+  batch = _batch(size=64)
+  scores = bargainnet.extra_eval_metrics(networks, batch)
+  for value in scores.values():
+    assert value.shape == (2,) and np.all((value > 0) & (value <= 1))

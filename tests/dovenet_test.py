@@ -2,6 +2,7 @@
 
 import ast
 import os
+import tempfile
 
 from flax import nnx
 import jax
@@ -183,3 +184,40 @@ def test_convert_names_bad_keys_and_requires_generator():
     dovenet.convert_torch({"G": sd}, config)
   with pytest.raises(ValueError, match="No generator weights"):
     dovenet.convert_torch({"D": {}}, config)
+
+
+def runlocal_smoke(config, tmp_path, patch):
+  """Trains `config` 2 steps, resumes to 3 through harmonax.train (synthetic
+  data, 8 CPU devices); returns (params after 2, state after 3, networks)."""
+  import fake_family  # pylint: disable=g-import-not-at-top
+  from harmonax import checkpoint, train  # pylint: disable=g-import-not-at-top
+  # Both runs compile the same step: a persistent cache turns the second into a hit.
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(tempfile.gettempdir(), "harmonax_test_jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  fake_family.install_synthetic_data(patch)
+  config.data.num_examples = 16
+  config.update(total_steps=2, eval_every=2, checkpoint_every=2, log_every=1, image_every=0)
+  first = jax.device_get(train.train_and_evaluate(config, os.fspath(tmp_path)))
+  config.total_steps = 3
+  second = jax.device_get(train.train_and_evaluate(config, os.fspath(tmp_path)))
+  assert int(second["step"]) == 3
+  assert checkpoint.good_steps(tmp_path / "checkpoints")[:2] == [3, 2]
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert sum('"eval/mse"' in line for line in lines) == 2
+  for name, params in first["params"].items():
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), params, second["params"][name])
+    assert max(jax.tree.leaves(moved)) > 0, f"{name} did not train after resuming"
+  _, networks = checkpoint.load_networks(tmp_path)
+  return first, second, networks
+
+
+def test_runlocal_trains_checkpoints_resumes_and_evaluates(tmp_path, monkeypatch):
+  _, second, networks = runlocal_smoke(dovenet_config.get_config("runlocal"), tmp_path,
+                                       monkeypatch.setattr)
+  assert set(second["params"]) == {"generator", "discriminator"}
+  batch = _batch(size=64)
+  out = jax.jit(dovenet.predict)(networks, batch["composite"], batch["mask"])
+  bg = np.asarray(batch["mask"][..., 0]) == 0
+  np.testing.assert_array_equal(np.asarray(out)[bg], np.asarray(batch["composite"])[bg])
