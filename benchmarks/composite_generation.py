@@ -82,15 +82,19 @@ def _run(args):
 
 def time_jobs(jobs, config, processes: int) -> tuple[float, float]:
   """(composites per wall second, CPU seconds per composite in this process)."""
-  _run((jobs[:2], config))  # Warm up: imports, jit of the filters, caches.
-  start, cpu = time.perf_counter(), time.process_time()
   if processes == 1:
+    _run((jobs[:2], config))  # Warm up: imports, jit of the filters, caches.
+    start, cpu = time.perf_counter(), time.process_time()
     made = _run((jobs, config))
+    wall = time.perf_counter() - start
   else:
     chunks = [(jobs[i::processes], config) for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-      made = sum(pool.map(_run, chunks))
-  wall = time.perf_counter() - start
+      # Warm up each worker (imports, jit) before timing; chunksize 1 spreads them.
+      pool.map(_run, [(jobs[i:i + 2], config) for i in range(processes)], chunksize=1)
+      start, cpu = time.perf_counter(), time.process_time()
+      made = sum(pool.map(_run, chunks, chunksize=1))
+      wall = time.perf_counter() - start
   return made / wall, (time.process_time() - cpu) / max(made, 1)
 
 
