@@ -13,7 +13,9 @@ generator loss depends on the discriminator.
 """
 
 import importlib
+import os
 import sys
+import tempfile
 import types
 
 from flax import nnx
@@ -131,6 +133,21 @@ def get_config(gan: bool = False) -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.eval = ml_collections.ConfigDict({"psnr_peak": "real_max", "ssim": "gaussian11"})
   return config
+
+
+# Trainer tests compile the same tiny programs in several runs and processes; a
+# persistent compilation cache turns the repeats into cache hits.
+COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), "harmonax_test_jax_cache")
+
+
+def enable_compilation_cache() -> None:
+  """Points JAX at COMPILATION_CACHE unless a cache directory is already set.
+
+  No effect if JAX already compiled something in this process without one.
+  """
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def register() -> None:

@@ -15,6 +15,7 @@ from harmonax import checkpoint
 from harmonax import train
 
 fake_family.register()
+fake_family.enable_compilation_cache()
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
 TIMEOUT = 300

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import struct
-import tempfile
 
 import jax
 import numpy as np
@@ -21,14 +20,7 @@ from harmonax import train
 
 fake_family.register()
 _GLOBAL_BATCH = sharding.global_batch
-
-# Several tests train the same tiny model; a persistent compilation cache turns
-# their repeated XLA compilations into cache hits. (No effect if an earlier
-# test in this process already initialized JAX's cache without a directory.)
-if not jax.config.jax_compilation_cache_dir:
-  jax.config.update("jax_compilation_cache_dir",
-                    os.path.join(tempfile.gettempdir(), "harmonax_test_jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+fake_family.enable_compilation_cache()
 
 
 class Recorder:

@@ -37,6 +37,7 @@ def main() -> None:
   from harmonax import sharding  # pylint: disable=g-import-not-at-top
   from harmonax import train  # pylint: disable=g-import-not-at-top
 
+  fake_family.enable_compilation_cache()
   if args.num_processes > 1:
     sharding.initialize_distributed(f"localhost:{args.port}", args.num_processes,
                                     args.process_id)
