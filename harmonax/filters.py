@@ -22,7 +22,14 @@ FILTER_NAMES = ("temperature", "brightness", "contrast", "saturation",
                 "highlight", "shadow")
 
 _EPS = 1e-6    # The official filters' epsilon.
-_POW_EPS = 1e-9  # Keeps pow() away from 0 ** p (its gradient is inf).
+# pow() bases are kept >= 1e-9: 0 ** p has a NaN gradient in p. The official
+# code adds 1e-9 instead, but under jit XLA may rewrite (1 - I) + 1e-9 as
+# (1 + 1e-9) - I, which is 0 in float32 at I = 1; max() cannot be reassociated.
+_POW_EPS = 1e-9
+
+
+def _pow(base: jax.Array, p: jax.Array) -> jax.Array:
+  return jnp.power(jnp.maximum(base, _POW_EPS), p)
 
 Array = jax.Array | np.ndarray
 
@@ -93,13 +100,13 @@ def saturation(image: jax.Array, x: jax.Array) -> jax.Array:
 
 def highlight(image: jax.Array, x: jax.Array) -> jax.Array:
   """Highlight: 1 - (1 - I)^(1 + x)."""
-  out = jnp.clip(jnp.power(1 - image + _POW_EPS, x + 1), 0.0, 1.0)
+  out = jnp.clip(_pow(1 - image, x + 1), 0.0, 1.0)
   return jnp.clip(1 - out, 0.0, 1.0)
 
 
 def shadow(image: jax.Array, x: jax.Array) -> jax.Array:
   """Shadow: I^(1 - x)."""
-  return jnp.clip(jnp.power(image + _POW_EPS, 1 - x), 0.0, 1.0)
+  return jnp.clip(_pow(image, 1 - x), 0.0, 1.0)
 
 
 FILTERS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
@@ -160,11 +167,11 @@ def _saturation_inverse(image: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def _highlight_inverse(image: jax.Array, x: jax.Array) -> jax.Array:
-  return jnp.clip(1 - jnp.power(1 - image + _POW_EPS, 1 / (1 + x)), 0.0, 1.0)
+  return jnp.clip(1 - _pow(1 - image, 1 / (1 + x)), 0.0, 1.0)
 
 
 def _shadow_inverse(image: jax.Array, x: jax.Array) -> jax.Array:
-  return jnp.clip(jnp.power(image + _POW_EPS, 1 / (1 - x)), 0.0, 1.0)
+  return jnp.clip(_pow(image, 1 / (1 - x)), 0.0, 1.0)
 
 
 INVERSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
