@@ -38,6 +38,18 @@ class Job:
   seed_key: str  # Config name, version and key: the root of every random draw.
 
 
+def job_to_dict(job: Job) -> dict[str, Any]:
+  """A JSON-able form of a job (for Beam workers reading jobs from a file)."""
+  return dataclasses.asdict(job)
+
+
+def job_from_dict(data: dict[str, Any]) -> Job:
+  """Inverse of `job_to_dict`."""
+  reference = data["reference"]
+  return Job(key=data["key"], obj=Obj(**data["obj"]),
+             reference=Obj(**reference) if reference else None, seed_key=data["seed_key"])
+
+
 def rng_for(*parts: Any) -> np.random.Generator:
   """A generator seeded from the parts' text (stable across runs and machines)."""
   digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()

@@ -17,6 +17,7 @@ whatever the order or the number of Beam workers.
 
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import os
 from typing import Any, Iterator
@@ -121,13 +122,21 @@ class _BeamCounter:
     return [text] if text else []
 
 
-def _beam_generate(jobs: list[compose.Job], config: BuilderConfig, issues_path: str):
-  """A PTransform making the examples on Beam workers; problems go to issues_path."""
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+def _beam_generate(jobs: list[compose.Job], config: BuilderConfig, work_dir: str, split: str):
+  """A PTransform making the examples on Beam workers.
 
-  def process(job):
+  The jobs go to `work_dir/jobs-<split>.jsonl` and the pipeline reads them
+  back, so the pipeline graph stays small (Dataflow caps it at ~10 MB; COCO
+  has ~200k jobs with polygons). Problems go to `work_dir/issues-<split>*`.
+  """
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  jobs_path = epath.Path(work_dir) / f"jobs-{split}.jsonl"
+  jobs_path.write_text("".join(json.dumps(compose.job_to_dict(j)) + "\n" for j in jobs))
+
+  def process(line):
     counter = _BeamCounter()
-    result = compose.make_example(job, config, counter.found)
+    result = compose.make_example(compose.job_from_dict(json.loads(line)), config,
+                                  counter.found)
     for text in counter.flush():
       yield beam.pvalue.TaggedOutput("issues", text)
     if result is not None:
@@ -135,10 +144,11 @@ def _beam_generate(jobs: list[compose.Job], config: BuilderConfig, issues_path: 
 
   def expand(pipeline):
     outputs = (pipeline
-               | "Jobs" >> beam.Create(jobs)
+               | "Jobs" >> beam.io.ReadFromText(os.fspath(jobs_path))
                | "Spread" >> beam.Reshuffle()
                | "Compose" >> beam.FlatMap(process).with_outputs("issues", main="examples"))
-    _ = outputs.issues | "Issues" >> beam.io.WriteToText(issues_path)
+    _ = outputs.issues | "Issues" >> beam.io.WriteToText(
+        os.path.join(work_dir, f"issues-{split}"))
     return outputs.examples
 
   return beam.ptransform_fn(lambda pcoll: expand(pcoll))()  # pylint: disable=unnecessary-lambda
@@ -210,8 +220,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       issues = epath.Path(self._data_dir_root) / f".issues_{self.name}_{config.name}_{os.getpid()}"
       issues.mkdir(parents=True, exist_ok=True)
       self._issues_dir = os.fspath(issues)
-      return {split: _beam_generate(jobs[split], config,
-                                    os.path.join(self._issues_dir, split))
+      return {split: _beam_generate(jobs[split], config, self._issues_dir, split)
               for split in SPLITS}
     return {split: self._generate_examples(jobs[split], split) for split in SPLITS}
 
@@ -241,9 +250,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if self._issues_dir:
       issues = epath.Path(self._issues_dir)
       for path in sorted(issues.glob("*")):
-        for line in path.read_text().splitlines():
-          if line.strip():
-            self.summary.merge(Summary.from_json(line))
+        if path.name.startswith("issues-"):
+          for line in path.read_text().splitlines():
+            if line.strip():
+              self.summary.merge(Summary.from_json(line))
         path.unlink()
       issues.rmdir()
       self._issues_dir = None

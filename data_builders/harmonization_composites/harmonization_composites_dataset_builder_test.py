@@ -242,3 +242,14 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
   expected = np.asarray(Image.open(img / "rotated.jpg").transpose(Image.Transpose.ROTATE_270))
   np.testing.assert_array_equal(rotated, expected)
   np.testing.assert_array_equal(built["deep/v00"]["real"][..., 0], deep >> 8)
+
+
+def test_job_json_round_trip_gives_the_same_example():
+  config = hcb.Builder.BUILDER_CONFIGS[1]
+  objects = sources.coco_objects(DUMMY, config, hcb.Summary())
+  job = hcb._jobs(objects, config, "1.0.0", hcb.Summary())["train"][0]  # pylint: disable=protected-access
+  again = hcb.compose.job_from_dict(json.loads(json.dumps(hcb.compose.job_to_dict(job))))
+  assert again == job and again.obj.segmentation == job.obj.segmentation
+  a = hcb.compose.make_example(job, config, hcb.Summary())
+  b = hcb.compose.make_example(again, config, hcb.Summary())
+  assert a[0] == b[0] and a[1]["composite"] == b[1]["composite"]
