@@ -77,18 +77,36 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+class _Messages(logging.Handler):
+
+  def __init__(self):
+    super().__init__()
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
   """4 uninterrupted GAN steps with eval and images every 2 steps."""
   workdir = tmp_path_factory.mktemp("straight")
-  with pytest.MonkeyPatch.context() as mp:
-    state, fingerprints = _run(mp.setattr, workdir, _gan_config())
-  return workdir, state, fingerprints
+  jax_log = _Messages()
+  logging.getLogger("jax").addHandler(jax_log)
+  try:
+    with pytest.MonkeyPatch.context() as mp, jax.log_compiles(True):
+      state, fingerprints = _run(mp.setattr, workdir, _gan_config())
+  finally:
+    logging.getLogger("jax").removeHandler(jax_log)
+  compiles = [m for m in jax_log.messages if m.startswith("Compiling jit(train_step)")]
+  return workdir, state, fingerprints, compiles
 
 
 def test_runlocal_smoke_writes_checkpoints_events_and_metrics(straight):
-  workdir, state, fingerprints = straight
+  workdir, state, fingerprints, compiles = straight
   assert int(state["step"]) == 4
+  # The state is on the mesh before step 1: later steps reuse its executable.
+  assert len(compiles) == 1, compiles
   assert len(fingerprints) == 4 and len(set(fingerprints)) == 4
   assert checkpoint.good_steps(workdir / "checkpoints") == [4, 2]
   assert checkpoint.load_config(workdir).model.gan
@@ -118,7 +136,7 @@ def test_runlocal_smoke_writes_checkpoints_events_and_metrics(straight):
 
 
 def test_resume_matches_an_uninterrupted_run(straight, tmp_path, monkeypatch):
-  _, straight_state, straight_fingerprints = straight
+  _, straight_state, straight_fingerprints, _ = straight
   first, seen_first = _run(monkeypatch.setattr, tmp_path, _gan_config(total_steps=2))
   assert int(first["step"]) == 2
   resumed, seen_second = _run(monkeypatch.setattr, tmp_path, _gan_config())
@@ -131,7 +149,7 @@ def test_resume_matches_an_uninterrupted_run(straight, tmp_path, monkeypatch):
 
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(
     straight, tmp_path, monkeypatch, caplog):
-  workdir, straight_state, straight_fingerprints = straight
+  workdir, straight_state, straight_fingerprints, _ = straight
   shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
   for path in (tmp_path / "checkpoints" / "4" / "state").rglob("*"):
     if path.is_file() and "metadata" not in path.name.lower():
