@@ -99,3 +99,8 @@ def test_beam_build_equals_the_plain_build(tmp_path):
         np.testing.assert_array_equal(ex[key], b[split][name][key])
       assert ex["transfer"] == b[split][name]["transfer"]
   assert not list((tmp_path / "beam").glob(".issues_*"))  # Cleaned up.
+  # Byte-identical records, whatever the runner and the number of workers.
+  def records(root):
+    folder = root / "harmonization_composites" / "folder" / "1.0.0"
+    return {p.name: p.read_bytes() for p in folder.iterdir() if ".array_record" in p.name}
+  assert records(tmp_path / "plain") == records(tmp_path / "beam")

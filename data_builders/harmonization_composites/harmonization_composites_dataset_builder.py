@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from etils import epath
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer
 
 from data_builders.harmonization_composites import compose
 from data_builders.harmonization_composites import sources
@@ -104,6 +105,29 @@ def _jobs(objects: dict[str, list[sources.Obj]], config: BuilderConfig, version:
         jobs.append(compose.Job(key=key, obj=obj, reference=reference, seed_key=seed_key))
     out[split] = jobs
   return out
+
+
+def _deterministic_serialization() -> None:
+  """Makes TFDS serialize tf.train.Example with sorted feature keys.
+
+  Why: upb, the protobuf runtime, orders map entries by a hash seeded per
+  process, so one example serializes to different bytes in different
+  processes (and Beam workers). `deterministic=True` sorts the keys; the bytes
+  are still a valid tf.train.Example. Done at import, so Beam workers (which
+  import this module to run the compose step) serialize the same way.
+  """
+  serializer = example_serializer.ExampleSerializer
+  if getattr(serializer.serialize_example, "deterministic", False):
+    return
+
+  def serialize_example(self, example):
+    return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+  serialize_example.deterministic = True
+  serializer.serialize_example = serialize_example
+
+
+_deterministic_serialization()
 
 
 class _BeamCounter:

@@ -4,6 +4,8 @@ import dataclasses
 import io
 import json
 import os
+import subprocess
+import sys
 import unittest
 
 import numpy as np
@@ -106,6 +108,20 @@ def test_coco_splits_share_no_photo(coco_builder):
 def test_build_is_byte_identical(tmp_path):
   first = record_bytes(build(tmp_path / "a", "folder"))
   second = record_bytes(build(tmp_path / "b", "folder"))
+  assert first and first == second
+
+
+def test_build_is_byte_identical_across_processes(tmp_path):
+  # Another process: protobuf's map order (feature keys) is seeded per process.
+  code = ("import sys; from absl import flags; flags.FLAGS.mark_as_parsed(); "
+          "from data_builders import build; build.build('harmonization_composites/folder', "
+          "sys.argv[1], sys.argv[2])")
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  subprocess.run([sys.executable, "-c", code, os.fspath(tmp_path / "b"), DUMMY],
+                 cwd=repo, check=True, capture_output=True, timeout=300)
+  first = record_bytes(build(tmp_path / "a", "folder"))
+  second = record_bytes(hcb.Builder(config="folder", data_dir=os.fspath(tmp_path / "b"),
+                                    file_format="array_record"))
   assert first and first == second
 
 
