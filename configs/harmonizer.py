@@ -1,0 +1,63 @@
+r"""Harmonizer (Ke et al., ECCV 2022): filter arguments from a cascade regressor.
+
+  python -m harmonax.train --config=configs/harmonizer.py --workdir=/tmp/harmonizer
+  python -m harmonax.train --config=configs/harmonizer.py:data=iharmony4 --workdir=/tmp/harmonizer
+  python -m harmonax.train --config=configs/harmonizer.py:runlocal --workdir=/tmp/harmonizer_local
+
+Paper recipe: EfficientNet-B0 backbone (ImageNet-initialized in the paper: set
+`config.model.imagenet_init` to a local lukemelas/torchvision/timm
+EfficientNet-B0 .pth or .npz; nothing is downloaded), 4.73M parameters,
+arguments predicted at 256x256, Adam 3e-4 for 60 epochs with lr x0.1 at epochs
+25 and 50, batches of 16 synthetic pairs (made in the step from the real
+images) + 8 dataset composites = 24. `runlocal`: a width-0.25, depth-0.34
+backbone at 64x64, batch 8 (6 + 2), 20 steps (about a minute on 2 CPU cores).
+"""
+
+import ml_collections
+
+from harmonax import config_args
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The Harmonizer config; `arg` as 'runlocal,data=coco' (see config_args.parse_arg)."""
+  arg = config_args.parse_arg(arg, runlocal=False, data="sample")
+  config = ml_collections.ConfigDict()
+
+  config.model = dict(
+      name="harmonizer",
+      input_size=256,         # The backbone sees composite and mask resized to this.
+      width=1.0,              # EfficientNet width/depth multipliers (B0: 1, 1).
+      depth=1.0,
+      drop_connect_rate=0.2,
+      real_fraction=1 / 3,    # Last rows of a batch: dataset composites (8 of 24).
+      imagenet_init="",       # Path of an ImageNet EfficientNet-B0 state dict, or ''.
+  )
+  # The official trainer resizes whole images to 256 (no crop); we keep the
+  # pipeline's random resized crop (scale 0.5..1) and flips. rot90 and the
+  # color jitter of the synthetic pairs' real images happen in the step.
+  config.data = config_args.data_config(arg.data, image_size=256)
+  config.batch_size = 24
+  config.num_epochs = 60
+  config.total_steps = 0
+  config.optim = dict(lr=3e-4, b1=0.9, b2=0.999, eps=1e-8,
+                      decay_epochs=(25, 50), decay_factor=0.1)
+  config.seed = 0
+  config.log_every = 100
+  config.eval_every = 5000
+  config.checkpoint_every = 5000
+  config.image_every = 5000
+  config.keep_checkpoints = 3
+  config.eval = dict(psnr_peak="real_max", ssim="gaussian11")
+
+  if arg.runlocal:
+    config.model.update(input_size=64, width=0.25, depth=0.34, real_fraction=0.25)
+    config.data.image_size = 64
+    config.data.num_workers = 0
+    config.data.max_eval_examples = 16
+    config.batch_size = 8
+    config.total_steps = 20
+    config.log_every = 5
+    config.eval_every = 20
+    config.checkpoint_every = 20
+    config.image_every = 20
+  return config

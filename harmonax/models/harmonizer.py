@@ -1,0 +1,294 @@
+"""Harmonizer (Ke et al., ECCV 2022): white-box filters from a cascade regressor.
+
+One network, 'harmonizer': an EfficientNet-B0 with a two-stem input (see
+`efficientnet.py`) sees the composite and mask resized to `input_size` (256)
+and a cascade regressor predicts one argument per filter of
+`filters.FILTER_NAMES`; the filters then run on the full-resolution composite,
+so a 4K image costs the backbone at 256 plus six pointwise passes.
+
+Training (`compute_losses`), as the official trainer: the first rows of a
+batch become synthetic pairs made in the step from their `real` image and
+mask (random arguments, forward filters applied in reverse order, every
+intermediate kept as the target of one filter stage; the models.md summary
+says "inverse filters", the official code applies the forward filters with
+arguments scaled by ARGUMENT_RANGES, which we follow); they get the per-filter
+loss with dynamic weighting. The last `real_fraction` of the rows are the
+dataset's composites and get 10x the final-output loss. Batch 16 + 8 in the
+paper: batch_size 24 with real_fraction 1/3.
+"""
+
+import math
+
+from flax import nnx
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from harmonax import filters
+from harmonax import torch_import
+from harmonax.models import efficientnet
+from harmonax.models import layers
+
+NUM_FILTERS = len(filters.FILTER_NAMES)
+# Official `filter_argument_ranges`: synthetic arguments are U(-1, 1) times these.
+ARGUMENT_RANGES = (0.3, 0.5, 0.5, 0.6, 0.4, 0.4)
+REAL_LOSS_WEIGHT = 10.0
+COLOR_JITTER = dict(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.03)
+
+
+def _torch_linear(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Linear:
+  """nnx.Linear initialized as PyTorch's nn.Linear (U(+-1/sqrt(fan_in)))."""
+  bound = 1 / math.sqrt(cin)
+  return nnx.Linear(
+      cin, cout, rngs=rngs,
+      kernel_init=jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+      bias_init=lambda key, shape, dtype: jax.random.uniform(
+          key, shape, dtype, -bound, bound))
+
+
+class CascadeArgumentRegressor(nnx.Module):
+  """Pooled features -> one argument per filter; head i sees head i-1's state.
+
+  f = Linear(C, 160)(x), g = Linear(C, 160)(x); for each head:
+  g = Linear(320, 160)([f, g]), argument = Linear(160, 1)(g). No activations.
+  """
+
+  def __init__(self, in_ch: int, base_ch: int = 160, num_heads: int = NUM_FILTERS,
+               *, rngs: nnx.Rngs):
+    self.f = _torch_linear(in_ch, 160, rngs)
+    self.g = _torch_linear(in_ch, base_ch, rngs)
+    self.headers = nnx.List([
+        nnx.List([_torch_linear(160 + base_ch, base_ch, rngs),
+                  _torch_linear(base_ch, 1, rngs)])
+        for _ in range(num_heads)])
+
+  def __call__(self, features: jax.Array) -> jax.Array:
+    """[B, h, w, C] -> raw (unclamped) arguments [B, num_heads]."""
+    x = jnp.mean(features, axis=(1, 2))
+    f, g = self.f(x), self.g(x)
+    args = []
+    for hidden, out in self.headers:
+      g = hidden(jnp.concatenate([f, g], axis=-1))
+      args.append(out(g))
+    return jnp.concatenate(args, axis=-1)
+
+
+class Harmonizer(nnx.Module):
+  """Backbone + cascade regressor: composite and mask -> filter arguments."""
+
+  def __init__(self, *, input_size: int = 256, width: float = 1.0,
+               depth: float = 1.0, drop_connect_rate: float = 0.2,
+               real_fraction: float = 1 / 3, rngs: nnx.Rngs):
+    self.input_size = input_size
+    # Static training setting kept here because compute_losses gets no config.
+    self.real_fraction = real_fraction
+    self.backbone = efficientnet.EfficientNet(
+        width=width, depth=depth, stem="fg_bg",
+        drop_connect_rate=drop_connect_rate, rngs=rngs)
+    self.regressor = CascadeArgumentRegressor(self.backbone.out_channels, rngs=rngs)
+
+  def raw_arguments(self, composite: jax.Array, mask: jax.Array,
+                    rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Unclamped arguments [B, 6] from the composite and mask at input_size."""
+    size = (self.input_size, self.input_size)
+    features = self.backbone(resize_bilinear(composite, size),
+                             resize_bilinear(mask, size), rngs=rngs)
+    return self.regressor(features)
+
+  def __call__(self, composite: jax.Array, mask: jax.Array,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Filter arguments [B, 6] in [-1, 1], in `filters.FILTER_NAMES` order."""
+    return jnp.clip(self.raw_arguments(composite, mask, rngs), -1.0, 1.0)
+
+
+def _source_indices(out_size: int, in_size: int):
+  """PyTorch bilinear (align_corners=False) taps and weights along one axis."""
+  scale = in_size / out_size
+  src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
+  i0 = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
+  i1 = np.minimum(i0 + 1, in_size - 1)
+  w1 = (src - i0).astype(np.float32)
+  return i0, i1, w1
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """[B,H,W,C] -> [B,*size,C] as torch's F.interpolate(bilinear, align_corners=False).
+
+  Two taps per axis gathered directly: no antialiasing (as PyTorch), and far
+  cheaper than a dense resize matrix when shrinking 4K to 256.
+  """
+  _, h, w, _ = x.shape
+  if (h, w) == tuple(size):
+    return x
+  for axis, (out, n) in ((1, (size[0], h)), (2, (size[1], w))):
+    i0, i1, w1 = _source_indices(out, n)
+    shape = [1, 1, 1, 1]
+    shape[axis] = out
+    w1 = jnp.asarray(w1).reshape(shape)
+    x = jnp.take(x, i0, axis=axis) * (1 - w1) + jnp.take(x, i1, axis=axis) * w1
+  return x
+
+
+# --- Family contract ---------------------------------------------------------
+
+def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
+                    ) -> dict[str, nnx.Module]:
+  """{'harmonizer': Harmonizer}; ImageNet-initialized if model.imagenet_init is set."""
+  m = config.model
+  net = Harmonizer(input_size=m.input_size, width=m.width, depth=m.depth,
+                   drop_connect_rate=m.drop_connect_rate,
+                   real_fraction=m.real_fraction, rngs=rngs)
+  if m.get("imagenet_init"):
+    efficientnet.load_imagenet(net.backbone,
+                               torch_import.load_state_dict(m.imagenet_init))
+  return {"harmonizer": net}
+
+
+def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
+                    ) -> dict[str, optax.GradientTransformation]:
+  """Adam, lr x optim.decay_factor at each of optim.decay_epochs."""
+  o = config.optim
+  boundaries: dict[int, float] = {}
+  for epoch in o.decay_epochs:
+    step = int(round(epoch * steps_per_epoch))
+    boundaries[step] = boundaries.get(step, 1.0) * o.decay_factor
+  schedule = optax.piecewise_constant_schedule(o.lr, boundaries)
+  return {"harmonizer": optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)}
+
+
+def predict(networks: dict[str, nnx.Module], composite: jax.Array, mask: jax.Array
+            ) -> jax.Array:
+  """Harmonized [B,H,W,3] for any H, W: arguments at input_size, filters at full size."""
+  args = networks["harmonizer"](composite, mask)
+  final, _ = filters.apply_filters(composite, mask, args)
+  return layers.blend_background(final, composite, mask)
+
+
+def filter_loss(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Per-image official loss [B]: masked sum of sqrt(d^2 + 1e-6) + 10 d^2,
+  over channels too, divided by the mask area (not times 3, as the code)."""
+  d2 = jnp.square(pred - target)
+  per_pixel = jnp.sqrt(d2 + 1e-6) + 10.0 * d2
+  area = jnp.sum(mask, axis=(1, 2, 3)) + 1e-6
+  return jnp.sum(per_pixel * mask, axis=(1, 2, 3)) / area
+
+
+def dynamic_weighted(stage_losses: jax.Array) -> jax.Array:
+  """Official dynamic loss weighting; stage_losses [S, B] -> per-stage terms [S, B].
+
+  With L_0..L_{S-1} the losses after each filter: S_b = L_0 + sum relu(L_i -
+  L_{i-1}) (detached); term_0 = L_0 / S_b, term_i = relu(L_i - sg(L_{i-1})) / S_b.
+  """
+  fixed = jax.lax.stop_gradient(stage_losses)
+  increases = jax.nn.relu(fixed[1:] - fixed[:-1])
+  total = fixed[0] + jnp.sum(increases, axis=0) + 1e-9
+  rest = jax.nn.relu((stage_losses[1:] - fixed[:-1]) / total)
+  return jnp.concatenate([stage_losses[:1] / total, rest], axis=0)
+
+
+def synthesize(real: jax.Array, mask: jax.Array, args: jax.Array
+               ) -> tuple[jax.Array, list[jax.Array]]:
+  """Synthetic composite and per-stage targets from a real image.
+
+  As the official `adjust_image`: filters in reverse order (shadow first) with
+  args [B, 6] (in FILTER_NAMES order, already scaled), each acting on the
+  previous unblended output. Returns (composite, targets) where targets[i] is
+  what the i-th filter of the forward cascade should produce; the last is `real`.
+  """
+  current, adjusted = real, []
+  for i in reversed(range(NUM_FILTERS)):
+    current = filters.FILTERS[filters.FILTER_NAMES[i]](current, args[:, None, None, i:i + 1])
+    adjusted.append(filters.blend(current, mask, real))
+  return adjusted[-1], adjusted[-2::-1] + [real]
+
+
+def color_jitter(image: jax.Array, key: jax.Array) -> jax.Array:
+  """torchvision ColorJitter(0.1, 0.1, 0.1, 0.03) per image, in a fixed order
+  (brightness, contrast, saturation, hue; torchvision shuffles the order)."""
+  b = image.shape[0]
+  kb, kc, ks, kh = jax.random.split(key, 4)
+  factor = lambda k, s: jax.random.uniform(k, (b, 1, 1, 1), minval=1 - s, maxval=1 + s)
+  gray = lambda x: jnp.sum(x * jnp.asarray([0.299, 0.587, 0.114]), -1, keepdims=True)
+  x = jnp.clip(image * factor(kb, COLOR_JITTER["brightness"]), 0, 1)
+  f = factor(kc, COLOR_JITTER["contrast"])
+  x = jnp.clip(f * x + (1 - f) * jnp.mean(gray(x), axis=(1, 2, 3), keepdims=True), 0, 1)
+  f = factor(ks, COLOR_JITTER["saturation"])
+  x = jnp.clip(f * x + (1 - f) * gray(x), 0, 1)
+  shift = jax.random.uniform(kh, (b, 1, 1), minval=-COLOR_JITTER["hue"],
+                             maxval=COLOR_JITTER["hue"])
+  hsv = pix.rgb_to_hsv(x)
+  hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + shift, 1.0))
+  return jnp.clip(pix.hsv_to_rgb(hsv), 0, 1)
+
+
+def random_rot90(images: list[jax.Array], key: jax.Array) -> list[jax.Array]:
+  """Official rotation: with p 0.5 rotate by k*90 degrees, k uniform in 1..3,
+  the same k for every array of one example. Square images only (else as is)."""
+  b, h, w = images[0].shape[:3]
+  if h != w:
+    return images
+  kr, kk = jax.random.split(key)
+  k = jnp.where(jax.random.bernoulli(kr, 0.5, (b,)),
+                jax.random.randint(kk, (b,), 1, 4), 0)
+  out = []
+  for x in images:
+    rotated = jnp.stack([jnp.rot90(x, r, axes=(1, 2)) for r in range(4)])
+    out.append(jnp.take_along_axis(rotated, k[None, :, None, None, None], axis=0)[0])
+  return out
+
+
+def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
+                   rng: jax.Array, train: bool
+                   ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
+  """Harmonizer's training loss (see the module docstring); in eval, the
+  final-output filter loss of the batch's composites."""
+  net = networks["harmonizer"]
+  composite, mask, real = batch["composite"], batch["mask"], batch["real"]
+  if not train:
+    net.eval()
+    harmonized = predict(networks, composite, mask)
+    loss = jnp.mean(filter_loss(harmonized, real, mask))
+    return {"harmonizer": loss}, {"final_loss": loss}, {"harmonized": harmonized}
+
+  net.train()
+  k_rot, k_jitter, k_args, k_drop = jax.random.split(rng, 4)
+  composite, mask, real = random_rot90([composite, mask, real], k_rot)
+  b = composite.shape[0]
+  num_real = int(round(b * net.real_fraction))
+  synthetic = (jnp.arange(b) < b - num_real)  # [B]: rows made from `real`.
+  row = synthetic[:, None, None, None]
+
+  jittered = jnp.where(row, color_jitter(real, k_jitter), real)
+  args = jax.random.uniform(k_args, (b, NUM_FILTERS), minval=-1.0, maxval=1.0)
+  made, targets = synthesize(jittered, mask, args * jnp.asarray(ARGUMENT_RANGES))
+  inputs = jnp.where(row, made, composite)
+  targets = [jnp.where(row, t, real) for t in targets[:-1]] + [jittered]
+
+  pred_args = net(inputs, mask, rngs=nnx.Rngs(dropout=k_drop))
+  _, outputs = filters.apply_filters(inputs, mask, pred_args)
+  stage = jnp.stack([filter_loss(o, t, mask) for o, t in zip(outputs, targets)])
+
+  n_syn = jnp.maximum(jnp.sum(synthetic), 1)
+  terms = jnp.sum(dynamic_weighted(stage) * synthetic, axis=1) / n_syn  # [S]
+  real_loss = jnp.sum(stage[-1] * ~synthetic) / max(num_real, 1)
+  loss = jnp.sum(terms) + REAL_LOSS_WEIGHT * real_loss
+  metrics = {f"filter_{i}_{name}": terms[i] for i, name in enumerate(filters.FILTER_NAMES)}
+  metrics.update(real_loss=real_loss, loss=loss,
+                 mean_abs_argument=jnp.mean(jnp.abs(pred_args)))
+  return {"harmonizer": loss}, metrics, {"harmonized": outputs[-1]}
+
+
+def convert_torch(state_dicts: dict[str, dict[str, np.ndarray]],
+                  config: ml_collections.ConfigDict) -> dict[str, nnx.State]:
+  """The official harmonizer.pth ({'default' or 'harmonizer': state dict})
+  -> {'harmonizer': state}."""
+  if len(state_dicts) != 1 or not set(state_dicts) <= {"default", "harmonizer"}:
+    raise ValueError("harmonizer takes one checkpoint (role 'default' or "
+                     f"'harmonizer'); got roles {sorted(state_dicts)}")
+  (state_dict,) = state_dicts.values()
+  net = nnx.eval_shape(lambda: create_networks(config, nnx.Rngs(0)))["harmonizer"]
+  torch_import.load_into(net, state_dict, context="model harmonizer")
+  return {"harmonizer": nnx.state(net)}

@@ -1,0 +1,224 @@
+"""Harmonizer family: regressor, losses, full-resolution prediction, training
+pairs, weight conversion and a runlocal training run through the trainer."""
+
+import json
+import os
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from configs import harmonizer as harmonizer_config
+from harmonax import filters
+from harmonax import torch_import
+from harmonax.models import harmonizer
+
+KEYS = os.path.join(os.path.dirname(__file__), "data", "torch_keys",
+                    "harmonizer_keys.txt")
+
+
+def _official_shapes():
+  shapes = {}
+  with open(KEYS) as f:
+    for line in f:
+      if line.startswith("#") or not line.strip():
+        continue
+      key, shape = line.split("\t")[:2]
+      if not key.endswith("num_batches_tracked"):
+        shapes[key] = tuple(eval(shape))  # pylint: disable=eval-used
+  return shapes
+
+
+@pytest.fixture(scope="module")
+def nets():
+  """The runlocal network (tiny backbone, arguments at 64x64), eval mode."""
+  config = harmonizer_config.get_config("runlocal")
+  networks = harmonizer.create_networks(config, nnx.Rngs(0))
+  networks["harmonizer"].eval()
+  return networks
+
+
+def _batch(b=8, size=64, seed=0):
+  rng = np.random.default_rng(seed)
+  mask = np.zeros((b, size, size, 1), np.float32)
+  mask[:, size // 4:3 * size // 4, size // 8:size // 2] = 1.0
+  return {"composite": jnp.asarray(rng.uniform(0.1, 0.9, (b, size, size, 3)), jnp.float32),
+          "real": jnp.asarray(rng.uniform(0.1, 0.9, (b, size, size, 3)), jnp.float32),
+          "mask": jnp.asarray(mask)}
+
+
+def test_full_model_matches_official_keys_and_param_count():
+  config = harmonizer_config.get_config("")
+  net = nnx.eval_shape(lambda: harmonizer.create_networks(config, nnx.Rngs(0)))["harmonizer"]
+  assert torch_import.expected_shapes(net) == _official_shapes()
+  # The official checkpoint's 4,726,882 (paper: 4.73M).
+  assert sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param))) == 4_726_882
+
+
+def test_convert_round_trip_of_official_layout():
+  config = harmonizer_config.get_config("")
+  rng = np.random.default_rng(0)
+  state_dict = {k: rng.normal(0, 1, s).astype(np.float32) for k, s in _official_shapes().items()}
+  state_dict["backbone._bn1.num_batches_tracked"] = np.array(5)
+  states = harmonizer.convert_torch({"default": state_dict}, config)
+  net = nnx.eval_shape(lambda: harmonizer.create_networks(config, nnx.Rngs(0)))["harmonizer"]
+  nnx.update(net, states["harmonizer"])
+  back = torch_import.to_state_dict(net)
+  del state_dict["backbone._bn1.num_batches_tracked"]
+  assert set(back) == set(state_dict)
+  for key, value in state_dict.items():
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+  with pytest.raises(ValueError, match="one checkpoint"):
+    harmonizer.convert_torch({"a": state_dict, "b": state_dict}, config)
+  del state_dict["regressor.headers.5.1.bias"]
+  with pytest.raises(torch_import.StateDictMismatchError, match="headers.5.1.bias"):
+    harmonizer.convert_torch({"default": state_dict}, config)
+
+
+def test_regressor_matches_official_forward_and_cascades_forward_only():
+  reg = harmonizer.CascadeArgumentRegressor(64, rngs=nnx.Rngs(0))
+  features = np.random.default_rng(1).normal(0, 1, (3, 2, 2, 64)).astype(np.float32)
+  out = np.asarray(reg(jnp.asarray(features)))
+  # The official CascadeArgumentRegressor.forward with the same weights.
+  t = {k: torch.from_numpy(np.array(v)) for k, v in torch_import.to_state_dict(reg).items()}
+  x = torch.from_numpy(features).mean(dim=(1, 2))
+  f, g = F.linear(x, t["f.weight"], t["f.bias"]), F.linear(x, t["g.weight"], t["g.bias"])
+  ref = []
+  for i in range(6):
+    g = F.linear(torch.cat([f, g], 1), t[f"headers.{i}.0.weight"], t[f"headers.{i}.0.bias"])
+    ref.append(F.linear(g, t[f"headers.{i}.1.weight"], t[f"headers.{i}.1.bias"]))
+  np.testing.assert_allclose(out, torch.cat(ref, 1).numpy(), atol=1e-5)
+
+  # Perturbing head 2's hidden layer changes arguments 2..5 and not 0..1.
+  reg.headers[2][0].bias.value = reg.headers[2][0].bias.value + 1.0
+  changed = np.abs(np.asarray(reg(jnp.asarray(features))) - out).max(axis=0) > 1e-4
+  np.testing.assert_array_equal(changed, [False, False, True, True, True, True])
+
+
+def test_resize_bilinear_matches_torch_interpolate():
+  x = np.random.default_rng(2).uniform(0, 1, (2, 37, 50, 3)).astype(np.float32)
+  for size in [(16, 16), (64, 80), (37, 21)]:
+    ours = np.asarray(harmonizer.resize_bilinear(jnp.asarray(x), size))
+    ref = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size, mode="bilinear",
+                        align_corners=False).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-5, err_msg=str(size))
+
+
+def test_filter_loss_and_dynamic_weighting_on_hand_values():
+  pred = jnp.full((1, 2, 2, 3), 0.5)
+  mask = jnp.asarray([[[[1.0], [1.0]], [[0.0], [0.0]]]])
+  loss = harmonizer.filter_loss(pred, pred + 0.1, mask)
+  # Per masked pixel: 3 channels of sqrt(0.01 + 1e-6) + 10 * 0.01, over 2 pixels.
+  np.testing.assert_allclose(loss, [3 * (np.sqrt(0.010001) + 0.1)], rtol=1e-5)
+
+  stages = jnp.asarray([1.0, 0.8, 1.1, 0.9, 1.3, 1.2])[:, None]
+  terms = harmonizer.dynamic_weighted(stages)
+  total = 1.0 + 0.3 + 0.4  # L_0 plus the increases.
+  np.testing.assert_allclose(terms[:, 0], [1 / total, 0, 0.3 / total, 0, 0.4 / total, 0],
+                             rtol=1e-5)
+  grads = jax.grad(lambda s: jnp.sum(harmonizer.dynamic_weighted(s)))(stages)[:, 0]
+  # The total and each previous stage's loss are constants: only L_0 and the
+  # stages whose loss went up get a gradient, 1 / total each.
+  np.testing.assert_allclose(grads, [1 / total, 0, 1 / total, 0, 1 / total, 0], rtol=1e-5)
+
+
+def test_synthesize_reverses_the_cascade():
+  batch = _batch(b=2, size=16)
+  real, mask = batch["real"], batch["mask"]
+  args = jnp.asarray([[0.2, -0.3, 0.4, -0.5, 0.3, -0.2], [-0.1, 0.2, -0.3, 0.4, -0.2, 0.1]])
+  composite, targets = harmonizer.synthesize(real, mask, args)
+  assert len(targets) == 6
+  np.testing.assert_array_equal(targets[-1], real)
+  # Shadow is applied first to the real image: its output is the target of
+  # the forward cascade's highlight stage (the last but one).
+  np.testing.assert_allclose(
+      targets[4], filters.apply_filter("shadow", real, mask, args[:, 5]), atol=1e-6)
+  current = real
+  for i in reversed(range(6)):
+    current = filters.FILTERS[filters.FILTER_NAMES[i]](current, args[:, None, None, i:i + 1])
+  np.testing.assert_allclose(composite, mask * current + (1 - mask) * real, atol=1e-6)
+  zero_comp, zero_targets = harmonizer.synthesize(real, mask, jnp.zeros((2, 6)))
+  for image in [zero_comp] + zero_targets:
+    np.testing.assert_allclose(image, real, atol=1e-5)
+
+
+def test_predict_at_full_resolution_equals_filters_on_the_full_image(nets):
+  net = nets["harmonizer"]
+  rng = np.random.default_rng(3)
+  composite = jnp.asarray(rng.uniform(0, 1, (2, 150, 200, 3)), jnp.float32)
+  mask = jnp.zeros((2, 150, 200, 1)).at[:, 40:110, 50:120].set(1.0)
+  out = nnx.jit(harmonizer.predict)(nets, composite, mask)
+  assert out.shape == (2, 150, 200, 3)
+  args = net(composite, mask)
+  # Arguments come from the 64x64 view only.
+  small = (64, 64)
+  np.testing.assert_allclose(
+      args, net(harmonizer.resize_bilinear(composite, small),
+                harmonizer.resize_bilinear(mask, small)), atol=1e-5)
+  expected, _ = filters.apply_filters(composite, mask, args)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+  background = np.asarray(mask[..., 0]) == 0
+  np.testing.assert_array_equal(np.asarray(out)[background], np.asarray(composite)[background])
+  assert np.abs(np.asarray(out) - np.asarray(composite)).max() > 1e-4
+
+
+def test_compute_losses_trains_on_synthetic_rows_and_real_composites(nets):
+  step = nnx.jit(lambda n, b, k: harmonizer.compute_losses(n, b, k, True))
+  batch = _batch()
+  key = jax.random.key(0)
+  losses, metrics, outputs = step(nets, batch, key)
+  assert outputs["harmonized"].shape == (8, 64, 64, 3)
+  assert set(metrics) >= {"filter_0_temperature", "filter_5_shadow", "real_loss", "loss"}
+  assert np.isfinite(float(losses["harmonizer"]))
+  # runlocal: the last 2 of 8 rows are dataset composites; the first 6 are
+  # remade from their real images, so their composites do not matter.
+  noisy = batch["composite"] + 0.05
+  syn_changed = dict(batch, composite=batch["composite"].at[:6].set(noisy[:6]))
+  real_changed = dict(batch, composite=batch["composite"].at[6:].set(noisy[6:]))
+  np.testing.assert_allclose(step(nets, syn_changed, key)[0]["harmonizer"],
+                             losses["harmonizer"], rtol=1e-5)
+  assert abs(float(step(nets, real_changed, key)[1]["real_loss"])
+             - float(metrics["real_loss"])) > 1e-4
+
+  grads = nnx.jit(nnx.grad(
+      lambda n, b, k: harmonizer.compute_losses({"harmonizer": n}, b, k, True)[0]["harmonizer"]))(
+          nets["harmonizer"], batch, key)
+  leaves = jax.tree.leaves(nnx.state(grads))
+  assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+  assert any(np.abs(np.asarray(g)).max() > 0 for g in leaves)
+  nets["harmonizer"].eval()
+
+  eval_losses, _, eval_out = nnx.jit(
+      lambda n, b, k: harmonizer.compute_losses(n, b, k, False))(nets, batch, key)
+  expected = harmonizer.filter_loss(eval_out["harmonized"], batch["real"], batch["mask"])
+  np.testing.assert_allclose(eval_losses["harmonizer"], jnp.mean(expected), rtol=1e-5)
+
+
+def test_random_rot90_rotates_every_array_of_an_example_alike():
+  x = jnp.arange(4 * 4 * 4 * 2, dtype=jnp.float32).reshape(4, 4, 4, 2)
+  y = x[..., :1] * 10
+  rx, ry = harmonizer.random_rot90([x, y], jax.random.key(0))
+  for i in range(4):
+    k = [r for r in range(4) if np.array_equal(np.rot90(np.asarray(x[i]), r), rx[i])]
+    assert len(k) == 1
+    np.testing.assert_array_equal(ry[i], np.rot90(np.asarray(y[i]), k[0]))
+
+
+def test_config_and_optimizer_schedule():
+  config = harmonizer_config.get_config("")
+  assert (config.batch_size, config.num_epochs, config.optim.lr) == (24, 60, 3e-4)
+  assert round(config.batch_size * config.model.real_fraction) == 8  # 16 + 8.
+  opt = harmonizer.make_optimizers(config, steps_per_epoch=10)["harmonizer"]
+  params = {"w": jnp.zeros(())}
+  update = jax.jit(lambda state: opt.update({"w": jnp.ones(())}, state, params))
+  state, steps = opt.init(params), {}
+  for i in range(501):
+    updates, state = update(state)
+    steps[i] = float(updates["w"])
+  # Adam with a constant gradient moves by -lr: x0.1 at epochs 25 and 50.
+  np.testing.assert_allclose([steps[0], steps[249], steps[250], steps[500]],
+                             [-3e-4, -3e-4, -3e-5, -3e-6], rtol=1e-3)
