@@ -116,7 +116,10 @@ def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
                    rng: jax.Array, train: bool):
   """(losses {'generator', 'encoder'}: the same total, metrics, outputs)."""
   for net in networks.values():
-    net.train() if train else net.eval()
+    if train:
+      net.train()
+    else:
+      net.eval()
   gen, enc = networks["generator"], networks["encoder"]
   comp, real = batch["composite"] * 2.0 - 1.0, batch["real"] * 2.0 - 1.0
   mask = batch["mask"]

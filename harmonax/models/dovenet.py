@@ -154,7 +154,10 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
 
 def _set_mode(networks, train: bool) -> None:
   for net in networks.values():
-    net.train() if train else net.eval()
+    if train:
+      net.train()
+    else:
+      net.eval()
 
 
 def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
@@ -219,7 +222,8 @@ def convert_torch(state_dicts: dict[str, dict[str, np.ndarray]],
   Args:
     state_dicts: keyed by 'G'/'D' (the official `latest_net_G.pth` /
       `latest_net_D.pth`) or by 'generator'/'discriminator'; keys as in the
-      official files (a leading 'G.'/'D.' is tolerated). 'D' is optional.
+      official files (a leading 'G.'/'D.' is tolerated). 'D' is optional; a
+      lone 'default' entry (harmonax.convert with one file) is the generator.
     config: a DoveNet config; `config.model.norm` must match the weights
       (the released G uses instance norm: no norm parameters, biased convs).
 
@@ -238,6 +242,8 @@ def convert_networks(config: ml_collections.ConfigDict, create, state_dicts: dic
   variable must come from the state dicts, which load_into enforces.
   """
   networks = nnx.eval_shape(lambda: create(config, nnx.Rngs(0)))
+  if "default" in state_dicts and len(state_dicts) == 1:
+    state_dicts = {"generator": state_dicts["default"]}  # one unnamed file: the generator
   if not any(k in state_dicts for k in ("generator", torch_names["generator"])):
     raise ValueError(f"No generator weights among state dicts {sorted(state_dicts)}; "
                      f"expected one of {sorted(torch_names.items())}")
