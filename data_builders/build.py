@@ -67,7 +67,11 @@ def builder_class(dataset: str) -> type[tfds.core.DatasetBuilder]:
 
 
 def _beam_options(workers: int, pipeline_options: str):
-  from apache_beam.options import pipeline_options as beam_options  # pylint: disable=g-import-not-at-top
+  try:
+    from apache_beam.options import pipeline_options as beam_options  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError("--beam needs Apache Beam: pip install -e .[beam] (in its own "
+                      "virtualenv: Beam pins protobuf and pyarrow back)") from None
   if pipeline_options:
     args = [f"--{kv.strip()}" for kv in pipeline_options.split(",") if kv.strip()]
   else:

@@ -46,6 +46,16 @@ def test_unknown_dataset_and_config_name_the_valid_ones(tmp_path):
     build_lib.build("harmonization_composites/bogus", os.fspath(tmp_path))
 
 
+def test_beam_without_apache_beam_says_how_to_install(tmp_path):
+  try:
+    import apache_beam  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    pytest.skip("apache_beam is installed")
+  except ImportError:
+    pass
+  with pytest.raises(ImportError, match=r"pip install -e \.\[beam\]"):
+    build_lib.build("harmonization_composites/folder", os.fspath(tmp_path), DUMMY, beam=True)
+
+
 def test_iharmony4_builds_through_the_same_command(tmp_path):
   manual = os.path.join(REPO, "data_builders", "iharmony4", "dummy_data")
   if not os.path.isdir(manual):
