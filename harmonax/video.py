@@ -1,0 +1,237 @@
+r"""Video harmonization with Harmonizer: arguments smoothed over time.
+
+  python -m harmonax.harmonize --checkpoint=/tmp/harmonizer_official \
+      --video=clip.mp4 --mask=masks/ --output=harmonized.mp4
+  python -m harmonax.harmonize --checkpoint=/tmp/harmonizer_official \
+      --frames=frames/ --mask=mask.png --output=out_frames/
+
+As the official video demo: each frame's filter arguments are predicted, then
+smoothed with an exponential moving average of weight 1 - 1/fps (the first
+frame starts the average), clamped to [-1, 1], and the filters are applied to
+the full-resolution frame. Masks are used soft (0..255 -> [0, 1]) as the demo
+does; background pixels (mask 0) stay exactly as in the input.
+
+Inputs: a video file or a folder of frames (sorted by name); masks as a folder
+(the i-th mask in name order for the i-th frame), a single image for every
+frame, or a mask video. The output is a video file when it ends in a video
+suffix, else a folder of PNG frames. Frame folders need only Pillow; video
+files need imageio with the imageio-ffmpeg plugin (`pip install imageio-ffmpeg`).
+"""
+
+from collections.abc import Iterable, Iterator
+import functools
+import itertools
+import os
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from harmonax import filters
+from harmonax import image_io
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+DEFAULT_FPS = 25.0  # The official demo's.
+
+
+def ema_weight(fps: float) -> float:
+  """The moving-average weight of the previous average: 1 - 1/fps."""
+  if fps < 1:
+    raise ValueError(f"fps must be >= 1, got {fps}")
+  return 1.0 - 1.0 / fps
+
+
+class ArgumentEma:
+  """Exponential moving average of per-frame raw (unclamped) arguments.
+
+  ema_0 = raw_0; ema_t = w * ema_{t-1} + (1 - w) * raw_t with w = 1 - 1/fps;
+  `update` returns clip(ema_t, -1, 1) (the demo averages before clamping).
+  """
+
+  def __init__(self, fps: float):
+    self.weight = ema_weight(fps)
+    self.value = None
+
+  def update(self, raw: np.ndarray) -> np.ndarray:
+    raw = np.asarray(raw, np.float64)
+    self.value = raw if self.value is None else (
+        self.weight * self.value + (1 - self.weight) * raw)
+    return np.clip(self.value, -1.0, 1.0).astype(np.float32)
+
+
+def smooth_arguments(raw: Iterable[np.ndarray], fps: float) -> list[np.ndarray]:
+  """The clamped EMA (see ArgumentEma) of a sequence of raw arguments [6]."""
+  ema = ArgumentEma(fps)
+  return [ema.update(args) for args in raw]
+
+
+@functools.cache
+def _jitted():
+  raw = nnx.jit(lambda net, comp, mask: net.raw_arguments(comp, mask))
+  apply = jax.jit(lambda comp, mask, args: filters.apply_filters(comp, mask, args)[0])
+  return raw, apply
+
+
+def _is_video(path: str | None) -> bool:
+  return bool(path) and os.path.splitext(path)[1].lower() in VIDEO_SUFFIXES
+
+
+def _imageio():
+  try:
+    import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
+    import imageio_ffmpeg  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    raise ImportError("Video files need imageio and imageio-ffmpeg: pip install "
+                      "imageio imageio-ffmpeg (frame folders work without them)") from e
+  return imageio
+
+
+def _frame_files(directory: str) -> list[str]:
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"Not a folder of frames: {directory}")
+  names = sorted(f for f in os.listdir(directory)
+                 if os.path.splitext(f)[1].lower() in image_io.IMAGE_SUFFIXES
+                 and not f.startswith("."))
+  if not names:
+    raise ValueError(f"No image files in {directory}")
+  return [os.path.join(directory, n) for n in names]
+
+
+def _read_video(path: str) -> tuple[Iterator[np.ndarray], float, int | None]:
+  """(frames uint8 [H,W,3], fps, frame count or None)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Video file not found: {path}")
+  reader = _imageio().get_reader(path, "ffmpeg")
+  meta = reader.get_meta_data()
+  count = reader.count_frames() if hasattr(reader, "count_frames") else None
+
+  def frames():
+    try:
+      for frame in reader:
+        yield np.asarray(frame)[..., :3]
+    finally:
+      reader.close()
+  return frames(), float(meta.get("fps") or DEFAULT_FPS), count
+
+
+def _soft_mask(mask: np.ndarray) -> np.ndarray:
+  """float32 [H,W,1] in [0, 1] from an 8-bit gray or RGB mask."""
+  mask = np.asarray(mask)
+  if mask.ndim == 3:
+    mask = mask[..., :1] if mask.shape[-1] in (1, 3, 4) else mask
+  else:
+    mask = mask[..., None]
+  scale = 255.0 if mask.dtype == np.uint8 or mask.max(initial=0) > 1 else 1.0
+  return mask.astype(np.float32) / scale
+
+
+def _read_gray(path: str) -> np.ndarray:
+  with Image.open(path) as img:
+    return np.asarray(img.convert("L"))
+
+
+def _masks(mask: str, num_frames: int | None) -> Iterator[np.ndarray]:
+  """Per-frame soft masks from a folder, one image, or a mask video."""
+  if os.path.isdir(mask):
+    files = _frame_files(mask)
+    if num_frames is not None and len(files) != num_frames:
+      raise ValueError(f"{mask} holds {len(files)} masks for {num_frames} frames; "
+                       "give one mask per frame, or a single mask file")
+    return (_soft_mask(_read_gray(f)) for f in files)
+  if _is_video(mask):
+    frames, _, _ = _read_video(mask)
+    return (_soft_mask(f) for f in frames)
+  if not os.path.exists(mask):
+    raise FileNotFoundError(f"Mask not found: {mask}")
+  single = _soft_mask(_read_gray(mask))
+  return itertools.repeat(single)  # The same mask for every frame.
+
+
+class _Writer:
+  """Writes frames to a video file or to a folder of PNGs."""
+
+  def __init__(self, output: str, fps: float, names: list[str] | None):
+    self.output, self.names, self.count = output, names, 0
+    if _is_video(output):
+      os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+      self.video = _imageio().get_writer(output, "ffmpeg", fps=fps,
+                                         macro_block_size=1)
+    else:
+      self.video = None
+      os.makedirs(output, exist_ok=True)
+
+  def write(self, frame: np.ndarray) -> None:
+    if self.video is not None:
+      self.video.append_data(frame)
+    else:
+      stem = (os.path.splitext(os.path.basename(self.names[self.count]))[0]
+              if self.names else f"frame_{self.count:06d}")
+      image_io.write_image(os.path.join(self.output, stem + ".png"), frame)
+    self.count += 1
+
+  def close(self) -> None:
+    if self.video is not None:
+      self.video.close()
+
+
+def harmonize_frames(networks: dict[str, nnx.Module], frames: Iterable[np.ndarray],
+                     masks: Iterable[np.ndarray], fps: float) -> Iterator[np.ndarray]:
+  """Yields harmonized uint8 frames of uint8 frames [H,W,3] and soft masks [H,W,1]."""
+  net = networks["harmonizer"]
+  raw_fn, apply_fn = _jitted()
+  ema = ArgumentEma(fps)
+  for frame, mask in zip(frames, masks):
+    if mask.shape[:2] != frame.shape[:2]:
+      raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the frame is "
+                       f"{frame.shape[1]}x{frame.shape[0]} (WxH)")
+    comp = jnp.asarray(frame, jnp.float32)[None] / 255.0
+    m = jnp.asarray(mask)[None]
+    args = jnp.asarray(ema.update(np.asarray(raw_fn(net, comp, m))[0]))[None]
+    out = np.asarray(apply_fn(comp, m, args))[0]
+    out = np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+    yield np.where(mask > 0, out, frame)  # Background bytes stay as they were.
+
+
+def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                    *, video: str | None = None, frames: str | None = None,
+                    mask: str | None, output: str | None, fps: float | None = None
+                    ) -> int:
+  """Harmonizes a video file or a frame folder; returns an exit status (0 ok).
+
+  Args:
+    config: the model's config; only Harmonizer (model.name 'harmonizer') works.
+    networks: {'harmonizer': net} in eval mode.
+    video / frames: exactly one: a video file, or a folder of frame images.
+    mask: a folder of per-frame masks, one mask image, or a mask video.
+    output: a video file (by suffix) or a folder for PNG frames.
+    fps: for the EMA and the written video; default: the video's, else 25.
+
+  Raises:
+    ValueError: wrong model, both or neither input, mask count or size mismatch.
+  """
+  if config.model.name != "harmonizer":
+    raise ValueError(f"Video harmonization needs the Harmonizer model, got "
+                     f"{config.model.name!r}")
+  if bool(video) == bool(frames):
+    raise ValueError("Give exactly one of video (a file) or frames (a folder)")
+  if not mask or not output:
+    raise ValueError("Video harmonization needs a mask and an output")
+  if video:
+    stream, video_fps, count = _read_video(video)
+    names = None
+  else:
+    names = _frame_files(frames)
+    stream = (image_io.read_image(f) for f in names)
+    video_fps, count = DEFAULT_FPS, len(names)
+  fps = fps or video_fps
+  writer = _Writer(output, fps, names)
+  try:
+    for frame in harmonize_frames(networks, stream, _masks(mask, count), fps):
+      writer.write(frame)
+  finally:
+    writer.close()
+  print(f"Wrote {writer.count} frames to {output} (EMA weight {ema_weight(fps):.3f})")
+  return 0

@@ -1,0 +1,130 @@
+"""harmonax.video: argument EMA, frame folders, masks, video files."""
+
+import importlib.util
+import os
+
+from flax import nnx
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import harmonizer as harmonizer_config
+from harmonax import filters
+from harmonax import video
+from harmonax.models import harmonizer
+
+
+def test_ema_on_hand_values_averages_before_clamping():
+  # fps 4: weight 0.75 on the previous average.
+  out = video.smooth_arguments([np.zeros(6), np.ones(6), np.ones(6)], fps=4)
+  np.testing.assert_allclose([o[0] for o in out], [0.0, 0.25, 0.4375])
+  out = video.smooth_arguments([np.full(6, 3.0), np.zeros(6), np.zeros(6)], fps=4)
+  # Unclamped averages 3, 2.25, 1.6875 -> all clamp to 1.
+  np.testing.assert_allclose([o[0] for o in out], [1.0, 1.0, 1.0])
+  assert video.ema_weight(25) == pytest.approx(0.96)
+  with pytest.raises(ValueError, match="fps must be >= 1"):
+    video.ema_weight(0.5)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = harmonizer_config.get_config("runlocal")
+  networks = harmonizer.create_networks(config, nnx.Rngs(0))
+  networks["harmonizer"].eval()
+  return config, networks
+
+
+def _write_frames(directory, n=3, size=(48, 64), seed=0):
+  os.makedirs(directory, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  frames = []
+  for i in range(n):
+    # Each frame its own color cast, so that per-frame arguments differ.
+    cast = np.asarray([[0.3, 0.6, 1.0], [1.0, 0.5, 0.2], [0.6, 1.0, 0.4], [1.0, 1.0, 1.0]])[i % 4]
+    frame = (rng.integers(30, 220, (*size, 3)) * cast).astype(np.uint8)
+    Image.fromarray(frame).save(os.path.join(directory, f"f{i:03d}.png"))
+    frames.append(frame)
+  return frames
+
+
+def _mask(size=(48, 64)):
+  mask = np.zeros(size, np.uint8)
+  mask[10:30, 20:50] = 255
+  return mask
+
+
+def _color_arguments(net, comp, mask):
+  """Stand-in regressor: arguments from the frame's mean color (a randomly
+  initialized backbone gives nearly the same arguments for every frame)."""
+  del net, mask
+  mean = jnp.mean(comp, axis=(1, 2))  # [B, 3]
+  return jnp.concatenate([mean, -mean], axis=-1) * 4 - 1.5
+
+
+def test_frame_folder_with_one_mask_applies_smoothed_arguments(setup, tmp_path, monkeypatch):
+  config, networks = setup
+  _, apply_fn = video._jitted()  # pylint: disable=protected-access
+  monkeypatch.setattr(video, "_jitted", lambda: (_color_arguments, apply_fn))
+  frames = _write_frames(tmp_path / "frames")
+  Image.fromarray(_mask()).save(tmp_path / "mask.png")
+  status = video.harmonize_video(config, networks, frames=str(tmp_path / "frames"),
+                                 mask=str(tmp_path / "mask.png"),
+                                 output=str(tmp_path / "out"), fps=2)
+  assert status == 0
+  assert sorted(os.listdir(tmp_path / "out")) == ["f000.png", "f001.png", "f002.png"]
+
+  m = jnp.asarray(_mask(), jnp.float32)[None, ..., None] / 255
+  raws = [np.asarray(_color_arguments(None, jnp.asarray(f, jnp.float32)[None] / 255, m))[0]
+          for f in frames]
+  smoothed = video.smooth_arguments(raws, fps=2)
+  assert np.abs(smoothed[2] - np.clip(raws[2], -1, 1)).max() > 1e-2  # EMA matters.
+  background = _mask() == 0
+  for frame, args, name in zip(frames, smoothed, ["f000", "f001", "f002"]):
+    out = np.asarray(Image.open(tmp_path / "out" / f"{name}.png"))
+    expected, _ = filters.apply_filters(jnp.asarray(frame, jnp.float32) / 255, m[0], args)
+    expected = np.round(np.clip(np.asarray(expected), 0, 1) * 255)
+    np.testing.assert_allclose(out, expected, atol=1)
+    np.testing.assert_array_equal(out[background], frame[background])
+    assert np.abs(out.astype(int) - frame).max() > 5
+
+
+def test_mask_folder_must_match_frame_count_and_model_must_be_harmonizer(setup, tmp_path):
+  config, networks = setup
+  _write_frames(tmp_path / "frames", n=3)
+  os.makedirs(tmp_path / "masks")
+  for i in range(2):
+    Image.fromarray(_mask()).save(tmp_path / "masks" / f"m{i}.png")
+  with pytest.raises(ValueError, match="2 masks for 3 frames"):
+    video.harmonize_video(config, networks, frames=str(tmp_path / "frames"),
+                          mask=str(tmp_path / "masks"), output=str(tmp_path / "out"))
+  with pytest.raises(ValueError, match="exactly one of video"):
+    video.harmonize_video(config, networks, mask=str(tmp_path / "masks"),
+                          output=str(tmp_path / "out"))
+  other = harmonizer_config.get_config("runlocal")
+  other.model.name = "idih"
+  with pytest.raises(ValueError, match="needs the Harmonizer model"):
+    video.harmonize_video(other, networks, frames=str(tmp_path / "frames"),
+                          mask=str(tmp_path / "masks"), output=str(tmp_path / "out"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("imageio_ffmpeg") is None,
+                    reason="video files need imageio-ffmpeg")
+def test_video_file_in_and_out_with_per_frame_masks(setup, tmp_path):
+  import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
+  config, networks = setup
+  frames = _write_frames(tmp_path / "frames", n=4)
+  with imageio.get_writer(tmp_path / "in.mp4", "ffmpeg", fps=10, macro_block_size=1) as w:
+    for f in frames:
+      w.append_data(f)
+  os.makedirs(tmp_path / "masks")
+  for i in range(4):
+    Image.fromarray(_mask()).save(tmp_path / "masks" / f"m{i}.png")
+  assert video.harmonize_video(config, networks, video=str(tmp_path / "in.mp4"),
+                               mask=str(tmp_path / "masks"),
+                               output=str(tmp_path / "out.mp4")) == 0
+  reader = imageio.get_reader(tmp_path / "out.mp4", "ffmpeg")
+  assert reader.get_meta_data()["fps"] == pytest.approx(10)
+  out = [np.asarray(f) for f in reader]
+  reader.close()
+  assert len(out) == 4 and out[0].shape == (48, 64, 3)
