@@ -12,11 +12,9 @@ the step rng) and optionally a discriminator (`config.model.gan`), whose
 generator loss depends on the discriminator.
 """
 
-import importlib
 import os
 import sys
 import tempfile
-import types
 
 from flax import nnx
 import grain.python as grain
@@ -210,22 +208,8 @@ def install_synthetic_data(patch) -> None:
     patch: a `setattr(obj, name, value)`-like callable, e.g. pytest's
       `monkeypatch.setattr`, or plain `setattr` in a subprocess.
   """
-  input_pipeline = _module_or_stub("harmonax.input_pipeline")
-  evaluate = _module_or_stub("harmonax.evaluate")
+  from harmonax import evaluate  # pylint: disable=g-import-not-at-top
+  from harmonax import input_pipeline  # pylint: disable=g-import-not-at-top
   patch(input_pipeline, "make_train_iterator", make_train_iterator)
   patch(input_pipeline, "num_examples", num_examples)
   patch(evaluate, "evaluate_networks", fake_evaluate_networks)
-
-
-def _module_or_stub(name: str):
-  # Lets the trainer tests run before (or without) the real input pipeline and
-  # evaluator; every attribute the trainer uses is patched in above.
-  try:
-    return importlib.import_module(name)
-  except ModuleNotFoundError as e:
-    if e.name != name:
-      raise
-    module = types.ModuleType(name)
-    sys.modules[name] = module
-    setattr(sys.modules["harmonax"], name.rpartition(".")[2], module)
-    return module

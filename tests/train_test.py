@@ -7,6 +7,7 @@ import shutil
 import signal
 import struct
 
+from flax import nnx
 import jax
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ def test_runlocal_smoke_writes_checkpoints_events_and_metrics(straight):
 
   # The checkpoint holds the returned state; load_networks reads it for inference.
   _, networks = checkpoint.load_networks(workdir)
-  _assert_trees_equal(checkpoint.network_states(networks, fake_family.nnx.Param),
+  _assert_trees_equal(checkpoint.network_states(networks, nnx.Param),
                       state["params"])
 
 
