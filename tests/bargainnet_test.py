@@ -10,7 +10,10 @@ import optax
 import pytest
 
 from configs import bargainnet as bargainnet_config
+from dovenet_test import numpy_networks
 from dovenet_test import random_state_dicts
+from dovenet_test import assert_matches_torch
+from dovenet_test import torch_attention_unet
 from dovenet_test import runlocal_smoke
 from harmonax.models import bargainnet
 
@@ -62,7 +65,7 @@ def test_full_size_parameter_counts_match_official():
 
 def test_step_trains_generator_and_encoder_with_one_loss():
   config = tiny_config()
-  nets = bargainnet.create_networks(config, nnx.Rngs(0))
+  nets = numpy_networks(bargainnet.create_networks, config)
   graphs, params, rest = {}, {}, {}
   for k, net in nets.items():
     graphs[k], p, r = nnx.split(net, nnx.Param, ...)
@@ -97,7 +100,7 @@ def test_step_trains_generator_and_encoder_with_one_loss():
 
 def test_code_scale_is_clamped():
   config = tiny_config()
-  gen = bargainnet.create_networks(config, nnx.Rngs(0))["generator"]
+  gen = numpy_networks(bargainnet.create_networks, config)["generator"]
   gen.eval()
   x = jax.random.uniform(jax.random.key(0), (1, 64, 64, 20))
   gen.weight[...] = jnp.array([-1.0])
@@ -106,9 +109,31 @@ def test_code_scale_is_clamped():
   np.testing.assert_allclose(gen(x), low, atol=1e-6)
 
 
+def test_generator_with_batch_norm_and_code_matches_pytorch():
+  config = tiny_config()
+  gen = numpy_networks(bargainnet.create_networks, config)["generator"]
+  ref = torch_attention_unet(20, config.model.num_downs, config.model.ngf, "batch", 16)
+  rng = np.random.default_rng(1)
+
+  def randomize(path, leaf):  # running stats and affine terms all matter
+    name = str(path[-1].key)
+    if name == "var":
+      return jnp.asarray(rng.uniform(0.5, 2.0, leaf.shape), leaf.dtype)
+    scale = 0.05 if name == "kernel" else 0.2
+    return jnp.asarray(rng.normal(1.0 if name == "scale" else 0.0, scale, leaf.shape),
+                       leaf.dtype)
+  state = nnx.state(gen)
+  nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(
+      randomize, state.to_pure_dict()))
+  nnx.update(gen, state)
+  gen.weight[...] = jnp.array([0.3])
+  x = np.random.RandomState(0).uniform(-1, 1, (2, 64, 64, 20)).astype(np.float32)
+  assert_matches_torch(gen, ref, x, atol=1e-4)
+
+
 @pytest.mark.parametrize("hw", [(64, 64), (40, 70)])
 def test_predict_any_size_keeps_background_exact(hw):
-  nets = bargainnet.create_networks(tiny_config(), nnx.Rngs(0))
+  nets = numpy_networks(bargainnet.create_networks, tiny_config())
   for net in nets.values():
     net.eval()
   rng = np.random.RandomState(0)
@@ -122,7 +147,7 @@ def test_predict_any_size_keeps_background_exact(hw):
 
 
 def test_harmony_score_is_exp_of_code_distance():
-  nets = bargainnet.create_networks(tiny_config(), nnx.Rngs(0))
+  nets = numpy_networks(bargainnet.create_networks, tiny_config())
   enc = nets["encoder"]
   enc.eval()
   batch = _batch(size=64)

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from configs import dovenet as dovenet_config
+from harmonax import checkpoint
 from harmonax import torch_import
 from harmonax.models import dovenet
 
@@ -43,6 +44,36 @@ def tiny_config(**model):
   config = dovenet_config.get_config("runlocal")
   config.model.update(num_downs=5, ngf=4, ndf=4, d_num_strided=3, **model)
   return config
+
+
+def numpy_networks(create, config, seed: int = 0) -> dict[str, nnx.Module]:
+  """`create(config, rngs)` built abstractly, then filled from numpy.
+
+  Eager initialization compiles one XLA random op per parameter shape, which
+  dominates these small CPU tests; the values mimic the official init
+  (conv kernels N(0, 0.02), zero biases, unit norms, unit-length u and v).
+  """
+  nets = nnx.eval_shape(lambda: create(config, nnx.Rngs(seed)))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key if hasattr(path[-1], "key") else str(path[-1])
+    if name == "kernel":
+      value = rng.normal(0.0, 0.02, leaf.shape)
+    elif name in ("scale", "var"):
+      value = np.ones(leaf.shape)
+    elif name in ("u", "v"):
+      value = rng.normal(size=leaf.shape)
+      value /= np.linalg.norm(value)
+    elif name == "weight":  # BargainNet's code scale
+      value = np.full(leaf.shape, 0.1)
+    else:  # biases, running means
+      value = np.zeros(leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  checkpoint.update_networks(nets, {k: jax.tree_util.tree_map_with_path(
+      fill, nnx.state(n).to_pure_dict()) for k, n in nets.items()})
+  return nets
 
 
 def _batch(size=32, batch=2, seed=0):
@@ -89,7 +120,7 @@ def test_linear_decay_schedule():
 
 def test_gan_step_trains_both_networks_with_separate_gradients():
   config = tiny_config()
-  nets = dovenet.create_networks(config, nnx.Rngs(0))
+  nets = numpy_networks(dovenet.create_networks, config)
   graphs, params, rest = {}, {}, {}
   for k, net in nets.items():
     graphs[k], p, r = nnx.split(net, nnx.Param, ...)
@@ -140,7 +171,7 @@ def test_gan_step_trains_both_networks_with_separate_gradients():
 
 @pytest.mark.parametrize("hw", [(32, 32), (20, 45)])
 def test_predict_any_size_keeps_background_exact(hw):
-  nets = dovenet.create_networks(tiny_config(), nnx.Rngs(0))
+  nets = numpy_networks(dovenet.create_networks, tiny_config())
   for net in nets.values():
     net.eval()
   rng = np.random.RandomState(0)
@@ -178,7 +209,7 @@ def test_convert_round_trips_official_keys():
 
 def test_convert_names_bad_keys_and_requires_generator():
   config = tiny_config()
-  sd = torch_import.to_state_dict(dovenet.create_networks(config, nnx.Rngs(0))["generator"])
+  sd = torch_import.to_state_dict(numpy_networks(dovenet.create_networks, config)["generator"])
   sd["model.model.0.weight"] = sd["model.model.0.weight"][:1]
   with pytest.raises(torch_import.StateDictMismatchError, match="model.model.0.weight"):
     dovenet.convert_torch({"G": sd}, config)
@@ -221,3 +252,88 @@ def test_runlocal_trains_checkpoints_resumes_and_evaluates(tmp_path, monkeypatch
   out = jax.jit(dovenet.predict)(networks, batch["composite"], batch["mask"])
   bg = np.asarray(batch["mask"][..., 0]) == 0
   np.testing.assert_array_equal(np.asarray(out)[bg], np.asarray(batch["composite"])[bg])
+
+
+def torch_attention_unet(in_features, num_downs, ngf, norm, code_features=0):
+  """A PyTorch pix2pix attention U-Net (module names as the official code), for
+  checking the NNX port and the imported layouts against PyTorch's own ops."""
+  torch = pytest.importorskip("torch")
+  tnn = torch.nn
+  bias = norm == "instance"
+  make_norm = tnn.InstanceNorm2d if norm == "instance" else tnn.BatchNorm2d
+
+  class Block(tnn.Module):
+
+    def __init__(self, outer, inner, inp=None, sub=None, kind="middle",
+                 attention=False, dropout=False):
+      super().__init__()
+      inp = inp or outer
+      self.kind = kind
+      down = tnn.Conv2d(inp, inner, 4, 2, 1, bias=bias)
+      if kind == "outer":
+        layers = [down, sub, tnn.ReLU(True), tnn.ConvTranspose2d(inner * 2, outer, 4, 2, 1),
+                  tnn.Tanh()]
+      elif kind == "inner":
+        layers = [tnn.LeakyReLU(0.2, True), down, tnn.ReLU(True),
+                  tnn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=bias), make_norm(outer)]
+      else:
+        layers = [tnn.LeakyReLU(0.2, True), down, make_norm(inner), sub, tnn.ReLU(True),
+                  tnn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=bias), make_norm(outer)]
+        layers += [tnn.Dropout(0.5)] if dropout else []
+      self.model = tnn.Sequential(*layers)
+      if attention:
+        self.attention = tnn.Sequential(tnn.Conv2d(outer + inp, outer + inp, 1), tnn.Sigmoid())
+
+    def forward(self, x):
+      if self.kind == "outer":
+        return self.model(x)
+      y = torch.cat([x, self.model(x)], 1)  # in-place LeakyReLU: x is already activated
+      return self.attention(y) * y if hasattr(self, "attention") else y
+
+  class UNet(tnn.Module):
+
+    def __init__(self):
+      super().__init__()
+      block = Block(ngf * 8, ngf * 8, kind="inner")
+      for _ in range(num_downs - 5):
+        block = Block(ngf * 8, ngf * 8, sub=block, dropout=True)
+      for mult in (4, 2, 1):
+        block = Block(ngf * mult, ngf * mult * 2, sub=block, attention=True)
+      self.model = Block(3, ngf, in_features, block, kind="outer")
+      if code_features:
+        self.weight = tnn.Parameter(torch.tensor([0.1]))
+
+    def forward(self, x):
+      if code_features:
+        scale = torch.clamp(self.weight, min=0.001)
+        x = torch.cat([x[:, :-code_features], x[:, -code_features:] * scale], 1)
+      return self.model(x)
+
+  return UNet()
+
+
+def assert_matches_torch(net, ref, x, atol=1e-5):
+  """Loads net's variables into ref (PyTorch) and compares eval-mode outputs."""
+  torch = pytest.importorskip("torch")
+  state = {k: torch.from_numpy(np.array(v))
+           for k, v in torch_import.to_state_dict(net).items()}
+  missing, unexpected = ref.load_state_dict(state, strict=False)
+  assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+  ref.eval()
+  net.eval()
+  with torch.no_grad():
+    want = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  got = nnx.jit(lambda n, v: n(v))(net, jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), want, atol=atol)
+
+
+def test_generator_matches_pytorch():
+  config = tiny_config()
+  gen = numpy_networks(dovenet.create_networks, config)["generator"]
+  ref = torch_attention_unet(4, config.model.num_downs, config.model.ngf, "instance")
+  # Larger weights than the 0.02 init, so that every layer matters.
+  rng = np.random.default_rng(1)
+  nnx.update(gen, jax.tree.map(lambda v: jnp.asarray(rng.normal(0, 0.3, v.shape), v.dtype),
+                               nnx.state(gen, nnx.Param)))
+  x = np.random.RandomState(0).uniform(-1, 1, (2, 32, 32, 4)).astype(np.float32)
+  assert_matches_torch(gen, ref, x)
