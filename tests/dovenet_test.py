@@ -28,7 +28,7 @@ def read_key_list(path: str) -> dict[str, dict[str, tuple[tuple[int, ...], str]]
         continue
       key, shape, dtype = line.rstrip("\n").split("\t")[:3]
       module, _, name = key.partition(".")
-      modules.setdefault(module, {})[name] = (tuple(eval(shape)), dtype)  # pylint: disable=eval-used
+      modules.setdefault(module, {})[name] = (tuple(ast.literal_eval(shape)), dtype)
   return modules
 
 
