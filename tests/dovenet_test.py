@@ -1,6 +1,7 @@
 """Tests for the DoveNet family: losses, GAN step, parameter counts, predict, import."""
 
 import ast
+import json
 import os
 import tempfile
 
@@ -237,6 +238,9 @@ def runlocal_smoke(config, tmp_path, patch):
   assert checkpoint.good_steps(tmp_path / "checkpoints")[:2] == [3, 2]
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert sum('"eval/mse"' in line for line in lines) == 2
+  logged = json.loads([line for line in lines if '"loss/' in line][-1])
+  for name in first["params"]:
+    assert np.isfinite(logged[f"loss/{name}"]) and logged[f"lr/{name}"] > 0, name
   for name, params in first["params"].items():
     moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), params, second["params"][name])
     assert max(jax.tree.leaves(moved)) > 0, f"{name} did not train after resuming"

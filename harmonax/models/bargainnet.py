@@ -104,7 +104,9 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
   steps_per_epoch = max(int(steps_per_epoch), 1)
   schedule = optax.exponential_decay(o.lr, o.decay_epochs * steps_per_epoch, 0.1,
                                      staircase=True)
-  return {name: optax.adam(schedule, b1=o.b1, b2=o.b2) for name in ("generator", "encoder")}
+  adam = optax.inject_hyperparams(optax.adam)  # the trainer logs the current rate
+  return {name: adam(learning_rate=schedule, b1=o.b1, b2=o.b2)
+          for name in ("generator", "encoder")}
 
 
 def _generator_input(comp: jax.Array, mask: jax.Array, code: jax.Array) -> jax.Array:

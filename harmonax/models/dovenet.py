@@ -148,7 +148,9 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
   """Adam(2e-4, 0.5, 0.999) for G and D with the same linear decay."""
   o = config.optim
   schedule = linear_decay_schedule(o.lr, o.epochs_constant, o.epochs_decay, steps_per_epoch)
-  return {name: optax.adam(schedule, b1=o.b1, b2=o.b2)
+  # inject_hyperparams: the trainer logs the current rate from the state.
+  adam = optax.inject_hyperparams(optax.adam)
+  return {name: adam(learning_rate=schedule, b1=o.b1, b2=o.b2)
           for name in ("generator", "discriminator")}
 
 
