@@ -8,7 +8,7 @@ Each (variant, batch size) runs in a fresh process (so peak RSS and XLA flags
 are its own) on one CPU device: the trainer's own update step
 (`harmonax.train.make_train_fns`) on random 256x256 batches. Prints a markdown
 table (compile time, median step time, images/s, peak RSS) and writes it to
-benchmarks/results/train_step.md, one section per model.
+benchmarks/results/train_step.md, one section per model and batch sizes.
 """
 
 import argparse
@@ -26,13 +26,23 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "train_step.md")
 
-# XLA CPU flag sets tried against the default compiler settings.
+# Settings tried against XLA's CPU defaults: (XLA_FLAGS, other environment).
+ONEDNN = "--xla_cpu_use_onednn=true"
 VARIANTS = {
-    "default": "",
-    "onednn": "--xla_cpu_use_onednn=true",
-    "fast_math": "--xla_cpu_enable_fast_math=true",
-    "no_thunks": "--xla_cpu_use_thunk_runtime=false",
+    "default": ("", {}),
+    "onednn": (ONEDNN, {}),
+    "fast_math": ("--xla_cpu_enable_fast_math=true", {}),
+    "no_thunks": ("--xla_cpu_use_thunk_runtime=false", {}),
+    "onednn+fast_math": (ONEDNN + " --xla_cpu_enable_fast_math=true", {}),
+    # bf16 inputs to convolutions/matmuls (f32 accumulation) where XLA honors it.
+    "onednn+bf16_precision": (ONEDNN, {"JAX_DEFAULT_MATMUL_PRECISION": "bfloat16"}),
 }
+
+
+def describe(variant: str) -> str:
+  flags, env = VARIANTS[variant]
+  parts = ([f"XLA_FLAGS={flags}"] if flags else []) + [f"{k}={v}" for k, v in env.items()]
+  return " ".join(parts) or "-"
 
 
 def load_config(spec: str):
@@ -82,12 +92,13 @@ def child(args) -> None:
       "params": int(num_params), "compile_s": compile_s, "step_s": step_s,
       "images_per_s": b / step_s,
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-      "loss": float(np.mean([float(v) for k, v in metrics.items()
+      "loss": float(np.sum([float(v) for k, v in metrics.items()
                              if k.startswith("loss/")]))}))
 
 
 def run_child(args, variant: str, batch_size: int) -> dict | None:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=VARIANTS[variant])
+  flags, extra_env = VARIANTS[variant]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, **extra_env)
   command = [sys.executable, os.path.abspath(__file__), "--child",
              f"--config={args.config}", f"--batch_sizes={batch_size}",
              f"--image_size={args.image_size}", f"--steps={args.steps}"]
@@ -114,7 +125,7 @@ def main() -> None:
   parser.add_argument("--batch_sizes", default="16,4")
   parser.add_argument("--image_size", type=int, default=256)
   parser.add_argument("--steps", type=int, default=3, help="timed steps after 1 warm-up")
-  parser.add_argument("--variants", default=",".join(VARIANTS))
+  parser.add_argument("--variants", default="default,onednn")
   parser.add_argument("--timeout", type=int, default=1800, help="seconds per setting")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -133,13 +144,14 @@ def main() -> None:
         continue
       params = result["params"]
       rows.append(
-          f"| {variant} | `{VARIANTS[variant] or '-'}` | {batch_size} | "
+          f"| {variant} | `{describe(variant)}` | {batch_size} | "
           f"{result['compile_s']:.1f} | {result['step_s']:.2f} | "
           f"{result['images_per_s']:.2f} | {result['peak_rss_mib']:.0f} |")
       print(rows[-1], flush=True)
 
   section = "\n".join([
-      f"## Train step: {name} (`{args.config}`), {args.image_size}x{args.image_size}",
+      f"## Train step: {name} (`{args.config}`), {args.image_size}x{args.image_size}, "
+      f"batch {args.batch_sizes}",
       "",
       f"Machine: {os.cpu_count()}-core CPU ({platform.machine()}), no GPU, shared with "
       f"other jobs (1-min load average {load_before} before, {load_average()} after); "
@@ -148,19 +160,20 @@ def main() -> None:
       f"{params if params is not None else '?'} parameters; median of {args.steps} steps "
       "after 1 warm-up, each row in a fresh process.",
       "",
-      "| variant | XLA_FLAGS | batch | compile s | step s | images/s | peak RSS MiB |",
+      "| variant | environment | batch | compile s | step s | images/s | peak RSS MiB |",
       "|---|---|---|---|---|---|---|",
       *rows, ""])
   print(section)
-  _write_section(name, section)
+  _write_section(section)
 
 
-def _write_section(name: str, section: str) -> None:
-  """Replaces (or appends) this model's section in the results file."""
+def _write_section(section: str) -> None:
+  """Replaces (or appends) the section with this heading in the results file."""
   os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
   text = open(RESULTS).read() if os.path.exists(RESULTS) else ""
   sections = [s for s in re.split(r"(?m)^(?=## )", text) if s.strip()]
-  sections = [s for s in sections if not s.startswith(f"## Train step: {name} ")]
+  heading = section.split("\n", 1)[0]
+  sections = [s for s in sections if s.split("\n", 1)[0] != heading]
   sections.append(section)
   with open(RESULTS, "w") as f:
     f.write("\n".join(s.rstrip() + "\n" for s in sections))
