@@ -156,7 +156,10 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
     step = int(round(epoch * steps_per_epoch))
     boundaries[step] = boundaries.get(step, 1.0) * o.decay_factor
   schedule = optax.piecewise_constant_schedule(o.lr, boundaries)
-  return {"harmonizer": optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)}
+  # inject_hyperparams: the trainer logs the current learning rate from it.
+  adam = optax.inject_hyperparams(optax.adam)(learning_rate=schedule, b1=o.b1,
+                                              b2=o.b2, eps=o.eps)
+  return {"harmonizer": adam}
 
 
 def predict(networks: dict[str, nnx.Module], composite: jax.Array, mask: jax.Array
