@@ -29,7 +29,9 @@ _POW_EPS = 1e-9
 
 
 def _pow(base: jax.Array, p: jax.Array) -> jax.Array:
-  return jnp.power(jnp.maximum(base, _POW_EPS), p)
+  # exp(p log b) for b > 0: what pow computes, without its special cases
+  # (about 2x faster on CPU at 4K).
+  return jnp.exp(p * jnp.log(jnp.maximum(base, _POW_EPS)))
 
 Array = jax.Array | np.ndarray
 
@@ -83,19 +85,21 @@ def contrast(image: jax.Array, x: jax.Array) -> jax.Array:
 
 def saturation(image: jax.Array, x: jax.Array) -> jax.Array:
   """Saturation around the per-pixel (max + min) / 2, HSL style."""
-  cmin = jnp.min(image, axis=-1, keepdims=True)
-  cmax = jnp.max(image, axis=-1, keepdims=True)
+  r, g, b = image[..., 0:1], image[..., 1:2], image[..., 2:3]
+  # Elementwise over 3 slices: much faster on CPU than a reduce over channels.
+  cmin = jnp.minimum(jnp.minimum(r, g), b)
+  cmax = jnp.maximum(jnp.maximum(r, g), b)
   var = cmax - cmin
   ran = cmax + cmin
   mean = ran / 2
   # HSL saturation.
-  s = jnp.where(mean < 0.5, var / (ran + _EPS), var / (2 - ran + _EPS))
-  # x >= 0: stretch by 1/max(s, 1-x), i.e. saturate up to s = 1 at most.
-  a_pos = 1 / (jnp.where(x + s > 1, s, 1 - x) + _EPS) - 1
-  out_pos = image + (image - mean) * a_pos
-  # x < 0: shrink toward the gray mean.
-  out_neg = mean + (image - mean) * (1 + x)
-  return jnp.clip(jnp.where(x >= 0, out_pos, out_neg), 0.0, 1.0)
+  s = var / jnp.where(mean < 0.5, ran + _EPS, 2 - ran + _EPS)
+  # x >= 0: I + (I - mean) * a with a = 1/max(s, 1-x) - 1 (saturate up to
+  # s = 1 at most); x < 0: mean + (I - mean) * (1 + x). Both are
+  # mean + (I - mean) * factor, computed once.
+  factor_pos = 1 / (jnp.where(x + s > 1, s, 1 - x) + _EPS)
+  factor = jnp.where(x >= 0, factor_pos, 1 + x)
+  return jnp.clip(mean + (image - mean) * factor, 0.0, 1.0)
 
 
 def highlight(image: jax.Array, x: jax.Array) -> jax.Array:
