@@ -29,8 +29,9 @@ EXTRAS_REQUIRE = {
     "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
     # Apache Beam pins protobuf/pyarrow back, so it is optional.
     "beam": ["apache-beam>=2.60"],
-    # On a TPU VM: pip install -e .[tpu]
-    "tpu": ["jax[tpu]>=0.7.0"],
+    # On a TPU VM: pip install -e .[tpu]. gcsfs/google-cloud-storage let etils write
+    # config.json, metrics.jsonl and TensorBoard files to gs:// workdirs without TensorFlow.
+    "tpu": ["jax[tpu]>=0.7.0", "gcsfs>=2024.2", "google-cloud-storage>=2.14"],
     # Importing the official PyTorch checkpoints.
     "convert": ["torch>=2.0"],
 }
