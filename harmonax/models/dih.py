@@ -353,7 +353,8 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
     # Two decays landing on one step (tiny epochs) must both apply.
     boundaries[step] = boundaries.get(step, 1.0) * o.decay_factor
   schedule = optax.piecewise_constant_schedule(o.lr, boundaries)
-  return {"generator": optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)}
+  adam = optax.inject_hyperparams(optax.adam)  # the trainer logs the current rate
+  return {"generator": adam(learning_rate=schedule, b1=o.b1, b2=o.b2, eps=o.eps)}
 
 
 def _forward(net: Network, composite: jax.Array, mask: jax.Array) -> jax.Array:
