@@ -1,6 +1,7 @@
 """EfficientNet: key tree, parameter count, equivalence with a PyTorch
 reference of lukemelas' forward pass, and ImageNet weight import."""
 
+import ast
 import os
 
 from flax import nnx
@@ -26,7 +27,7 @@ def _official_backbone_shapes():
         continue
       key, shape = line.split("\t")[:2]
       if key.startswith("backbone.") and not key.endswith("num_batches_tracked"):
-        shapes[key[len("backbone."):]] = tuple(eval(shape))  # pylint: disable=eval-used
+        shapes[key[len("backbone."):]] = tuple(ast.literal_eval(shape))
   return shapes
 
 

@@ -2,6 +2,7 @@
 pairs, weight conversion and a runlocal training run through the trainer."""
 
 import json
+import ast
 import os
 
 from flax import nnx
@@ -32,7 +33,7 @@ def _official_shapes():
         continue
       key, shape = line.split("\t")[:2]
       if not key.endswith("num_batches_tracked"):
-        shapes[key] = tuple(eval(shape))  # pylint: disable=eval-used
+        shapes[key] = tuple(ast.literal_eval(shape))
   return shapes
 
 
