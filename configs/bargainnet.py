@@ -35,26 +35,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = config_args.data_config(arg.data, image_size=256)
   config.batch_size = 1
   config.num_epochs = 200
-  config.total_steps = 0
   config.optim = dict(lr=1e-4, b1=0.9, b2=0.999, decay_epochs=6574200)
-  config.seed = 0
-  config.log_every = 100
-  config.eval_every = 50000
-  config.checkpoint_every = 10000
-  config.image_every = 10000
-  config.keep_checkpoints = 3
   # The official test computes PSNR with data_range = output.max() - output.min().
-  config.eval = dict(psnr_peak="pred_range", ssim="gaussian11")
+  config_args.add_loop_config(config, arg.runlocal, eval_every=50000, checkpoint_every=10000,
+                              psnr_peak="pred_range", runlocal_steps=10)
 
   if arg.runlocal:
     config.model.update(num_downs=6, ngf=8, ndf=8)
-    config.data.image_size = 64
-    config.data.num_workers = 0
-    config.data.max_eval_examples = 16
-    config.batch_size = 8
-    config.total_steps = 10
-    config.log_every = 5
-    config.eval_every = 10
-    config.checkpoint_every = 10
-    config.image_every = 10
   return config

@@ -34,26 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = config_args.data_config(arg.data, image_size=256)
   config.batch_size = 16
   config.num_epochs = 120
-  config.total_steps = 0
   config.optim = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8,
                       decay_epochs=(105, 115), decay_factor=0.1)
-  config.seed = 0
-  config.log_every = 100
-  config.eval_every = 5000
-  config.checkpoint_every = 5000
-  config.image_every = 5000
-  config.keep_checkpoints = 3
-  config.eval = dict(psnr_peak="real_max", ssim="gaussian11")
+  config_args.add_loop_config(config, arg.runlocal)
 
   if arg.runlocal:
     config.model.update(depth=3, ch=8, max_channels=32, attend_from=1)
-    config.data.image_size = 64
-    config.data.num_workers = 0
-    config.data.max_eval_examples = 16
-    config.batch_size = 8
-    config.total_steps = 20
-    config.log_every = 5
-    config.eval_every = 20
-    config.checkpoint_every = 20
-    config.image_every = 20
   return config

@@ -74,3 +74,40 @@ def data_config(data: str, image_size: int = 256, *, hflip: bool = True,
       "shuffle_seed": 0,
       "max_eval_examples": -1,  # -1: the whole eval split.
   })
+
+
+def add_loop_config(config: ml_collections.ConfigDict, runlocal: bool, *,
+                    eval_every: int = 5000, checkpoint_every: int = 5000,
+                    psnr_peak: str = "real_max", runlocal_steps: int = 20) -> None:
+  """Sets the training-loop fields every config shares, and the `runlocal` loop.
+
+  Call after `config.data` and `config.batch_size` are set. `runlocal` shrinks the
+  data side (64x64 crops, batch 8, in-process loading, 16 eval images, a few
+  steps); each config shrinks its own model.
+
+  Args:
+    config: the config being built; modified in place.
+    runlocal: whether this is the tiny CPU variant.
+    eval_every: steps between evaluations (full size).
+    checkpoint_every: steps between checkpoints and TensorBoard image grids.
+    psnr_peak: the evaluation's PSNR peak, as the model's own paper computed it.
+    runlocal_steps: training steps of the runlocal variant.
+  """
+  config.total_steps = 0  # 0: config.num_epochs decides.
+  config.seed = 0
+  config.log_every = 100
+  config.eval_every = eval_every
+  config.checkpoint_every = checkpoint_every
+  config.image_every = checkpoint_every
+  config.keep_checkpoints = 3
+  config.eval = dict(psnr_peak=psnr_peak, ssim="gaussian11")
+  if runlocal:
+    config.data.image_size = 64
+    config.data.num_workers = 0
+    config.data.max_eval_examples = 16
+    config.batch_size = 8
+    config.total_steps = runlocal_steps
+    config.log_every = 5
+    config.eval_every = runlocal_steps
+    config.checkpoint_every = runlocal_steps
+    config.image_every = runlocal_steps
