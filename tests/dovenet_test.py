@@ -3,7 +3,6 @@
 import ast
 import json
 import os
-import tempfile
 
 from flax import nnx
 import jax
@@ -223,11 +222,8 @@ def runlocal_smoke(config, tmp_path, patch):
   data, 8 CPU devices); returns (params after 2, state after 3, networks)."""
   import fake_family  # pylint: disable=g-import-not-at-top
   from harmonax import checkpoint, train  # pylint: disable=g-import-not-at-top
-  # Both runs compile the same step: a persistent cache turns the second into a hit.
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(tempfile.gettempdir(), "harmonax_test_jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  # Both runs compile the same step: conftest.py's persistent cache makes the
+  # second a hit.
   fake_family.install_synthetic_data(patch)
   config.data.num_examples = 16
   config.update(total_steps=2, eval_every=2, checkpoint_every=2, log_every=1, image_every=0)

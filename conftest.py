@@ -1,6 +1,8 @@
-"""Test setup shared by every test: 8 fake CPU devices and parsed absl flags."""
+"""Test setup for every test (tests/ and data_builders/): 8 fake CPU devices, a
+persistent compilation cache, and parsed absl flags."""
 
 import os
+import tempfile
 
 # Must happen before jax is imported anywhere: the tests exercise data
 # parallelism over a ('data',) mesh of 8 CPU devices.
@@ -9,6 +11,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Many tests compile the same update steps, also in subprocesses (which inherit
+# these variables): a persistent cache turns the repeats into hits.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "harmonax_test_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 from absl import flags  # noqa: E402
 
