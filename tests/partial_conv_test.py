@@ -107,7 +107,7 @@ def test_spectral_norm_matches_torch():
 
 def test_conv_transpose_matches_torch():
   torch = pytest.importorskip("torch")
-  layer = attention_unet.ConvTranspose2d(3, 5, rngs=nnx.Rngs(0))
+  layer = attention_unet.up_conv(3, 5, rngs=nnx.Rngs(0))
   layer.bias[...] = jnp.arange(5.0)
   x = np.random.RandomState(0).randn(2, 3, 4, 6).astype(np.float32)
   weight = torch_import.conv_transpose_to_torch(np.asarray(layer.kernel[...]))

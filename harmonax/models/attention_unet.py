@@ -21,7 +21,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from harmonax import torch_import
+from harmonax.models import layers
 
 KERNEL_INIT = nnx.initializers.normal(0.02)  # pix2pix init_weights('normal', 0.02)
 
@@ -56,32 +56,11 @@ def leaky_relu(x: jax.Array) -> jax.Array:
   return jax.nn.leaky_relu(x, 0.2)
 
 
-class ConvTranspose2d(nnx.Module):
-  """PyTorch's ConvTranspose2d (stride, padding) with kernel [kh, kw, in, out]."""
-
-  def __init__(self, in_features: int, out_features: int, kernel_size: int = 4, *,
-               stride: int = 2, padding: int = 1, use_bias: bool = True, rngs: nnx.Rngs):
-    self.stride, self.padding, self.kernel_size = stride, padding, kernel_size
-    self.kernel = nnx.Param(KERNEL_INIT(
-        rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
-    self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    # A transposed conv is a conv over the stride-dilated input with the
-    # spatially flipped kernel and k - 1 - p padding.
-    pad = self.kernel_size - 1 - self.padding
-    y = jax.lax.conv_general_dilated(
-        x, self.kernel[...][::-1, ::-1], window_strides=(1, 1),
-        padding=((pad, pad), (pad, pad)), lhs_dilation=(self.stride, self.stride),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y if self.bias is None else y + self.bias[...]
-
-
-torch_import.register_rules(ConvTranspose2d, (
-    torch_import.Rule("weight", "kernel", torch_import.conv_transpose_to_nnx,
-                      torch_import.conv_transpose_to_torch),
-    torch_import.Rule("bias", "bias"),
-))
+def up_conv(in_features: int, out_features: int, use_bias: bool = True, *,
+            rngs: nnx.Rngs) -> layers.ConvTranspose2d:
+  """pix2pix's upsampling: ConvTranspose2d(kernel 4, stride 2, padding 1)."""
+  return layers.ConvTranspose2d(in_features, out_features, 4, stride=2, padding=1,
+                                use_bias=use_bias, kernel_init=KERNEL_INIT, rngs=rngs)
 
 
 class UnetBlock(nnx.Module):
@@ -102,15 +81,15 @@ class UnetBlock(nnx.Module):
     down_conv = conv(input_features, inner, use_bias)
     if outermost:
       layers = [down_conv, submodule, Activation(jax.nn.relu),
-                ConvTranspose2d(inner * 2, outer, rngs=rngs), Activation(jnp.tanh)]
+                up_conv(inner * 2, outer, rngs=rngs), Activation(jnp.tanh)]
     elif innermost:
       layers = [Activation(leaky_relu), down_conv, Activation(jax.nn.relu),
-                ConvTranspose2d(inner, outer, use_bias=use_bias, rngs=rngs),
+                up_conv(inner, outer, use_bias, rngs=rngs),
                 make_norm(norm, outer, rngs)]
     else:
       layers = [Activation(leaky_relu), down_conv, make_norm(norm, inner, rngs), submodule,
                 Activation(jax.nn.relu),
-                ConvTranspose2d(inner * 2, outer, use_bias=use_bias, rngs=rngs),
+                up_conv(inner * 2, outer, use_bias, rngs=rngs),
                 make_norm(norm, outer, rngs)]
       if use_dropout:
         layers.append(nnx.Dropout(0.5))
