@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+import harmonax
 from harmonax import checkpoint
 from harmonax import harmonize as harmonize_lib
 from harmonax import image_io
@@ -249,6 +250,9 @@ def test_video_flags_dispatch_to_harmonax_video(model, tmp_path, monkeypatch):
   video = types.ModuleType("harmonax.video")
   video.harmonize_video = lambda cfg, nets, **kwargs: calls.append((cfg, nets, kwargs)) or 0
   monkeypatch.setitem(sys.modules, "harmonax.video", video)
+  # `from harmonax import video` reads the package attribute once the real module
+  # was imported (by another test in the same run): replace that too.
+  monkeypatch.setattr(harmonax, "video", video, raising=False)
   with flagsaver.flagsaver(checkpoint=str(tmp_path / "ckpt"), frames=str(tmp_path / "frames"),
                            mask=str(tmp_path / "masks"), output=str(tmp_path / "out")):
     assert harmonize_lib.main(["harmonize"]) == 0
