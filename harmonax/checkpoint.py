@@ -35,9 +35,15 @@ DATA_ITER_ITEM = "data_iter"
 PyTree = Any
 
 
+def _path(path: str | os.PathLike) -> epath.Path:
+  """An absolute path (orbax refuses relative ones); URLs such as gs:// as they are."""
+  path = os.fspath(path)
+  return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
 def save_config(directory: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
   """Writes `directory/config.json` (the ConfigDict as JSON)."""
-  directory = epath.Path(directory)
+  directory = _path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   (directory / CONFIG_FILE).write_text(
       config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
@@ -45,7 +51,7 @@ def save_config(directory: str | os.PathLike, config: ml_collections.ConfigDict)
 
 def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
   """Reads `directory/config.json` back into a ConfigDict."""
-  path = epath.Path(directory) / CONFIG_FILE
+  path = _path(directory) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(
         f"{path} not found: expected a training workdir or a save_networks "
@@ -100,7 +106,7 @@ def _materialize(networks: dict[str, nnx.Module], states: dict[str, dict]) -> No
 def save_networks(directory: str | os.PathLike, config: ml_collections.ConfigDict,
                   networks: dict[str, nnx.Module]) -> None:
   """Writes `directory/config.json` and an orbax checkpoint of the networks' full state."""
-  directory = epath.Path(directory)
+  directory = _path(directory)
   save_config(directory, config)
   path = directory / NETWORKS_DIR
   if path.exists():
@@ -116,7 +122,7 @@ def good_steps(checkpoint_dir: str | os.PathLike) -> list[int]:
   so unfinished saves are excluded; a finalized step can still be corrupt (e.g.
   a truncated file), which only a restore reveals.
   """
-  checkpoint_dir = epath.Path(checkpoint_dir)
+  checkpoint_dir = _path(checkpoint_dir)
   if not checkpoint_dir.exists():
     return []
   steps = [int(p.name) for p in checkpoint_dir.iterdir()
@@ -149,7 +155,7 @@ def load_networks(path: str | os.PathLike
 
   A training workdir gives the networks of its newest restorable step.
   """
-  path = epath.Path(path)
+  path = _path(path)
   config = load_config(path)
   networks = abstract_networks(config)
   full = network_states(networks)
@@ -215,7 +221,7 @@ def make_manager(workdir: str | os.PathLike, keep: int, *,
       cleanup_tmp_directories=True,
   )
   return ocp.CheckpointManager(
-      epath.Path(workdir) / CHECKPOINT_DIR,
+      _path(workdir) / CHECKPOINT_DIR,
       options=options,
       item_handlers={STATE_ITEM: _state_handler(),
                      DATA_ITER_ITEM: grain.PyGrainCheckpointHandler()})
@@ -261,7 +267,7 @@ def restore_train_state(manager: ocp.CheckpointManager, abstract_state: PyTree,
   a warning. A corrupt newest step falls back to the previous one with a
   warning. Returns None when there is no checkpoint.
   """
-  directory = epath.Path(manager.directory)
+  directory = _path(manager.directory)
   if not good_steps(directory):
     return None
   restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
@@ -293,7 +299,7 @@ def _quarantine(manager: ocp.CheckpointManager, steps: list[int]) -> None:
 
   Training goes on from an older step and will save these step numbers again.
   """
-  directory = epath.Path(manager.directory)
+  directory = _path(manager.directory)
   target = directory.parent / CORRUPT_DIR
   if jax.process_index() == 0:
     target.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,23 @@ def test_save_networks_overwrites(tmp_path):
   _assert_same_state(second, checkpoint.load_networks(tmp_path)[1])
 
 
+def test_relative_paths_work_for_networks_and_training_checkpoints(tmp_path, monkeypatch):
+  # The trainer's default workdir (./workdirs/<config>) is relative; orbax
+  # itself only takes absolute paths.
+  monkeypatch.chdir(tmp_path)
+  config = fake_family.get_config()
+  networks = fake_family.create_networks(config, nnx.Rngs(1))
+  checkpoint.save_networks("model", config, networks)
+  _assert_same_state(networks, checkpoint.load_networks("model")[1])
+
+  checkpoint.save_config("workdir", config)
+  manager = checkpoint.make_manager("workdir", keep=1, async_save=False)
+  checkpoint.save_train_state(manager, 3, _train_state(networks, config, 1.0), None)
+  manager.close()
+  assert checkpoint.good_steps("workdir/checkpoints") == [3]
+  assert (tmp_path / "workdir" / "checkpoints" / "3").is_dir()
+
+
 def test_load_networks_errors_name_the_problem(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     checkpoint.load_networks(tmp_path)
