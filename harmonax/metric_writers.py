@@ -5,6 +5,7 @@ trainer can call it unconditionally.
 """
 
 import json
+import logging as pylogging
 import os
 import time
 from typing import Mapping
@@ -28,6 +29,25 @@ def image_grid(composite: np.ndarray, output: np.ndarray, real: np.ndarray,
   grid = np.concatenate(rows, axis=0)
   return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
+
+class _LibraryInfoFilter(pylogging.Filter):
+  """Drops INFO (and lower) records logged from inside the named packages."""
+
+  def __init__(self, packages: tuple[str, ...]):
+    super().__init__()
+    self._parts = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or not any(
+        part in record.pathname for part in self._parts)
+
+
+def quiet_library_logs(packages: tuple[str, ...] = ("orbax",)) -> None:
+  """Keeps the console to our progress lines: orbax logs ~30 INFO lines per save
+  through absl logging; its warnings and errors still show."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter(packages))
 
 class MetricWriter:
   """Scalars -> TensorBoard + metrics.jsonl; images -> TensorBoard."""
