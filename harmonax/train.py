@@ -260,6 +260,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Loop.
   every = lambda n, step: n > 0 and step % n == 0
+  log_every = config.get("log_every", 50)
+
+  def should_log(step: int) -> bool:
+    # Also at steps 2, 4, 8, ... after a (re)start until the first regular
+    # line: full-size models on a CPU take many seconds a step.
+    since = step - start_step
+    return every(log_every, step) or (
+        step < log_every and since >= 2 and since & (since - 1) == 0)
+
   progress = metric_writers.Progress(start_step, num_steps, config.batch_size)
   if start_step >= num_steps:
     logging.info("Nothing to do: step %d of %d already reached.", start_step, num_steps)
@@ -278,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           progress.reset(step)
         last = step == num_steps
         stop = preemption.requested or manager.reached_preemption(step)
-        if every(config.get("log_every", 50), step) or last or stop:
+        if should_log(step) or last or stop:
           scalars = check_pending()
           scalars.update(progress.report(step))
           writer.write_scalars(step, scalars)
@@ -294,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if every(config.get("eval_every", 0), step) or (last and config.get("eval_every", 0)):
           run_eval(step)
           progress.reset(step)
-        if every(config.get("log_every", 50), step):
+        if should_log(step):
           writer.flush()
         if stop:
           logging.warning("Stopped at step %d for preemption; checkpoint saved.", step)

@@ -197,6 +197,19 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path, monkeypatch):
   assert json.loads(lines[-1])["step"] == 3
 
 
+def test_progress_lines_come_early_when_log_every_is_far(tmp_path, monkeypatch):
+  config = fake_family.get_config()
+  config.total_steps = 9
+  config.log_every = 100
+  config.checkpoint_every = 100
+  config.eval_every = 0
+  config.image_every = 0
+  _run(monkeypatch.setattr, tmp_path, config)
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  # Steps 2, 4, 8 after the start, then the last step.
+  assert [l["step"] for l in lines if "loss/generator" in l] == [2, 4, 8, 9]
+
+
 def test_issam_runlocal_config_trains(tmp_path, monkeypatch):
   from configs import issam  # pylint: disable=g-import-not-at-top
   config = issam.get_config("runlocal")
