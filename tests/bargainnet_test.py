@@ -98,6 +98,28 @@ def test_step_trains_generator_and_encoder_with_one_loss():
     assert norm(updates) > 0
 
 
+def _learning_rates(tx, steps):
+  params = {"w": jnp.ones(2)}
+  state, rates = tx.init(params), []
+  for _ in range(steps):
+    _, state = tx.update(params, state, params)
+    rates.append(float(state.hyperparams["learning_rate"]))
+  return rates
+
+
+def test_schedule_is_steplr_and_fits_iharmony4_sizes():
+  config = bargainnet_config.get_config("")
+  # The official decay (every 6574200 epochs) never happens: a constant rate,
+  # also at iHarmony4's 65742 steps per epoch (the raw step count overflows int32).
+  tx = bargainnet.make_optimizers(config, steps_per_epoch=65742)["generator"]
+  np.testing.assert_allclose(_learning_rates(tx, 3), [1e-4] * 3, rtol=1e-6)
+  config.optim.decay_epochs, config.num_epochs = 2, 5
+  tx = bargainnet.make_optimizers(config, steps_per_epoch=10)["encoder"]
+  rates = _learning_rates(tx, 45)  # rates[i]: the rate of update i.
+  np.testing.assert_allclose([rates[0], rates[19], rates[20], rates[40]],
+                             [1e-4, 1e-4, 1e-5, 1e-6], rtol=1e-5)
+
+
 def test_code_scale_is_clamped():
   config = tiny_config()
   gen = numpy_networks(bargainnet.create_networks, config)["generator"]

@@ -102,8 +102,11 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
   """
   o = config.optim
   steps_per_epoch = max(int(steps_per_epoch), 1)
-  schedule = optax.exponential_decay(o.lr, o.decay_epochs * steps_per_epoch, 0.1,
-                                     staircase=True)
+  # StepLR: x0.1 every decay_epochs, written out only for the decays that fall
+  # inside num_epochs (an int32 step count cannot hold 6574200 epochs' worth).
+  decays = {int(round(k * o.decay_epochs * steps_per_epoch)): 0.1
+            for k in range(1, int(config.num_epochs // o.decay_epochs) + 1)}
+  schedule = optax.piecewise_constant_schedule(o.lr, decays)
   adam = optax.inject_hyperparams(optax.adam)  # the trainer logs the current rate
   return {name: adam(learning_rate=schedule, b1=o.b1, b2=o.b2)
           for name in ("generator", "encoder")}
