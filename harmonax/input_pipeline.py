@@ -13,6 +13,7 @@ import io
 import math
 import os
 import re
+import signal
 from typing import Any, Iterator
 
 import grain
@@ -181,6 +182,27 @@ def _check_size(key: str, img: Image.Image, mask: np.ndarray, name: Any) -> None
                      f"is {mask.shape[1]}x{mask.shape[0]} (width x height)")
 
 
+
+def _leave_stop_signals_to_the_trainer(worker_index: int, worker_count: int) -> None:
+  """Grain worker init: ignore SIGTERM and SIGINT.
+
+  A signal sent to the whole process group (`timeout`, Ctrl-C, many launchers)
+  would otherwise kill the workers, and the trainer's next batch would fail
+  before it could save its preemption checkpoint. The main process handles the
+  signal and shuts the workers down itself.
+  """
+  del worker_index, worker_count
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _prefetch_in_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+  """`ds` made in `num_workers` processes (0: in this process)."""
+  if num_workers <= 0:
+    return ds
+  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                        worker_init_fn=_leave_stop_signals_to_the_trainer)
+
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
   """Decodes and random-resized-crops + flips composite, real and mask identically.
@@ -277,8 +299,7 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_siz
   # Workers make single examples and the batch is formed here, so the batches do not
   # depend on the number of workers.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4 * batch_size))
-  if data_config.num_workers > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  ds = _prefetch_in_workers(ds, data_config.num_workers)
   return iter(ds.batch(batch_size, drop_remainder=True).map(_to_float))
 
 
@@ -370,6 +391,5 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, global_batch_size
   full_res = data_config.image_size is None
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=2 if full_res else 4, prefetch_buffer_size=4 if full_res else 4 * batch_size))
-  if data_config.num_workers > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  ds = _prefetch_in_workers(ds, data_config.num_workers)
   return _eval_batches(ds, count, batch_size, num_batches, template)

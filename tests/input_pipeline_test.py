@@ -1,9 +1,12 @@
 """Tests of harmonax.input_pipeline on tiny iHarmony4-layout datasets built in a tmp dir."""
 
 import io
+import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import time
 import types
 
 import grain
@@ -205,6 +208,15 @@ def test_same_seed_same_batches_and_workers_do_not_change_them(data_dir):
   _assert_batches_equal(first[1], next(with_worker))
   with_worker.set_state(state)
   _assert_batches_equal(first[1], next(with_worker))
+  # A SIGTERM to the whole process group (timeout, Ctrl-C, launchers) must not
+  # kill the workers: the trainer handles it and needs batches until it saves.
+  workers = multiprocessing.active_children()
+  assert workers
+  for worker in workers:
+    os.kill(worker.pid, signal.SIGTERM)
+  time.sleep(1.0)
+  assert all(worker.is_alive() for worker in workers)
+  assert next(with_worker)["composite"].shape[0] == 4
   with_worker.close()
 
 
