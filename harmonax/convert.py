@@ -22,6 +22,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from harmonax import checkpoint
+from harmonax import metric_writers
 from harmonax import models
 from harmonax import torch_import
 
@@ -124,6 +125,7 @@ def main(argv):
   f = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  metric_writers.quiet_library_logs()
   for name in ("model", "torch_checkpoint", "output"):
     if not f[name].value:
       raise app.UsageError(f"--{name} is required")

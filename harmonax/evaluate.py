@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from harmonax import image_io
+from harmonax import metric_writers
 from harmonax import metrics
 from harmonax import models
 
@@ -266,6 +267,7 @@ def main(argv: list[str]) -> int:
   f = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  metric_writers.quiet_library_logs()
   if bool(f.workdir) == bool(f.checkpoint):
     raise app.UsageError("Give exactly one of --workdir or --checkpoint")
   if jax.process_count() > 1:
