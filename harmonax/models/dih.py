@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from harmonax import losses
+from harmonax import optimizers
 from harmonax import torch_import
 from harmonax.models import layers
 
@@ -346,15 +347,7 @@ Network = DeepImageHarmonization | SSAMImageHarmonization
 def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
                     ) -> dict[str, optax.GradientTransformation]:
   """Adam with the lr multiplied by optim.decay_factor at each of optim.decay_epochs."""
-  o = config.optim
-  boundaries: dict[int, float] = {}
-  for epoch in o.decay_epochs:
-    step = int(round(epoch * steps_per_epoch))
-    # Two decays landing on one step (tiny epochs) must both apply.
-    boundaries[step] = boundaries.get(step, 1.0) * o.decay_factor
-  schedule = optax.piecewise_constant_schedule(o.lr, boundaries)
-  adam = optax.inject_hyperparams(optax.adam)  # the trainer logs the current rate
-  return {"generator": adam(learning_rate=schedule, b1=o.b1, b2=o.b2, eps=o.eps)}
+  return {"generator": optimizers.step_decay_adam(config.optim, steps_per_epoch)}
 
 
 def _forward(net: Network, composite: jax.Array, mask: jax.Array) -> jax.Array:

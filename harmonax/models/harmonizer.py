@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from harmonax import filters
+from harmonax import optimizers
 from harmonax import torch_import
 from harmonax.models import efficientnet
 from harmonax.models import layers
@@ -150,16 +151,7 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
 def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
                     ) -> dict[str, optax.GradientTransformation]:
   """Adam, lr x optim.decay_factor at each of optim.decay_epochs."""
-  o = config.optim
-  boundaries: dict[int, float] = {}
-  for epoch in o.decay_epochs:
-    step = int(round(epoch * steps_per_epoch))
-    boundaries[step] = boundaries.get(step, 1.0) * o.decay_factor
-  schedule = optax.piecewise_constant_schedule(o.lr, boundaries)
-  # inject_hyperparams: the trainer logs the current learning rate from it.
-  adam = optax.inject_hyperparams(optax.adam)(learning_rate=schedule, b1=o.b1,
-                                              b2=o.b2, eps=o.eps)
-  return {"harmonizer": adam}
+  return {"harmonizer": optimizers.step_decay_adam(config.optim, steps_per_epoch)}
 
 
 def predict(networks: dict[str, nnx.Module], composite: jax.Array, mask: jax.Array
