@@ -11,6 +11,7 @@ import pytest
 
 from configs import bargainnet as bargainnet_config
 from dovenet_test import numpy_networks
+from dovenet_test import random_batch
 from dovenet_test import random_state_dicts
 from dovenet_test import assert_matches_torch
 from dovenet_test import torch_attention_unet
@@ -25,15 +26,6 @@ def tiny_config():
   config = bargainnet_config.get_config("runlocal")
   config.model.update(num_downs=6, ngf=4, ndf=4)
   return config
-
-
-def _batch(size=64, batch=2, seed=0):
-  rng = np.random.RandomState(seed)
-  mask = np.zeros((batch, size, size, 1), np.float32)
-  mask[:, size // 4:size // 2, size // 4:3 * size // 4] = 1.0
-  return {"composite": jnp.asarray(rng.rand(batch, size, size, 3), jnp.float32),
-          "real": jnp.asarray(rng.rand(batch, size, size, 3), jnp.float32),
-          "mask": jnp.asarray(mask)}
 
 
 def test_triplet_loss_hand_values():
@@ -70,7 +62,7 @@ def test_step_trains_generator_and_encoder_with_one_loss():
   for k, net in nets.items():
     graphs[k], p, r = nnx.split(net, nnx.Param, ...)
     params[k], rest[k] = p.to_pure_dict(), r.to_pure_dict()
-  batch = _batch()
+  batch = random_batch(size=64)
 
   @jax.jit
   def step(params):
@@ -172,7 +164,7 @@ def test_harmony_score_is_exp_of_code_distance():
   nets = numpy_networks(bargainnet.create_networks, tiny_config())
   enc = nets["encoder"]
   enc.eval()
-  batch = _batch(size=64)
+  batch = random_batch(size=64)
   score = bargainnet.harmony_score(enc, batch["composite"], batch["mask"], size=None)
   x = batch["composite"] * 2 - 1
   dist = np.linalg.norm(enc(x, batch["mask"]) - enc(x, 1 - batch["mask"]), axis=-1)
@@ -210,7 +202,7 @@ def test_runlocal_trains_checkpoints_resumes_and_evaluates(tmp_path, monkeypatch
   _, second, networks = runlocal_smoke(bargainnet_config.get_config("runlocal"), tmp_path,
                                        monkeypatch.setattr)
   assert set(second["params"]) == {"generator", "encoder"}
-  batch = _batch(size=64)
+  batch = random_batch(size=64)
   scores = bargainnet.extra_eval_metrics(networks, batch)
   for value in scores.values():
     assert value.shape == (2,) and np.all((value > 0) & (value <= 1))

@@ -76,7 +76,8 @@ def numpy_networks(create, config, seed: int = 0) -> dict[str, nnx.Module]:
   return nets
 
 
-def _batch(size=32, batch=2, seed=0):
+def random_batch(size=32, batch=2, seed=0):
+  """Random composite/real in [0, 1] and a rectangular mask, [B, size, size, C]."""
   rng = np.random.RandomState(seed)
   mask = np.zeros((batch, size, size, 1), np.float32)
   mask[:, size // 4:size // 2, size // 4:3 * size // 4] = 1.0
@@ -125,7 +126,7 @@ def test_gan_step_trains_both_networks_with_separate_gradients():
   for k, net in nets.items():
     graphs[k], p, r = nnx.split(net, nnx.Param, ...)
     params[k], rest[k] = p.to_pure_dict(), r.to_pure_dict()
-  batch = _batch()
+  batch = random_batch()
 
   @jax.jit
   def step(params, rest):
@@ -248,7 +249,7 @@ def test_runlocal_trains_checkpoints_resumes_and_evaluates(tmp_path, monkeypatch
   _, second, networks = runlocal_smoke(dovenet_config.get_config("runlocal"), tmp_path,
                                        monkeypatch.setattr)
   assert set(second["params"]) == {"generator", "discriminator"}
-  batch = _batch(size=64)
+  batch = random_batch(size=64)
   out = jax.jit(dovenet.predict)(networks, batch["composite"], batch["mask"])
   bg = np.asarray(batch["mask"][..., 0]) == 0
   np.testing.assert_array_equal(np.asarray(out)[bg], np.asarray(batch["composite"])[bg])
