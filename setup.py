@@ -26,7 +26,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8.0", "pytest-xdist>=3.5", "imageio>=2.30", "imageio-ffmpeg>=0.4"],
+    "test": ["pytest>=8.0", "pytest-xdist>=3.5", "imageio>=2.30", "imageio-ffmpeg>=0.4",
+             "ruff>=0.6"],
     # Harmonizer on video files (frame folders need only Pillow).
     "video": ["imageio>=2.30", "imageio-ffmpeg>=0.4"],
     # Apache Beam pins protobuf/pyarrow back, so it is optional.

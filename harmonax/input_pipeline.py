@@ -257,10 +257,7 @@ class TrainTransform:
 
 
 def _to_float(batch: dict[str, Any]) -> dict[str, Any]:
-  """uint8 arrays -> float32 in [0, 1]; the rest unchanged.
-
-  Workers ship uint8 (a quarter of the bytes); the conversion happens after batching.
-  """
+  """uint8 arrays -> float32 in [0, 1]; the rest unchanged (host side)."""
   return {k: v.astype(np.float32) / 255.0 if getattr(v, "dtype", None) == np.uint8 else v
           for k, v in batch.items()}
 
@@ -300,7 +297,9 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_siz
   # depend on the number of workers.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4 * batch_size))
   ds = _prefetch_in_workers(ds, data_config.num_workers)
-  return iter(ds.batch(batch_size, drop_remainder=True).map(_to_float))
+  # uint8 all the way to the device (a quarter of float32's bytes); the
+  # families convert with layers.to_float inside jit.
+  return iter(ds.batch(batch_size, drop_remainder=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,8 +349,9 @@ def _eval_batches(ds: grain.IterDataset, count: int, batch_size: int,
       rows = [next(it) for _ in range(max(0, min(batch_size, count - b * batch_size)))]
       valid = np.array([True] * len(rows) + [False] * (batch_size - len(rows)))
       rows += [pad] * (batch_size - len(rows))
-      batch = _to_float({k: np.stack([r[k] for r in rows])
-                         for k in ("composite", "real", "mask")})
+      # Images stay uint8 (converted on the device); the mask is float when
+      # resized (soft edges), uint8 0/255 at full resolution.
+      batch = {k: np.stack([r[k] for r in rows]) for k in ("composite", "real", "mask")}
       batch["valid"] = valid
       for key in ("name", "subset"):
         batch[key] = np.array([r[key] for r in rows], dtype=object)

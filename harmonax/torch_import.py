@@ -248,3 +248,21 @@ def _unwrap(raw, path: str) -> Mapping:
   raise ValueError(
       f"{path} holds no state dict (a mapping of names to tensors); top-level "
       f"keys: {sorted(raw)[:20] if isinstance(raw, Mapping) else type(raw).__name__}")
+
+
+def convert_single(state_dicts: Mapping[str, Mapping[str, np.ndarray]], config,
+                   create_networks: Callable, network: str) -> dict[str, nnx.State]:
+  """The one-checkpoint case of a family's `convert_torch`.
+
+  state_dicts holds one state dict under the role 'default' (harmonax.convert
+  with a single file) or `network`; it is loaded into that network of
+  `create_networks(config, ...)`, built abstractly (every variable must come
+  from the file, which `load_into` enforces), and its state returned.
+  """
+  if len(state_dicts) != 1 or not set(state_dicts) <= {"default", network}:
+    raise ValueError(f"{config.model.name} takes one checkpoint (role 'default' or "
+                     f"{network!r}); got roles {sorted(state_dicts)}")
+  (state_dict,) = state_dicts.values()
+  net = nnx.eval_shape(lambda: create_networks(config, nnx.Rngs(0)))[network]
+  load_into(net, state_dict, context=f"model {config.model.name}")
+  return {network: nnx.state(net)}

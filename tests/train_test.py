@@ -118,7 +118,7 @@ def test_runlocal_smoke_writes_checkpoints_events_and_metrics(straight):
     assert all(np.isfinite(l[key]) for l in train_lines), key
   assert train_lines[-1]["lr/generator"] == pytest.approx(1e-2)
   assert "images_per_sec" in train_lines[-1]
-  assert [l["step"] for l in lines if "eval/mse" in l] == [2, 4]
+  assert [l["step"] for l in lines if "eval/val/mse" in l] == [2, 4]
 
   events = _read_events(workdir)
   images = [(e.step, v.image) for e in events for v in e.summary.value
@@ -127,7 +127,7 @@ def test_runlocal_smoke_writes_checkpoints_events_and_metrics(straight):
   # 4 rows (examples) of composite | output | real | mask, 16x16 each.
   assert (images[0][1].height, images[0][1].width) == (4 * 16, 4 * 16)
   scalar_tags = {v.tag for e in events for v in e.summary.value if not v.HasField("image")}
-  assert {"loss/generator", "eval/mse", "steps_per_sec"} <= scalar_tags
+  assert {"loss/generator", "eval/val/mse", "steps_per_sec"} <= scalar_tags
 
   # The checkpoint holds the returned state; load_networks reads it for inference.
   _, networks = checkpoint.load_networks(workdir)
@@ -208,20 +208,6 @@ def test_progress_lines_come_early_when_log_every_is_far(tmp_path, monkeypatch):
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   # Steps 2, 4, 8 after the start, then the last step.
   assert [l["step"] for l in lines if "loss/generator" in l] == [2, 4, 8, 9]
-
-
-def test_issam_runlocal_config_trains(tmp_path, monkeypatch):
-  from configs import issam  # pylint: disable=g-import-not-at-top
-  config = issam.get_config("runlocal")
-  config.data.num_examples = 16  # Synthetic data at the config's 64x64.
-  config.total_steps = 2
-  config.eval_every = config.image_every = config.checkpoint_every = 2
-  state, _ = _run(monkeypatch.setattr, tmp_path, config)
-  assert int(state["step"]) == 2
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert np.isfinite(lines[-2]["loss/generator"]) and np.isfinite(lines[-1]["eval/mse"])
-  _, networks = checkpoint.load_networks(tmp_path)
-  _assert_trees_equal(checkpoint.network_states(networks, nnx.Param), state["params"])
 
 
 def test_total_steps_and_default_workdir():

@@ -7,10 +7,9 @@ learned blending map: a = sigmoid(3 * conv1x1(f)), out = a * image + (1 - a) * t
 Module names mirror the official PyTorch code (SamsungLabs/image_harmonization,
 iharm/model/modeling/conv_autoencoder.py and unet.py) one to one, list indices
 included, so `harmonax.torch_import.load_into` maps the official checkpoints
-directly. The family modules `idih.py` and `issam.py` wrap these networks.
+directly. The family glue at the bottom makes this module the `dih` family
+(config.model.variant 'idih' or 'issam').
 """
-
-from collections.abc import Callable
 
 from flax import nnx
 import jax
@@ -96,6 +95,14 @@ class _Fusion(nnx.Module):
     return a * image + (1.0 - a) * rgb
 
 
+def _no_backbone(backbone_features) -> None:
+  # Backbone features (HRNet) enter the encoder through connectors that only
+  # the backboned variants build.
+  if backbone_features is not None:
+    raise ValueError("This network has no backbone connectors; build a backboned "
+                     "variant to pass backbone_features")
+
+
 # ----------------------------------------------------------------------------- iDIH
 
 
@@ -147,12 +154,15 @@ class DeconvDecoder(_Fusion):
     self.deconv_blocks = nnx.List(blocks)
     self._init_head(in_ch, image_fusion, init, rngs)
 
-  def __call__(self, encoder_outputs: list[jax.Array], image: jax.Array) -> jax.Array:
+  def features(self, encoder_outputs: list[jax.Array]) -> jax.Array:
+    """The last decoder features, before the RGB head [B, H, W, C]."""
     x = encoder_outputs[0]
     for block, skip in zip(self.deconv_blocks[:-1], encoder_outputs[1:]):
       x = block(x) + skip
-    x = self.deconv_blocks[-1](x)
-    return self._head(x, image)
+    return self.deconv_blocks[-1](x)
+
+  def __call__(self, encoder_outputs: list[jax.Array], image: jax.Array) -> jax.Array:
+    return self._head(self.features(encoder_outputs), image)
 
 
 class DeepImageHarmonization(nnx.Module):
@@ -167,8 +177,19 @@ class DeepImageHarmonization(nnx.Module):
                rngs: nnx.Rngs):
     self.encoder = ConvEncoder(depth, ch, batchnorm_from, max_channels, init, rngs)
     self.decoder = DeconvDecoder(depth, self.encoder.channels, image_fusion, init, rngs)
+    self.depth = depth
     self.size_multiple = 2 ** depth
     self.min_size = 2 ** (depth + 1)
+
+  def features(self, image: jax.Array, mask: jax.Array,
+               backbone_features: list[jax.Array] | None = None) -> dict:
+    """{'encoder': encoder outputs (deepest first), 'decoder': the last decoder
+    features before the RGB head, 'images': the normalized output}."""
+    _no_backbone(backbone_features)
+    encoded = self.encoder(jnp.concatenate([image, mask], axis=-1))
+    decoded = self.decoder.features(encoded)
+    return {"encoder": encoded, "decoder": decoded,
+            "images": self.decoder._head(decoded, image)}
 
   def __call__(self, image: jax.Array, mask: jax.Array) -> jax.Array:
     """Normalized image [B,H,W,3] and mask [B,H,W,1] -> normalized output [B,H,W,3]."""
@@ -309,12 +330,16 @@ class UNetDecoder(_Fusion):
     self.up_blocks = nnx.List(blocks)
     self._init_head(in_ch, image_fusion, init, rngs)
 
-  def __call__(self, encoder_outputs: list[jax.Array], image: jax.Array,
-               mask: jax.Array) -> jax.Array:
+  def features(self, encoder_outputs: list[jax.Array], mask: jax.Array) -> jax.Array:
+    """The last decoder features, before the RGB head [B, H, W, C]."""
     x = encoder_outputs[0]
     for block, skip in zip(self.up_blocks, encoder_outputs[1:]):
       x = block(x, skip, mask)
-    return self._head(x, image)
+    return x
+
+  def __call__(self, encoder_outputs: list[jax.Array], image: jax.Array,
+               mask: jax.Array) -> jax.Array:
+    return self._head(self.features(encoder_outputs, mask), image)
 
 
 class SSAMImageHarmonization(nnx.Module):
@@ -329,8 +354,19 @@ class SSAMImageHarmonization(nnx.Module):
     self.encoder = UNetEncoder(depth, ch, batchnorm_from, max_channels, init, rngs)
     self.decoder = UNetDecoder(depth, self.encoder.channels, attend_from, attention_mid_k,
                                image_fusion, init, rngs)
+    self.depth = depth
     self.size_multiple = 2 ** (depth - 1)
     self.min_size = 0
+
+  def features(self, image: jax.Array, mask: jax.Array,
+               backbone_features: list[jax.Array] | None = None) -> dict:
+    """{'encoder': encoder outputs (deepest first), 'decoder': the last decoder
+    features before the RGB head, 'images': the normalized output}."""
+    _no_backbone(backbone_features)
+    encoded = self.encoder(jnp.concatenate([image, mask], axis=-1))
+    decoded = self.decoder.features(encoded, mask)
+    return {"encoder": encoded, "decoder": decoded,
+            "images": self.decoder._head(decoded, image)}
 
   def __call__(self, image: jax.Array, mask: jax.Array) -> jax.Array:
     """Normalized image [B,H,W,3] and mask [B,H,W,1] -> normalized output [B,H,W,3]."""
@@ -338,10 +374,34 @@ class SSAMImageHarmonization(nnx.Module):
     return self.decoder(features, image, mask)
 
 
-# ----------------------------------------------------------------------------- family glue
-# Shared by the idih and issam family modules (docs/architecture.md contract).
+# ----------------------------------------------------------------------------- family
+# The `dih` family (docs/architecture.md): config.model.variant picks the network.
+
+INPUTS = ("composite", "mask")
+PRESERVES_BACKGROUND = True
+VARIANTS = ("idih", "issam")
 
 Network = DeepImageHarmonization | SSAMImageHarmonization
+
+
+def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
+                    ) -> dict[str, nnx.Module]:
+  """{'generator': the variant's network} built from config.model.
+
+  variant 'idih': DeepImageHarmonization (depth, ch, max_channels,
+  batchnorm_from, image_fusion); 'issam': SSAMImageHarmonization (+ attend_from,
+  attention_mid_k). init_magnitude: XavierGluon magnitude (iDIH 2, iS2AM 1).
+  """
+  m = config.model
+  common = dict(depth=m.depth, ch=m.ch, max_channels=m.max_channels,
+                batchnorm_from=m.batchnorm_from, image_fusion=m.image_fusion,
+                init=m.init_magnitude, rngs=rngs)
+  if m.variant == "idih":
+    return {"generator": DeepImageHarmonization(**common)}
+  if m.variant == "issam":
+    return {"generator": SSAMImageHarmonization(
+        attend_from=m.attend_from, attention_mid_k=m.attention_mid_k, **common)}
+  raise ValueError(f"config.model.variant={m.variant!r}; valid: {VARIANTS}")
 
 
 def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
@@ -350,61 +410,64 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
   return {"generator": optimizers.step_decay_adam(config.optim, steps_per_epoch)}
 
 
-def _forward(net: Network, composite: jax.Array, mask: jax.Array) -> jax.Array:
-  """Network output in normalized space for any H, W: edge-pads to the
-  network's size multiple (and minimum size), then crops back."""
-  _, h, w, _ = composite.shape
-  padded = layers.pad_to_multiple(jnp.concatenate([composite, mask], axis=-1),
-                                  net.size_multiple, net.min_size)
-  image, padded_mask = padded[..., :3], padded[..., 3:]
-  out = net(layers.imagenet_normalize(image), padded_mask)
-  return out[:, :h, :w]
+def size_divisor(net: Network) -> int:
+  """The official predictor's padding divisor, 2**(depth + 1): 256 for iDIH256
+  (depth 7), 32 for iS2AM (depth 4)."""
+  return 2 ** (net.depth + 1)
 
 
-def _to_image(out: jax.Array, composite: jax.Array, mask: jax.Array) -> jax.Array:
-  pred = jnp.clip(layers.imagenet_denormalize(out), 0.0, 1.0)
-  return layers.blend_background(pred, composite, mask)
+def forward(net: Network, composite: jax.Array, mask: jax.Array,
+            padding: str = "centered_zero") -> jax.Array:
+  """Network output in normalized space for any H, W.
+
+  padding 'centered_zero' (default) is the official predictor: zeros (black
+  pixels, an empty mask) split around the image up to a multiple of
+  2**(depth + 1). 'edge' pads the bottom/right by replication to the
+  network's own multiple (and minimum size): cheaper, but the output differs
+  (iDIH's deepest block sees the whole image).
+  """
+  x = jnp.concatenate([composite, mask], axis=-1)
+  if padding == "centered_zero":
+    x, crop = layers.pad_to_multiple(x, size_divisor(net), mode="centered_zero")
+  else:
+    x, crop = layers.pad_to_multiple(x, net.size_multiple, net.min_size, mode=padding)
+  out = net(layers.imagenet_normalize(x[..., :3]), x[..., 3:])
+  return out[:, crop[0], crop[1]]
 
 
-def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
-                   train: bool, min_area: float
+def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                   batch: dict[str, jax.Array], rng: jax.Array
                    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
   """FN-MSE of the network's output, as the official trainer computes it.
 
   The official loss compares the learned-blend output with the target in
   ImageNet-normalized space (both pass through the same Normalize), over all
-  pixels, divided by C * max(mask area, min_area). 'harmonized' is the
-  [0, 1] output blended with the untouched background by the mask.
+  pixels, divided by C * max(mask area, config.loss.min_area) (iDIH 100, iS2AM
+  1000). Crops that do not fit the network are edge-padded (a no-op at 256).
   """
-  net = networks["generator"]
-  if train:
-    net.train()
-  else:
-    net.eval()
+  del rng  # Deterministic network.
+  batch = layers.floats(batch)
   composite, mask = batch["composite"], batch["mask"]
-  out = _forward(net, composite, mask)
-  loss = losses.fn_mse(out, layers.imagenet_normalize(batch["real"]), mask, min_area)
-  return {"generator": loss}, {"fn_mse": loss}, {"harmonized": _to_image(out, composite, mask)}
+  out = forward(networks["generator"], composite, mask, padding="edge")
+  loss = losses.fn_mse(out, layers.imagenet_normalize(batch["real"]), mask,
+                       config.loss.min_area)
+  harmonized = jnp.clip(layers.imagenet_denormalize(out), 0.0, 1.0)
+  return {"generator": loss}, {"fn_mse": loss}, {"harmonized": harmonized}
 
 
-def predict(networks: dict[str, nnx.Module], composite: jax.Array, mask: jax.Array
-            ) -> jax.Array:
-  """Harmonized [B,H,W,3] in [0, 1] for any H, W; background pixels == composite."""
-  out = _forward(networks["generator"], composite, mask)
-  return _to_image(out, composite, mask)
+def predict(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+            inputs: dict[str, jax.Array]) -> jax.Array:
+  """The network's image [B,H,W,3] clipped to [0, 1], for any H, W, padded as
+  config.model.padding says (default: the official predictor). Not
+  background-pasted: the official evaluation scores this image."""
+  composite, mask = layers.to_float(inputs["composite"]), layers.to_float(inputs["mask"])
+  out = forward(networks["generator"], composite, mask,
+                config.model.get("padding", "centered_zero"))
+  return jnp.clip(layers.imagenet_denormalize(out), 0.0, 1.0)
 
 
 def convert_torch(state_dicts: dict[str, dict[str, np.ndarray]],
-                  config: ml_collections.ConfigDict,
-                  create_networks: Callable[..., dict[str, nnx.Module]]
-                  ) -> dict[str, nnx.State]:
-  """An official checkpoint ({'default' or 'generator': state dict}) -> generator state."""
-  names = set(state_dicts)
-  if len(names) != 1 or not names <= {"default", "generator"}:
-    raise ValueError(f"{config.model.name} takes one checkpoint (role 'default' or "
-                     f"'generator'); got roles {sorted(names)}")
-  (state_dict,) = state_dicts.values()
-  # Every variable is overwritten, so the abstract network needs no random init.
-  net = nnx.eval_shape(lambda: create_networks(config, nnx.Rngs(0)))["generator"]
-  torch_import.load_into(net, state_dict, context=f"model {config.model.name}")
-  return {"generator": nnx.state(net)}
+                  config: ml_collections.ConfigDict) -> dict[str, nnx.State]:
+  """An official checkpoint (idih256.pth, issam256.pth: role 'default' or
+  'generator') -> {'generator': state}."""
+  return torch_import.convert_single(state_dicts, config, create_networks, "generator")
