@@ -13,7 +13,9 @@ Multi-host (TPU pod slice): run the same command on every host with
 `--distributed` (all arguments detected); elsewhere pass
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each.
 Each host reads its own shard of the data; the global batch is
-config.batch_size. SIGTERM (preemption) saves a checkpoint and exits cleanly.
+config.batch_size. SIGTERM (preemption) and a first Ctrl-C save a checkpoint
+and exit cleanly; a second Ctrl-C aborts. A second trainer on a workdir in use
+refuses to start.
 """
 
 import os
@@ -34,11 +36,13 @@ import numpy as np
 import optax
 
 from harmonax import checkpoint
+from harmonax import cli
 from harmonax import evaluate
 from harmonax import input_pipeline
 from harmonax import metric_writers
 from harmonax import models
 from harmonax import sharding
+from harmonax import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/issam.py:runlocal.",
@@ -161,32 +165,49 @@ def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> T
 
 
 class _Preemption:
-  """Sets a flag on SIGTERM (single process); multi-host uses JAX's sync points."""
+  """Sets a flag on SIGTERM or a first Ctrl-C (single process); multi-host uses
+  JAX's sync points. A second Ctrl-C raises KeyboardInterrupt (abort)."""
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
     # With several processes, each host must stop at the same step: JAX's
     # preemption sync manager (started by jax.distributed) agrees on it, and a
     # Python handler here would replace its signal handler.
     if jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
+    if signum == signal.SIGINT:
+      if self.requested:
+        raise KeyboardInterrupt
+      logging.warning("Ctrl-C: saving a checkpoint after this step and stopping "
+                      "(press Ctrl-C again to abort without saving).")
+    else:
+      logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from workdir's checkpoints) and returns the final train state."""
+  """Trains (resuming from workdir's checkpoints) and returns the final train state.
+
+  Raises:
+    workdir_lock.WorkdirBusyError: another live trainer holds workdir.
+  """
+  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_writer = jax.process_index() == 0
   if is_writer:
     checkpoint.save_config(workdir, config)
@@ -306,13 +327,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if should_log(step):
           writer.flush()
         if stop:
-          logging.warning("Stopped at step %d for preemption; checkpoint saved.", step)
+          logging.warning("Stopped at step %d; checkpoint saved (run the same command to "
+                          "resume).", step)
           break
   finally:
     # In-flight saves are of checked states: let them finish even on errors.
     manager.wait_until_finished()
     manager.close()
     writer.close()
+    # Stops grain's worker processes now, not at interpreter exit.
+    if hasattr(train_iter, "close"):
+      train_iter.close()
   return state
 
 
@@ -333,4 +358,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Routine failures (missing dataset, busy workdir, NaN) as one line; --verbose
+  # for their traceback.
+  cli.run(main, user_errors=(FileNotFoundError, FloatingPointError))

@@ -170,7 +170,12 @@ def _example(index: int, size: int) -> dict[str, np.ndarray]:
 
 def make_train_iterator(data_config, global_batch_size: int, seed: int
                         ) -> grain.DatasetIterator:
-  """Shuffled, repeated global batches; this process gets its rows, in order."""
+  """Shuffled, repeated global batches; this process gets its rows, in order.
+
+  With data_config.num_workers > 0 the batches are made in grain worker
+  processes set up as the real pipeline's (input_pipeline.prefetch_in_workers).
+  """
+  from harmonax import input_pipeline  # pylint: disable=g-import-not-at-top
   count, index = jax.process_count(), jax.process_index()
   local = global_batch_size // count
   size = data_config.image_size
@@ -180,7 +185,8 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int
         .map(lambda ids: ids[index * local:(index + 1) * local])
         .map(lambda ids: {k: np.stack([_example(int(i), size)[k] for i in ids])
                           for k in ("composite", "mask", "real")}))
-  return iter(ds.to_iter_dataset())
+  return iter(input_pipeline.prefetch_in_workers(ds.to_iter_dataset(),
+                                                 data_config.get("num_workers", 0)))
 
 
 def num_examples(data_config, split: str) -> int:
