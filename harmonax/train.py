@@ -13,14 +13,16 @@ Multi-host (TPU pod slice): run the same command on every host with
 `--distributed` (all arguments detected); elsewhere pass
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each.
 Each host reads its own shard of the data; the global batch is
-config.batch_size. SIGTERM (preemption) and a first Ctrl-C save a checkpoint
-and exit cleanly; a second Ctrl-C aborts. A second trainer on a workdir in use
-refuses to start.
+config.batch_size, rounded up to a multiple of the device count (with a
+warning) when it does not split evenly. SIGTERM (preemption) and a first
+Ctrl-C save a checkpoint and exit cleanly; a second Ctrl-C aborts. A second
+trainer on a workdir in use refuses to start.
 """
 
+import contextlib
+import copy
 import os
 import signal
-import time
 from typing import Callable, NamedTuple
 
 from absl import app
@@ -209,17 +211,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_writer = jax.process_index() == 0
-  if is_writer:
-    checkpoint.save_config(workdir, config)
-  writer = metric_writers.MetricWriter(workdir, enabled=is_writer)
+
+  def phase(what: str) -> metric_writers.Phase:
+    return metric_writers.Phase(what, enabled=is_writer)
 
   # ---- Mesh: data parallelism, batch split over 'data', state replicated.
   mesh = sharding.make_mesh()
   replicated = sharding.replicated(mesh)
-  sharding.check_batch_size(config.batch_size, mesh)
+  batch_size = sharding.fit_batch_size(config.batch_size, mesh)
+  if batch_size != config.batch_size:
+    config = copy.deepcopy(config)  # config.json records the batch trained with.
+    config.batch_size = batch_size
+  if is_writer:
+    checkpoint.save_config(workdir, config)
 
   # ---- Input: this host's shard; epochs -> steps.
-  train_examples = input_pipeline.num_examples(config.data, config.data.train_split)
+  first_use = " (built on first use)" if config.data.name == input_pipeline.AUTO_BUILD else ""
+  with phase(f"reading dataset {config.data.name}{first_use}"):
+    train_examples = input_pipeline.num_examples(config.data, config.data.train_split)
   steps_per_epoch = train_examples // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(
@@ -235,12 +244,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   # ---- Checkpoint: resume from the newest restorable step, else initialize.
   manager = checkpoint.make_manager(workdir, config.get("keep_checkpoints", 3))
   abstract_state = sharding.abstract_like(jax.eval_shape(fns.init_state), replicated)
-  restored = checkpoint.restore_train_state(manager, abstract_state, train_iter)
-  if restored is not None:
-    state, start_step = restored
-    logging.info("Resumed from step %d of %s", start_step, manager.directory)
-  else:
-    state, start_step = jax.jit(fns.init_state, out_shardings=replicated)(), 0
+  with phase("initialising the model (or restoring the newest checkpoint)"):
+    restored = checkpoint.restore_train_state(manager, abstract_state, train_iter)
+    if restored is not None:
+      state, start_step = restored
+      logging.info("Resumed from step %d of %s", start_step, manager.directory)
+    else:
+      state, start_step = jax.jit(fns.init_state, out_shardings=replicated)(), 0
+  # Lines of steps after start_step (a killed run's) are dropped: each step once.
+  writer = metric_writers.MetricWriter(workdir, enabled=is_writer, resume_step=start_step)
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   logging.info("%s: %d parameters in %s; %d steps (%d per epoch), global batch %d on "
                "%d devices, %d processes", config.model.name, num_params,
@@ -252,9 +264,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     nets = fns.merge(state["params"], state["rest"])
     for net in nets.values():
       net.eval()
-    results = evaluate.evaluate_networks(
-        config, nets, config.data, config.data.eval_split,
-        config.data.get("max_eval_examples", -1))
+    with phase(f"evaluating on {config.data.name} {config.data.eval_split}"):
+      results = evaluate.evaluate_networks(
+          config, nets, config.data, config.data.eval_split,
+          config.data.get("max_eval_examples", -1))
     scalars = {f"eval/{k}": v for k, v in results.items()}
     writer.write_scalars(step, scalars)
     metric_writers.log_console(step, num_steps, scalars, is_writer)
@@ -297,14 +310,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     with _Preemption() as preemption, jax.set_mesh(mesh):
       for step in range(start_step + 1, num_steps + 1):
         local = next(train_iter)
-        started = time.monotonic()
-        state, metrics, finite, harmonized = train_step(
-            state, sharding.global_batch(local, mesh))
+        first = step == start_step + 1
+        compiling = (phase(f"compiling the update step and running step {step}")
+                     if first else contextlib.nullcontext())
+        with compiling:
+          state, metrics, finite, harmonized = train_step(
+              state, sharding.global_batch(local, mesh))
+          if first:
+            jax.block_until_ready(state)
         pending.append((step, metrics, finite))
-        if step == start_step + 1:
-          jax.block_until_ready(state)
-          logging.info("First step (compilation included) took %.1f s",
-                       time.monotonic() - started)
+        if first:
           progress.reset(step)
         last = step == num_steps
         stop = preemption.requested or manager.reached_preemption(step)
