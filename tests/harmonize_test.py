@@ -174,6 +174,16 @@ def test_write_image_round_trip_and_errors(tmp_path):
     image_io.write_image(tmp_path / "y.png", image[..., 0])
 
 
+def test_written_images_follow_the_umask(tmp_path):
+  image = np.zeros((4, 4, 3), np.uint8)
+  previous = os.umask(0o027)
+  try:
+    image_io.write_image(tmp_path / "a.png", image)
+  finally:
+    os.umask(previous)
+  assert os.stat(tmp_path / "a.png").st_mode & 0o777 == 0o640
+
+
 # --- files, folders and the command line --------------------------------------
 
 
