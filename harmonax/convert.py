@@ -22,6 +22,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from harmonax import checkpoint
+from harmonax import cli
 from harmonax import metric_writers
 from harmonax import models
 from harmonax import torch_import
@@ -129,9 +130,15 @@ def main(argv):
   for name in ("model", "torch_checkpoint", "output"):
     if not f[name].value:
       raise app.UsageError(f"--{name} is required")
-  convert(f.model, parse_checkpoint_arg(f.torch_checkpoint), f.output, f.config)
+  try:
+    checkpoints = parse_checkpoint_arg(f.torch_checkpoint)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  convert(f.model, checkpoints, f.output, f.config)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  # Missing file, pickled code, state dict of another model, unknown model: one
+  # line (every ValueError here is about the inputs; --verbose for the traceback).
+  cli.run(main, user_errors=(FileNotFoundError, ImportError, ValueError))

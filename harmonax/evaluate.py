@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from harmonax import cli
 from harmonax import image_io
 from harmonax import metric_writers
 from harmonax import metrics
@@ -274,7 +275,8 @@ def main(argv: list[str]) -> int:
     raise app.UsageError("harmonax.evaluate runs on one host; use evaluate_networks on pods")
   from harmonax import checkpoint  # pylint: disable=g-import-not-at-top
   source = f.workdir or f.checkpoint
-  config, networks = checkpoint.load_networks(source)
+  with metric_writers.Phase(f"loading the networks from {source}"):
+    config, networks = checkpoint.load_networks(source)
   settings = f.config if f.config is not None else config
   if f.config is not None and f.config.model.name != config.model.name:
     logging.warning("--config is for model %r but %s holds %r; using the checkpoint's model",
@@ -291,11 +293,16 @@ def main(argv: list[str]) -> int:
   batch_size = f.batch_size or settings.get("batch_size", 8)
 
   records = []
+  # Reading the data and compiling are the silent part: done at the first result.
+  starting = metric_writers.Phase(
+      f"reading {data_config.name} {f.split} and compiling the evaluation step").start()
   for record in iterate_records(config, networks, data_config, f.split, batch_size,
                                 psnr_peak, ssim, f.save_images):
+    starting.done()
     records.append(record)
     if len(records) % 500 == 0:
       logging.info("Evaluated %d examples", len(records))
+  starting.done()
   if not records:
     print(f"error: no examples in {data_config.name} split {f.split!r}", file=sys.stderr)
     return 1
@@ -317,4 +324,6 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  # Missing workdir/checkpoint, unbuilt or unknown dataset, bad settings: one line
+  # (every ValueError here is about the inputs; --verbose for the traceback).
+  cli.run(main, user_errors=(FileNotFoundError, ValueError))

@@ -54,7 +54,7 @@ def quiet_library_logs(packages: tuple[str, ...] = ("orbax",)) -> None:
 class Phase:
   """Says what a long silent stretch is doing, with the elapsed time.
 
-  Logs '<what> ...' on entry, '<what> ... (N s)' every `every` seconds while it
+  Logs '<what> ...' on entry (or `start()`), '<what> ... (N s)' every `every` s while it
   runs (a heartbeat: a minute-long compilation otherwise looks like a hang), and
   '<what>: done in N s' on exit or on `done()`, whichever comes first. A no-op
   when not enabled (e.g. on processes other than 0).
@@ -71,14 +71,18 @@ class Phase:
     self._thread = None
     self._start = None
 
-  def __enter__(self) -> "Phase":
-    if self._enabled:
+  def start(self) -> "Phase":
+    """Starts the phase (as entering the `with` block); returns self."""
+    if self._enabled and self._thread is None:
       self._start = time.monotonic()
       logging.info("%s ...", self._what)
       self._thread = threading.Thread(target=self._heartbeat, daemon=True,
                                       name="harmonax-phase")
       self._thread.start()
     return self
+
+  def __enter__(self) -> "Phase":
+    return self.start()
 
   def _heartbeat(self) -> None:
     while not self._stop.wait(self._every):

@@ -253,6 +253,18 @@ def test_command_line_single_file_and_folder(model, tmp_path):
   assert not (tmp_path / "bad_out.png").exists()
 
 
+def test_all_background_or_all_foreground_masks_warn(model, tmp_path, caplog):
+  config, networks = model
+  composite, _ = _write_pair(tmp_path, "x", 12, 10, 6)
+  for name, value in (("black", 0), ("white", 255)):
+    Image.fromarray(np.full((12, 10), value, np.uint8)).save(tmp_path / f"{name}.png")
+    with caplog.at_level("WARNING"):
+      harmonize_lib.harmonize_file(config, networks, str(tmp_path / "comp" / "x.png"),
+                                   str(tmp_path / f"{name}.png"), str(tmp_path / "o.png"))
+  assert f"{tmp_path / 'black.png'}: the mask is all background" in caplog.text
+  assert f"{tmp_path / 'white.png'}: the mask is all foreground" in caplog.text
+
+
 def test_video_flags_dispatch_to_harmonax_video(model, tmp_path, monkeypatch):
   config, networks = model
   checkpoint.save_networks(tmp_path / "ckpt", config, networks)
