@@ -37,6 +37,8 @@ EXTRAS_REQUIRE = {
     "tpu": ["jax[tpu]>=0.7.0", "gcsfs>=2024.2", "google-cloud-storage>=2.14"],
     # Importing the official PyTorch checkpoints.
     "convert": ["torch>=2.0"],
+    # The `tensorboard --logdir WORKDIR` viewer (the event files need only tensorboardX).
+    "tensorboard": ["tensorboard>=2.14"],
 }
 
 setuptools.setup(

@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from harmonax import cli
 from harmonax import metric_writers
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -38,9 +39,14 @@ def main(argv):
   if not (_MODEL.value or _CONFIG.value):
     raise app.UsageError("--model (or --config) is required")
   from harmonax import conversion  # pylint: disable=g-import-not-at-top
-  conversion.convert(_MODEL.value, conversion.parse_checkpoint_arg(_TORCH_CHECKPOINT.value),
-                     _OUTPUT.value, _CONFIG.value)
+  try:
+    checkpoints = conversion.parse_checkpoint_arg(_TORCH_CHECKPOINT.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  conversion.convert(_MODEL.value, checkpoints, _OUTPUT.value, _CONFIG.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Missing file, pickled code, state dict of another model, unknown model: one
+  # line (every ValueError here is about the inputs; --verbose for the traceback).
+  cli.run(main, user_errors=(FileNotFoundError, ImportError, ValueError))

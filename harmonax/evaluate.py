@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from harmonax import cli
 from harmonax import metric_writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (newest restorable step).")
@@ -61,7 +62,8 @@ def main(argv: list[str]) -> int:
     raise app.UsageError("harmonax.evaluate runs on one host; use evaluation.evaluate_sets on pods")
   source = _WORKDIR.value or _CHECKPOINT.value
   started = time.monotonic()
-  config, networks = checkpoint.load_networks(source)
+  with metric_writers.Phase(f"loading the networks from {source}"):
+    config, networks = checkpoint.load_networks(source)
   sets = evaluation.eval_sets(config)
   data_config, split, _ = next(iter(sets.values())) if sets else (config.data, None, -1)
   data_config = data_config.copy_and_resolve_references()
@@ -76,15 +78,18 @@ def main(argv: list[str]) -> int:
   protocol = evaluation.protocol_of(config, psnr_peak=_PSNR_PEAK.value, ssim=_SSIM.value,
                                     background=_BACKGROUND.value)
   batch_size = _BATCH_SIZE.value or config.get("batch_size", 8)
-  logging.info("Loaded %s (%s) in %.1f s; evaluating %s %s (the first batch compiles)",
-               config.model.name, source, time.monotonic() - started, data_config.name, split)
 
   records = []
+  # Reading the data and compiling are the silent part: done at the first result.
+  starting = metric_writers.Phase(
+      f"reading {data_config.name} {split} and compiling the evaluation step").start()
   for record in evaluation.iterate_records(config, networks, data_config, split, batch_size,
                                            protocol, _SAVE_IMAGES.value, _BUCKET.value):
+    starting.done()
     records.append(record)
-    if len(records) == 1 or len(records) % 500 == 0:
+    if len(records) % 500 == 0:
       logging.info("Evaluated %d examples (%.0f s)", len(records), time.monotonic() - started)
+  starting.done()
   if not records:
     print(f"error: no examples in {data_config.name} split {split!r}", file=sys.stderr)
     return 1
@@ -107,4 +112,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Missing workdir/checkpoint, unbuilt or unknown dataset, bad settings: one line
+  # (every ValueError here is about the inputs; --verbose for the traceback).
+  cli.run(main, user_errors=(FileNotFoundError, ValueError))

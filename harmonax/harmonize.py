@@ -20,6 +20,7 @@ import sys
 from absl import app
 from absl import flags
 
+from harmonax import cli
 from harmonax import image_io
 from harmonax import metric_writers
 
@@ -73,4 +74,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Missing workdir/checkpoint or files, bad masks: one line (--verbose for the traceback).
+  cli.run(main, user_errors=(FileNotFoundError, ValueError))

@@ -124,11 +124,26 @@ def read_mask(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.n
     return mask_to_binary(img)
 
 
+def _umask() -> int:
+  """The process umask, read without changing it (os.umask can only set it)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)  # Elsewhere: set and restore (not thread-safe, but brief).
+  os.umask(mask)
+  return mask
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
   """Writes uint8 [H,W,3] (or float in [0, 1]) to `path`; format from the suffix.
 
   Writes to a temporary file and renames it, so a reader never sees half an
-  image. PNG is lossless; JPEG (quality 95) does not keep background bytes.
+  image; the file's permissions follow the umask, as any new file's. PNG is
+  lossless; JPEG (quality 95) does not keep background bytes.
 
   Raises:
     ValueError: on a bad shape or an unknown suffix.
@@ -147,6 +162,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
   fd, tmp = tempfile.mkstemp(suffix=suffix, dir=directory)
   os.close(fd)
   try:
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files.
     options = {"quality": 95} if suffix in (".jpg", ".jpeg", ".webp") else {}
     Image.fromarray(image, "RGB").save(tmp, **options)
     os.replace(tmp, path)

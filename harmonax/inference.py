@@ -103,6 +103,12 @@ def harmonize_file(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
   """
   composite = image_io.read_image(composite_path, max_pixels=max_pixels)
   mask = image_io.read_mask(mask_path, max_pixels=max_pixels)
+  if not mask.any() or mask.all():
+    # Legal, but most likely the wrong file or an inverted/unthresholded mask.
+    logging.warning("%s: the mask is all %s: %s", mask_path,
+                    *(("background", "the output equals the composite")
+                      if not mask.any() else
+                      ("foreground", "there is no background to harmonize to")))
   if mask.shape[:2] != composite.shape[:2]:
     raise ValueError(
         f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but composite "

@@ -7,6 +7,7 @@ global_batch_size // process_count. Evaluation: per-host shard -> deterministic 
 """
 
 import dataclasses
+import functools
 import glob
 import importlib
 import io
@@ -14,6 +15,8 @@ import math
 import os
 import re
 import signal
+import threading
+import time
 from typing import Any, Iterator
 
 import grain
@@ -183,25 +186,51 @@ def _check_size(key: str, img: Image.Image, mask: np.ndarray, name: Any) -> None
 
 
 
-def _leave_stop_signals_to_the_trainer(worker_index: int, worker_count: int) -> None:
-  """Grain worker init: ignore SIGTERM and SIGINT.
+# How often a worker checks that the trainer is still alive.
+_PARENT_POLL_SECONDS = 0.5
+
+
+def _watch_parent(parent_pid: int) -> None:
+  """Ends this worker process as soon as `parent_pid` is no longer its parent."""
+  while os.getppid() == parent_pid:
+    time.sleep(_PARENT_POLL_SECONDS)
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def _init_worker(parent_pid: int, worker_index: int, worker_count: int) -> None:
+  """Grain worker init: ignore SIGTERM and SIGINT, and die with the trainer.
 
   A signal sent to the whole process group (`timeout`, Ctrl-C, many launchers)
   would otherwise kill the workers, and the trainer's next batch would fail
   before it could save its preemption checkpoint. The main process handles the
   signal and shuts the workers down itself.
+
+  A trainer killed with SIGKILL cannot shut them down, and workers ignoring
+  SIGTERM would live on (hundreds of MB each): a thread here exits the worker
+  once its parent is gone (it is re-parented). prctl(PR_SET_PDEATHSIG) is not
+  used: it fires when the *thread* that started the worker ends, and grain
+  starts workers from its own threads.
   """
   del worker_index, worker_count
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  if os.getppid() != parent_pid:  # The trainer died before this worker started.
+    os._exit(1)  # pylint: disable=protected-access
+  threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
+                   name="harmonax-watch-parent").start()
 
 
-def _prefetch_in_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
-  """`ds` made in `num_workers` processes (0: in this process)."""
+def prefetch_in_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+  """`ds` made in `num_workers` worker processes (0: in this process).
+
+  The workers ignore SIGTERM/SIGINT (the trainer stops them after saving) and
+  exit within a second of the trainer's death, however it dies.
+  """
   if num_workers <= 0:
     return ds
   return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                        worker_init_fn=_leave_stop_signals_to_the_trainer)
+                        worker_init_fn=functools.partial(_init_worker, os.getpid()))
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
@@ -296,7 +325,7 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_siz
   # Workers make single examples and the batch is formed here, so the batches do not
   # depend on the number of workers.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4 * batch_size))
-  ds = _prefetch_in_workers(ds, data_config.num_workers)
+  ds = prefetch_in_workers(ds, data_config.num_workers)
   # uint8 all the way to the device (a quarter of float32's bytes); the
   # families convert with layers.to_float inside jit.
   return iter(ds.batch(batch_size, drop_remainder=True))
@@ -391,5 +420,5 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, global_batch_size
   full_res = data_config.image_size is None
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=2 if full_res else 4, prefetch_buffer_size=4 if full_res else 4 * batch_size))
-  ds = _prefetch_in_workers(ds, data_config.num_workers)
+  ds = prefetch_in_workers(ds, data_config.num_workers)
   return _eval_batches(ds, count, batch_size, num_batches, template)

@@ -13,12 +13,16 @@ Multi-host (TPU pod slice): run the same command on every host with
 `--distributed` (all arguments detected); elsewhere pass
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each.
 Each host reads its own shard of the data; the global batch is
-config.batch_size. SIGTERM (preemption) saves a checkpoint and exits cleanly.
+config.batch_size, rounded up to a multiple of the device count (with a
+warning) when it does not split evenly. SIGTERM (preemption) and a first
+Ctrl-C save a checkpoint and exit cleanly; a second Ctrl-C aborts. A second
+trainer on a workdir in use refuses to start.
 """
 
+import contextlib
+import copy
 import os
 import signal
-import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -35,12 +39,14 @@ import numpy as np
 import optax
 
 from harmonax import checkpoint
+from harmonax import cli
 from harmonax import evaluation
 from harmonax import inference
 from harmonax import input_pipeline
 from harmonax import metric_writers
 from harmonax import models
 from harmonax import sharding
+from harmonax import workdir_lock
 from harmonax.models import layers
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -220,44 +226,68 @@ def predict_images(config: ml_collections.ConfigDict, fns: TrainFns, state: dict
 
 
 class _Preemption:
-  """Sets a flag on SIGTERM (single process); multi-host uses JAX's sync points."""
+  """Sets a flag on SIGTERM or a first Ctrl-C (single process); multi-host uses
+  JAX's sync points. A second Ctrl-C raises KeyboardInterrupt (abort)."""
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
     # With several processes, each host must stop at the same step: JAX's
     # preemption sync manager (started by jax.distributed) agrees on it, and a
     # Python handler here would replace its signal handler.
     if jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
+    if signum == signal.SIGINT:
+      if self.requested:
+        raise KeyboardInterrupt
+      logging.warning("Ctrl-C: saving a checkpoint after this step and stopping "
+                      "(press Ctrl-C again to abort without saving).")
+    else:
+      logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from workdir's checkpoints) and returns the final train state."""
+  """Trains (resuming from workdir's checkpoints) and returns the final train state.
+
+  Raises:
+    workdir_lock.WorkdirBusyError: another live trainer holds workdir.
+  """
+  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_writer = jax.process_index() == 0
-  if is_writer:
-    checkpoint.save_config(workdir, config)
-  writer = metric_writers.MetricWriter(workdir, enabled=is_writer)
+
+  def phase(what: str) -> metric_writers.Phase:
+    return metric_writers.Phase(what, enabled=is_writer)
 
   # ---- Mesh: data parallelism, batch split over 'data', state replicated.
   mesh = sharding.make_mesh()
   replicated = sharding.replicated(mesh)
-  sharding.check_batch_size(config.batch_size, mesh)
+  batch_size = sharding.fit_batch_size(config.batch_size, mesh)
+  if batch_size != config.batch_size:
+    config = copy.deepcopy(config)  # config.json records the batch trained with.
+    config.batch_size = batch_size
+  if is_writer:
+    checkpoint.save_config(workdir, config)
 
   # ---- Input: this host's shard; epochs -> steps.
-  train_examples = input_pipeline.num_examples(config.data, config.data.train_split)
+  first_use = " (built on first use)" if config.data.name == input_pipeline.AUTO_BUILD else ""
+  with phase(f"reading dataset {config.data.name}{first_use}"):
+    train_examples = input_pipeline.num_examples(config.data, config.data.train_split)
   steps_per_epoch = train_examples // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(
@@ -273,13 +303,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Checkpoint: resume from the newest restorable step, else initialize.
   manager = checkpoint.make_manager(workdir, config.get("keep_checkpoints", 3))
   abstract_state = sharding.abstract_like(jax.eval_shape(fns.init_state), replicated)
-  restored = checkpoint.restore_train_state(manager, abstract_state, train_iter)
-  if restored is not None:
-    state, start_step = restored
-    logging.info("Resumed from step %d of %s", start_step, manager.directory)
-  else:
-    state, start_step = jax.jit(fns.init_state, out_shardings=replicated)(), 0
-    state = apply_pretrained(config, fns, state, replicated)
+  with phase("initialising the model (or restoring the newest checkpoint)"):
+    restored = checkpoint.restore_train_state(manager, abstract_state, train_iter)
+    if restored is not None:
+      state, start_step = restored
+      logging.info("Resumed from step %d of %s", start_step, manager.directory)
+    else:
+      state, start_step = jax.jit(fns.init_state, out_shardings=replicated)(), 0
+      state = apply_pretrained(config, fns, state, replicated)
+  # Lines of steps after start_step (a killed run's) are dropped: each step once.
+  writer = metric_writers.MetricWriter(workdir, enabled=is_writer, resume_step=start_step)
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   logging.info("%s: %d parameters in %s; %d steps (%d per epoch), global batch %d on "
                "%d devices, %d processes", config.model.name, num_params,
@@ -293,8 +326,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nets = fns.merge(host["params"], host["rest"])
     models.set_modes(nets)
     scalars = {}
-    for name, results in evaluation.evaluate_sets(config, nets).items():
-      scalars.update({f"eval/{name}/{k}": v for k, v in results.items()})
+    with phase(f"evaluating {', '.join(config.get('evals', {}))}"):
+      for name, results in evaluation.evaluate_sets(config, nets).items():
+        scalars.update({f"eval/{name}/{k}": v for k, v in results.items()})
     writer.write_scalars(step, scalars)
     metric_writers.log_console(step, num_steps, scalars, is_writer)
 
@@ -336,13 +370,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with _Preemption() as preemption, jax.set_mesh(mesh):
       for step in range(start_step + 1, num_steps + 1):
         local = next(train_iter)
-        started = time.monotonic()
-        state, metrics = train_step(state, sharding.global_batch(local, mesh))
+        first = step == start_step + 1
+        compiling = (phase(f"compiling the update step and running step {step}")
+                     if first else contextlib.nullcontext())
+        with compiling:
+          state, metrics = train_step(state, sharding.global_batch(local, mesh))
+          if first:
+            jax.block_until_ready(state)
         pending.append((step, metrics))
-        if step == start_step + 1:
-          jax.block_until_ready(state)
-          logging.info("First step (compilation included) took %.1f s",
-                       time.monotonic() - started)
+        if first:
           progress.reset(step)
         last = step == num_steps
         stop = preemption.requested or manager.reached_preemption(step)
@@ -364,13 +400,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if should_log(step):
           writer.flush()
         if stop:
-          logging.warning("Stopped at step %d for preemption; checkpoint saved.", step)
+          logging.warning("Stopped at step %d; checkpoint saved (run the same command to "
+                          "resume).", step)
           break
   finally:
     # In-flight saves are of checked states: let them finish even on errors.
     manager.wait_until_finished()
     manager.close()
     writer.close()
+    # Stops grain's worker processes now, not at interpreter exit.
+    if hasattr(train_iter, "close"):
+      train_iter.close()
   return state
 
 
@@ -391,4 +431,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Routine failures (missing dataset, busy workdir, NaN) as one line; --verbose
+  # for their traceback.
+  cli.run(main, user_errors=(FileNotFoundError, FloatingPointError))

@@ -227,6 +227,27 @@ def test_bad_arguments_give_clear_errors(tmp_path):
     torch_import.load_state_dict(str(not_a_state))
 
 
+class _Payload:
+  """Pickles as a call of os.system: what a malicious checkpoint holds."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pth_holding_code_is_refused_plainly(tmp_path):
+  path, marker = tmp_path / "evil.pth", tmp_path / "pwned"
+  torch.save({"weight": torch.zeros(2), "x": _Payload(marker)}, path)
+  with pytest.raises(torch_import.CheckpointFileError) as info:
+    torch_import.load_state_dict(str(path))
+  message = str(info.value)
+  assert message.startswith(f"{path}: refused to load: the file contains pickled code")
+  assert "system" in message and "weights_only" not in message
+  assert not marker.exists()
+
+
 def test_load_state_dict_unwraps_and_strips_prefix(tmp_path):
   path = tmp_path / "wrapped.pth"
   torch.save({"state_dict": {"module.a.weight": torch.ones(2)}, "epoch": 3}, path)

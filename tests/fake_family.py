@@ -177,7 +177,12 @@ def _example(index: int, size: int) -> dict[str, np.ndarray]:
 
 def make_train_iterator(data_config, global_batch_size: int, seed: int
                         ) -> grain.DatasetIterator:
-  """Shuffled, repeated global batches; this process gets its rows, in order."""
+  """Shuffled, repeated global batches; this process gets its rows, in order.
+
+  With data_config.num_workers > 0 the batches are made in grain worker
+  processes set up as the real pipeline's (input_pipeline.prefetch_in_workers).
+  """
+  from harmonax import input_pipeline  # pylint: disable=g-import-not-at-top
   count, index = jax.process_count(), jax.process_index()
   local = global_batch_size // count
   size = data_config.image_size
@@ -189,7 +194,8 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int
         .map(lambda ids: {k: np.round(255 * np.stack([_example(int(i), size)[k]
                                                       for i in ids])).astype(np.uint8)
                           for k in ("composite", "mask", "real")}))
-  return iter(ds.to_iter_dataset())
+  return iter(input_pipeline.prefetch_in_workers(ds.to_iter_dataset(),
+                                                 data_config.get("num_workers", 0)))
 
 
 def num_examples(data_config, split: str) -> int:
@@ -229,11 +235,10 @@ def run_cli(module: str, args: list[str], register_fake: bool = True,
   family importable when register_fake and `prelude` (Python code) run first.
   Returns the completed process."""
   import subprocess  # pylint: disable=g-import-not-at-top
-  code = ("import sys, fake_family\n"
+  code = ("import runpy, sys, fake_family\n"
           + ("fake_family.register()\n" if register_fake else "") + prelude + "\n"
-          + f"from harmonax import {module} as cli\n"
-          "from absl import app\n"
-          f"app.run(cli.main, argv=['{module}'] + sys.argv[1:])\n")
+          f"sys.argv = ['{module}'] + sys.argv[1:]\n"
+          f"runpy.run_module('harmonax.{module}', run_name='__main__', alter_sys=True)\n")
   tests_dir = os.path.dirname(os.path.abspath(__file__))
   root = os.path.dirname(tests_dir)
   env = dict(os.environ)

@@ -171,6 +171,16 @@ def test_write_image_round_trip_and_errors(tmp_path):
     image_io.write_image(tmp_path / "y.png", image[..., 0])
 
 
+def test_written_images_follow_the_umask(tmp_path):
+  image = np.zeros((4, 4, 3), np.uint8)
+  previous = os.umask(0o027)
+  try:
+    image_io.write_image(tmp_path / "a.png", image)
+  finally:
+    os.umask(previous)
+  assert os.stat(tmp_path / "a.png").st_mode & 0o777 == 0o640
+
+
 # --- files, folders and the command line --------------------------------------
 
 
@@ -233,6 +243,18 @@ def test_command_line_single_file_and_folder(model, tmp_path):
   assert result.returncode == 1, result.stderr[-3000:]  # One file skipped.
   assert "skipped" in result.stdout and "bad.png" in result.stdout
   assert os.listdir(tmp_path / "out") == ["x.png"]
+
+
+def test_all_background_or_all_foreground_masks_warn(model, tmp_path, caplog):
+  config, networks = model
+  composite, _ = _write_pair(tmp_path, "x", 12, 10, 6)
+  for name, value in (("black", 0), ("white", 255)):
+    Image.fromarray(np.full((12, 10), value, np.uint8)).save(tmp_path / f"{name}.png")
+    with caplog.at_level("WARNING"):
+      harmonize_lib.harmonize_file(config, networks, str(tmp_path / "comp" / "x.png"),
+                                   str(tmp_path / f"{name}.png"), str(tmp_path / "o.png"))
+  assert f"{tmp_path / 'black.png'}: the mask is all background" in caplog.text
+  assert f"{tmp_path / 'white.png'}: the mask is all foreground" in caplog.text
 
 
 def test_command_line_bad_file_and_video_dispatch(model, tmp_path):

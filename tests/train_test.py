@@ -139,7 +139,13 @@ def test_resume_matches_an_uninterrupted_run(straight, tmp_path, monkeypatch):
   _, straight_state, straight_fingerprints, _ = straight
   first, seen_first = _run(monkeypatch.setattr, tmp_path, _gan_config(total_steps=2))
   assert int(first["step"]) == 2
+  # As a run killed after step 3 leaves metrics.jsonl: a line past the
+  # checkpoint and half a line.
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 3, "loss/generator": 1.0}) + '\n{"step": 4, "lo')
   resumed, seen_second = _run(monkeypatch.setattr, tmp_path, _gan_config())
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines if "loss/generator" in l] == [1, 2, 3, 4]
   # Same data order across the restart, and bit-identical parameters.
   assert seen_first + seen_second == straight_fingerprints
   _assert_trees_equal(resumed["params"], straight_state["params"])
@@ -221,11 +227,47 @@ def test_total_steps_and_default_workdir():
   assert train.default_workdir("configs/idih.py") == os.path.join(".", "workdirs", "idih")
 
 
-def test_batch_size_must_split_over_devices(tmp_path, monkeypatch):
-  config = fake_family.get_config()
-  config.batch_size = 12
-  with pytest.raises(ValueError, match="batch_size=12 must be a multiple of the device"):
-    _run(monkeypatch.setattr, tmp_path, config)
+def test_batch_size_is_rounded_up_to_split_over_devices(caplog):
+  mesh = sharding.make_mesh()
+  assert mesh.size == 8
+  assert sharding.fit_batch_size(16, mesh) == 16
+  with caplog.at_level(logging.WARNING):
+    assert sharding.fit_batch_size(12, mesh) == 16
+  assert "config.batch_size=12" in caplog.text and "global batch of 16" in caplog.text
+  with pytest.raises(ValueError, match="positive"):
+    sharding.fit_batch_size(0, mesh)
+
+
+class _Started(Exception):
+  """Raised where a test has seen enough of a run's start."""
+
+
+def test_full_bargainnet_config_starts_on_8_devices(tmp_path, monkeypatch, caplog):
+  # The README's headline command (batch 1, as the paper) on a host with 8
+  # devices: the batch is rounded up to 8 with a warning, and the run goes on
+  # to initialise the model (stopped there: the full model is slow on a CPU).
+  from configs import bargainnet  # pylint: disable=g-import-not-at-top
+  from harmonax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = bargainnet.get_config("")
+  assert config.batch_size == 1
+  iterators = []
+  monkeypatch.setattr(input_pipeline, "num_examples", lambda data, split: 306)
+  monkeypatch.setattr(input_pipeline, "make_train_iterator",
+                      lambda data, batch, seed: iterators.append(batch) or iter([]))
+
+  def restore(manager, abstract_state, data_iter):
+    del manager, data_iter
+    assert abstract_state["params"]["generator"]  # The full model's state, traced.
+    raise _Started
+
+  monkeypatch.setattr(checkpoint, "restore_train_state", restore)
+  with caplog.at_level(logging.WARNING), pytest.raises(_Started):
+    train.train_and_evaluate(config, os.fspath(tmp_path))
+  assert iterators == [8]
+  assert ("config.batch_size=1 does not split evenly over 8 devices: training with a "
+          "global batch of 8") in caplog.text
+  assert checkpoint.load_config(tmp_path).batch_size == 8  # What was trained with.
+  assert config.batch_size == 1  # The caller's config is left alone.
 
 
 LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")
