@@ -24,6 +24,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from data_builders.harmonization_composites import color_transfer
 from data_builders.harmonization_composites import compose
 from data_builders.harmonization_composites import harmonization_composites_dataset_builder as hcb
 from data_builders.harmonization_composites import sources
@@ -99,9 +100,9 @@ def time_jobs(jobs, config, processes: int) -> tuple[float, float]:
 
 
 def time_beam(root: str, workers: int, data_dir: str) -> float:
-  from data_builders import build as build_lib  # pylint: disable=g-import-not-at-top
+  from data_builders import datasets  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  summary = build_lib.build("harmonization_composites/folder", data_dir, root, beam=True,
+  summary = datasets.build("harmonization_composites/folder", data_dir, root, beam=True,
                             beam_workers=workers)
   return sum(summary.examples.values()) / (time.perf_counter() - start)
 
@@ -114,7 +115,7 @@ def main():
   root = tempfile.mkdtemp(prefix="composite_bench_")
   make_folder(root, args.photos)
   rows = []
-  for method in hcb.color_transfer.METHODS + ("mix",):
+  for method in color_transfer.METHODS + ("mix",):
     methods = hcb.DEFAULT_METHODS if method == "mix" else ((method, 1.0),)
     config = _config(methods)
     jobs = _jobs(root, config)

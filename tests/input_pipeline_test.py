@@ -5,9 +5,7 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import time
-import types
 
 import grain
 import numpy as np
@@ -16,6 +14,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from data_builders import datasets
 from data_builders.iharmony4 import iharmony4_dataset_builder as ihd
 from harmonax import config_args
 from harmonax import input_pipeline
@@ -330,13 +329,12 @@ def test_sample_is_built_on_first_use(data_dir, tmp_path, monkeypatch):
   calls = []
 
   def fake_build(name, target_dir):
-    # Stands in for data_builders.build: puts a built dataset where TFDS would.
+    # Stands in for data_builders.datasets.build: puts a built dataset where TFDS would.
     calls.append((name, target_dir))
     shutil.copytree(os.path.join(data_dir, "iharmony4", "hflickr", "1.0.0"),
                     os.path.join(target_dir, "harmonization_composites", "sample", "1.0.0"))
 
-  monkeypatch.setitem(sys.modules, "data_builders.build",
-                      types.SimpleNamespace(build=fake_build))
+  monkeypatch.setattr(datasets, "build", fake_build)
   target = os.fspath(tmp_path / "fresh")
   builder = input_pipeline.get_builder("harmonization_composites/sample", target)
   assert calls == [("harmonization_composites/sample", target)]

@@ -18,10 +18,10 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from data_builders.harmonization_composites import color_transfer
 from data_builders.harmonization_composites import photos
 from data_builders.harmonization_composites.sources import Obj
 from data_builders.harmonization_composites.summary import Summary
-from harmonax import color_transfer
 
 # Reference pixels kept for the statistics: enough for stable CDFs, fast IDT.
 _MAX_REFERENCE_PIXELS = 20_000

@@ -2,7 +2,7 @@
 
 Each example recolors the masked foreground of a real photo with the color
 statistics of another object (same category where categories exist) using
-one of harmonax.color_transfer's methods; the background stays byte-identical
+one of color_transfer's methods; the background stays byte-identical
 to the real photo. Configs:
 
 - `sample`: photos and hand-made polygons shipped in `sample/` (no download).
@@ -18,7 +18,6 @@ whatever the order or the number of Beam workers.
 import concurrent.futures
 import dataclasses
 import json
-import logging
 import os
 from typing import Any, Iterator
 
@@ -26,10 +25,10 @@ from etils import epath
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
+from data_builders.harmonization_composites import color_transfer
 from data_builders.harmonization_composites import compose
 from data_builders.harmonization_composites import sources
 from data_builders.harmonization_composites.summary import Summary
-from harmonax import color_transfer
 
 SPLITS = ("train", "test")
 # Worker threads and jobs in flight of a build without Beam.
@@ -47,7 +46,7 @@ class BuilderConfig(tfds.core.BuilderConfig):
   Attributes:
     source: 'sample', 'coco' or 'folder'.
     variants: composites per object, per split ({'train': n, 'test': m}).
-    methods: (method, weight) pairs of harmonax.color_transfer.METHODS.
+    methods: (method, weight) pairs of color_transfer.METHODS.
     strength_range: fraction of each color change kept, drawn uniformly.
     min_fmse, max_fmse: accepted foreground MSE (0..255 pixels) of a composite;
       below is too small a change to learn, above is absurd.
@@ -266,8 +265,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           if example is not None:
             self.summary.examples[split] += 1
             yield example
-    logging.info("harmonization_composites/%s %s done:\n%s",
-                 self.builder_config.name, split, self.summary.format())
 
   def collect_summary(self) -> Summary:
     """The build's summary; after a Beam build, merges what the workers found."""

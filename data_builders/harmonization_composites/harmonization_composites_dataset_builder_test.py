@@ -114,7 +114,7 @@ def test_build_is_byte_identical(tmp_path):
 def test_build_is_byte_identical_across_processes(tmp_path):
   # Another process: protobuf's map order (feature keys) is seeded per process.
   code = ("import sys; from absl import flags; flags.FLAGS.mark_as_parsed(); "
-          "from data_builders import build; build.build('harmonization_composites/folder', "
+          "from data_builders import datasets; datasets.build('harmonization_composites/folder', "
           "sys.argv[1], sys.argv[2])")
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   subprocess.run([sys.executable, "-c", code, os.fspath(tmp_path / "b"), DUMMY],

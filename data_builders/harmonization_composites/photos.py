@@ -13,8 +13,8 @@ from etils import epath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from data_builders import image_modes
 from data_builders.harmonization_composites.summary import Summary
-from harmonax import image_io
 
 _EXIF_ORIENTATION = 0x0112
 # Orientations that swap width and height (rotations by 90 or 270 degrees).
@@ -82,7 +82,7 @@ def read_photo(path: epath.PathLike, summary: Summary, max_size: int | None = No
   if kind:
     summary.add(kind, os.fspath(path))
   try:
-    rgb = image_io.image_to_rgb(img)
+    rgb = image_modes.image_to_rgb(img)
   except (OSError, ValueError) as e:
     summary.add("unreadable", f"{os.fspath(path)} ({e})")
     return None, None
@@ -97,13 +97,13 @@ def read_photo(path: epath.PathLike, summary: Summary, max_size: int | None = No
 
 
 def read_mask(path: epath.PathLike, summary: Summary) -> np.ndarray | None:
-  """A mask file as bool [H, W] (any mode; see harmonax.image_io), or None."""
+  """A mask file as bool [H, W] (any mode; see data_builders.image_modes), or None."""
   img = _load(path, summary)
   if img is None:
     return None
   if img.mode != "L" or not np.isin(np.asarray(img), (0, 255)).all():
     summary.add("mask_converted", os.fspath(path))
-  return image_io.mask_to_binary(img)[..., 0] > 0.5
+  return image_modes.mask_to_binary(img)[..., 0] > 0.5
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:

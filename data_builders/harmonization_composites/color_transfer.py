@@ -9,14 +9,14 @@ WITHOUT clipping, so that their defining property holds exactly;
 `recolor_foreground` clips and pastes the result into the photo.
 """
 
-import functools
-import importlib
 import math
 from typing import Any
 
 import numpy as np
 
-# Methods that `recolor_foreground` knows. 'filters' needs `harmonax.filters`.
+from data_builders.harmonization_composites import white_box
+
+# Methods that `recolor_foreground` knows ('filters': Harmonizer's, see white_box.py).
 METHODS = ("reinhard", "covariance", "histogram", "idt", "exposure", "filters")
 
 # Reinhard et al. 2001, "Color Transfer between Images": RGB -> LMS cone space.
@@ -227,51 +227,16 @@ def _round(value: Any) -> Any:
   return value
 
 
-def _bucket(pixels: int) -> int:
-  """Pixel count rounded up to one of ~4 sizes per octave (multiple of 64)."""
-  size = 2.0 ** (math.ceil(4 * math.log2(max(pixels, 64))) / 4)
-  return int(math.ceil(size / 64) * 64)
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted_filter(name: str):
-  filters = importlib.import_module("harmonax.filters")
-  return importlib.import_module("jax").jit(functools.partial(filters.apply_filter, name))
-
-
-def apply_filters_flat(image: np.ndarray, mask: np.ndarray,
-                       filters: list[tuple[str, float]]) -> np.ndarray:
-  """`harmonax.filters.apply_filter` in sequence, on a flattened, padded image.
-
-  Equals applying each filter to the [H, W, 3] image (blended with `mask`
-  [H, W] each time), up to float rounding: every filter is per pixel except
-  temperature and contrast, which use whole-image means, and the padding
-  pixels are set to the current mean color before each filter so those means
-  do not change. Why: jax compiles per shape, and photos come in hundreds of
-  sizes; a few padded lengths keep the compiled filters few.
-  """
-  h, w, _ = image.shape
-  pixels = h * w
-  canvas = np.empty((1, _bucket(pixels), 3), np.float32)
-  canvas[0, :pixels] = image.reshape(pixels, 3)
-  weights = np.zeros(canvas.shape[:2] + (1,), np.float32)
-  weights[0, :pixels, 0] = mask.reshape(pixels)
-  for name, arg in filters:
-    canvas[0, pixels:] = canvas[0, :pixels].mean(0, dtype=np.float64)
-    canvas = np.array(_jitted_filter(name)(canvas, weights, np.float32(arg)))
-  return canvas[0, :pixels].reshape(h, w, 3)
-
-
 def _apply_filters(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                    max_filters: int) -> tuple[np.ndarray, dict[str, Any]]:
   """Harmonizer-style random white-box filters applied to the foreground."""
-  names = list(importlib.import_module("harmonax.filters").FILTER_NAMES)
+  names = list(white_box.FILTER_NAMES)
   count = int(rng.integers(1, min(max_filters, len(names)) + 1))
   chosen = [names[i] for i in sorted(rng.choice(len(names), count, replace=False))]
   # Harmonizer samples each filter argument uniformly; |arg| < 0.1 is a no-op.
   applied = [[name, _round(float(rng.uniform(0.1, 0.5)) * (1 if rng.random() < 0.5 else -1))]
              for name in chosen]
-  out = apply_filters_flat(image, mask, [(n, a) for n, a in applied])
+  out = white_box.apply_filters(image, mask, [(n, a) for n, a in applied])
   return out, {"filters": applied}
 
 
@@ -302,8 +267,7 @@ def recolor_pixels(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | 
   source = _as_unit(image[mask])
   params: dict[str, Any] = {"method": method, "strength": _round(strength)}
   if method == "filters":
-    filtered, extra = _apply_filters(_as_unit(image, np.float32), mask, rng, max_filters=3)
-    recolored = np.asarray(filtered, np.float64)[mask]
+    recolored, extra = _apply_filters(image, mask, rng, max_filters=3)
     params.update(extra)
   elif method == "exposure":
     ev = float(rng.uniform(0.25, 1.0)) * (1 if rng.random() < 0.5 else -1)
