@@ -4,9 +4,11 @@ import dataclasses
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import unittest
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -194,6 +196,18 @@ def _mask(h, w):
   return Image.fromarray(m)
 
 
+def _png_16bit_rgb(array: np.ndarray) -> bytes:
+  """A 48-bit RGB PNG of uint16 [H, W, 3] (Pillow cannot write one)."""
+  h, w, _ = array.shape
+  rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
+
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data)))
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+          + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
   root = tmp_path / "manual"
   img, msk = root / "images", root / "masks"
@@ -209,6 +223,9 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
   deep = (np.asarray(good.convert("L"), np.uint16) * 257)
   _save(img / "deep.png", Image.fromarray(deep))
   _save(msk / "deep.png", _mask(24, 32))
+  deep_rgb = _texture(24, 32, 3).astype(np.uint16) * 257 + 11
+  (img / "deep_rgb.png").write_bytes(_png_16bit_rgb(deep_rgb))
+  _save(msk / "deep_rgb.png", _mask(24, 32))
   # Stored 32x24 landscape, displayed (EXIF orientation 6) as 24x32 portrait.
   exif = Image.Exif()
   exif[0x0112] = 6
@@ -243,7 +260,7 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
   assert files["grayscale"] == {"gray.png"}
   assert files["alpha"] == {"rgba.png"}
   assert files["palette"] == {"palette.png"}
-  assert files["16bit"] == {"deep.png"}
+  assert files["16bit"] == {"deep.png", "deep_rgb.png"}
   assert files["exif_rotated"] == {"rotated.jpg"}
   assert files["mask_converted"] == {"palette.png"}
   text = summary.format()
@@ -251,13 +268,14 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
     assert name in text
   built = {**examples(builder, "train"), **examples(builder, "test")}
   assert {n.split("/")[0] for n in built} == {
-      "good", "gray", "rgba", "palette", "deep", "rotated"}
+      "good", "gray", "rgba", "palette", "deep", "deep_rgb", "rotated"}
   for ex in built.values():
     check_example(ex)
   rotated = built["rotated/v00"]["real"]
   expected = np.asarray(Image.open(img / "rotated.jpg").transpose(Image.Transpose.ROTATE_270))
   np.testing.assert_array_equal(rotated, expected)
   np.testing.assert_array_equal(built["deep/v00"]["real"][..., 0], deep >> 8)
+  np.testing.assert_array_equal(built["deep_rgb/v00"]["real"], deep_rgb >> 8)
 
 
 def test_job_json_round_trip_gives_the_same_example():

@@ -55,16 +55,32 @@ def oriented_size(path: epath.PathLike, summary: Summary) -> tuple[int, int] | N
   return (h, w) if _orientation(img) in _TRANSPOSING else (w, h)
 
 
+def _stored_16bit(img: Image.Image) -> bool:
+  """Whether the file holds 16-bit samples that Pillow reduces to 8 bits on decoding.
+
+  Pillow opens a 48-bit RGB PNG (or TIFF) as mode 'RGB' and keeps each sample's
+  high byte; only the undecoded tile ('RGB;16B') tells. 16-bit greys keep
+  their own mode ('I;16') and are counted by it.
+  """
+  return any(";16" in str(tile.args) for tile in img.tile)
+
+
 def _load(path: epath.PathLike, summary: Summary) -> Image.Image | None:
-  """Decodes fully and applies the EXIF orientation; None if truncated/corrupt."""
+  """Decodes fully and applies the EXIF orientation; None if truncated/corrupt.
+
+  16-bit RGB files (converted to 8 bits by the decoding) are counted as '16bit'.
+  """
   img = _open(path, summary)
   if img is None:
     return None
+  deep = _stored_16bit(img)
   try:
     img.load()
   except (OSError, ValueError, SyntaxError):
     summary.add("truncated", os.fspath(path))
     return None
+  if deep:
+    summary.add("16bit", os.fspath(path))
   if _orientation(img) != 1:
     summary.add("exif_rotated", os.fspath(path))
     img = ImageOps.exif_transpose(img)
