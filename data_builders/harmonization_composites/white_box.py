@@ -21,7 +21,11 @@ _POW_EPS = 1e-9  # pow() bases are kept >= this (as harmonax.filters does).
 
 
 def _pow(base: np.ndarray, p: float) -> np.ndarray:
-  return np.exp(p * np.log(np.maximum(base, _POW_EPS)))
+  return np.exp(np.float32(p) * np.log(np.maximum(base, np.float32(_POW_EPS))))
+
+
+# Every filter below takes the foreground as color planes fg [3, N] (float32)
+# and the current whole-image channel means where it needs them.
 
 
 def _temperature(fg: np.ndarray, x: float, means: np.ndarray) -> np.ndarray:
@@ -32,26 +36,27 @@ def _temperature(fg: np.ndarray, x: float, means: np.ndarray) -> np.ndarray:
   # and half of it to G's whenever x != 0.
   shifted = means + np.array([ax * (x < 0), 0.5 * ax * (x != 0), ax * (x > 0)])
   gains = shifted.mean() / (shifted + _EPS) + base
-  return np.clip(fg * gains, 0.0, 1.0)
+  return np.clip(fg * gains.astype(np.float32)[:, None], 0.0, 1.0)
 
 
 def _brightness(fg: np.ndarray, x: float) -> np.ndarray:
   alpha = 1 / ((1 - x) + _EPS) if x >= 0 else x + 1
-  return np.clip(fg * alpha, 0.0, 1.0)
+  return np.clip(fg * np.float32(alpha), 0.0, 1.0)
 
 
 def _contrast(fg: np.ndarray, x: float, means: np.ndarray) -> np.ndarray:
   # floor(): the official quirk that harmonax.filters keeps too.
   factor = 255 / (256 - np.floor(x * 255)) - 1 if x > 0 else x
-  return np.clip(fg + (fg - means.mean()) * factor, 0.0, 1.0)
+  return np.clip(fg + (fg - np.float32(means.mean())) * np.float32(factor), 0.0, 1.0)
 
 
 def _saturation(fg: np.ndarray, x: float) -> np.ndarray:
-  cmin, cmax = fg.min(axis=1, keepdims=True), fg.max(axis=1, keepdims=True)
+  cmin = np.minimum(np.minimum(fg[0], fg[1]), fg[2])
+  cmax = np.maximum(np.maximum(fg[0], fg[1]), fg[2])
   ran = cmax + cmin
   mean = ran / 2
   s = (cmax - cmin) / np.where(mean < 0.5, ran + _EPS, 2 - ran + _EPS)
-  factor = 1 / (np.where(x + s > 1, s, 1 - x) + _EPS) if x >= 0 else 1 + x
+  factor = 1 / (np.where(x + s > 1, s, 1 - x) + _EPS) if x >= 0 else np.float32(1 + x)
   return np.clip(mean + (fg - mean) * factor, 0.0, 1.0)
 
 
@@ -61,6 +66,14 @@ def _highlight(fg: np.ndarray, x: float) -> np.ndarray:
 
 def _shadow(fg: np.ndarray, x: float) -> np.ndarray:
   return np.clip(_pow(fg, 1 - x), 0.0, 1.0)
+
+
+def _channel_sums(image: np.ndarray) -> np.ndarray:
+  """Per-channel sums of an [H, W, 3] image, float64 (uint8: exact, from histograms)."""
+  if image.dtype == np.uint8:
+    counts = np.stack([np.bincount(image[..., c].ravel(), minlength=256) for c in range(3)])
+    return counts @ np.arange(256.0)
+  return np.asarray(image, np.float64).reshape(-1, 3).sum(axis=0)
 
 
 def apply_filters(image: np.ndarray, mask: np.ndarray,
@@ -84,15 +97,17 @@ def apply_filters(image: np.ndarray, mask: np.ndarray,
     if name not in FILTER_NAMES:
       raise ValueError(f"Unknown filter {name!r}; valid: {FILTER_NAMES}")
   scale = 255.0 if image.dtype == np.uint8 else 1.0
-  fg = image[mask].astype(np.float64) / scale
-  background_sum = image.sum(axis=(0, 1), dtype=np.float64) / scale - fg.sum(axis=0)
+  pixels = np.take(image.reshape(-1, 3), np.flatnonzero(mask), axis=0)
+  # float32 as harmonax.filters, as color planes [3, N]; sums in float64.
+  fg = np.ascontiguousarray((pixels / scale).T, np.float32)
+  background_sum = _channel_sums(image) / scale - fg.sum(axis=1, dtype=np.float64)
   count = mask.size
   for name, arg in filters:
     x = float(arg)
     if name in ("temperature", "contrast"):
-      means = (background_sum + fg.sum(axis=0)) / count
+      means = (background_sum + fg.sum(axis=1, dtype=np.float64)) / count
       fg = (_temperature if name == "temperature" else _contrast)(fg, x, means)
     else:
       fg = {"brightness": _brightness, "saturation": _saturation,
             "highlight": _highlight, "shadow": _shadow}[name](fg, x)
-  return fg
+  return fg.T.astype(np.float64)
