@@ -21,6 +21,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from data_builders import datasets
+from data_builders.harmonization_composites import record
 
 # The one dataset that is built automatically on first use: its photos ship in the repo.
 AUTO_BUILD = datasets.SAMPLE
@@ -71,7 +72,8 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
 def _data_source(data_config: ml_collections.ConfigDict, split: str):
   """The split's records with images left encoded: the transforms decode them."""
   builder = get_builder(data_config.name, data_config.data_dir)
-  skip = {k: tfds.decode.SkipDecoding() for k in ("composite", "real", "mask")}
+  images = ("composite", record.CROP, "real", "mask")
+  skip = {k: tfds.decode.SkipDecoding() for k in images if k in builder.info.features}
   return builder.as_data_source(split=split, decoders=skip)
 
 
@@ -135,6 +137,30 @@ def _check_size(key: str, img: Image.Image, mask: np.ndarray, name: Any) -> None
                      f"is {mask.shape[1]}x{mask.shape[0]} (width x height)")
 
 
+def _open_images(example: dict[str, Any], mask: np.ndarray) -> dict[str, Image.Image]:
+  """The composite and real images of an example, size-checked against the mask.
+
+  Opened lazily (JPEGs can still be draft-decoded) where the record stores both;
+  where it stores the composite as its foreground's box (harmonization_composites
+  2.0.0), the composite is rebuilt on the decoded real image, so its background
+  is the real image's exactly.
+  """
+  if record.CROP not in example:
+    images = {key: _open(example[key], key) for key in ("composite", "real")}
+    for key, img in images.items():
+      _check_size(key, img, mask, example.get("name"))
+    return images
+  real = _open(example["real"], "real")
+  _check_size("real", real, mask, example.get("name"))
+  real = np.asarray(real.convert("RGB"))
+  crop = np.asarray(_open(example[record.CROP], "composite crop").convert("RGB"))
+  try:
+    composite = record.rebuild_composite(real, crop, example[record.BOX], mask)
+  except ValueError as e:
+    raise ValueError(f"example {example.get('name')!r}: {e}") from None
+  return {"composite": Image.fromarray(composite), "real": Image.fromarray(real)}
+
+
 
 def _leave_stop_signals_to_the_trainer(worker_index: int, worker_count: int) -> None:
   """Grain worker init: ignore SIGTERM and SIGINT.
@@ -182,9 +208,7 @@ class TrainTransform:
     flip = bool(self.hflip and rng.random() < 0.5)
     size = (self.image_size, self.image_size)
     out = {}
-    for key in ("composite", "real"):
-      img = _open(example[key], key)
-      _check_size(key, img, mask, example.get("name"))
+    for key, img in _open_images(example, mask).items():
       scale = 1.0
       if img.format == "JPEG":
         # The smallest 1/2^k decode that still gives the crop >= image_size pixels.
@@ -270,9 +294,7 @@ class EvalTransform:
   def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
     mask = _decode_mask(example["mask"])
     out = {}
-    for key in ("composite", "real"):
-      img = _open(example[key], key)
-      _check_size(key, img, mask, example.get("name"))
+    for key, img in _open_images(example, mask).items():
       if img.mode != "RGB":
         img = img.convert("RGB")
       if self.image_size is not None:

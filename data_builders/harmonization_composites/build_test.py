@@ -12,15 +12,17 @@ from PIL import Image
 import pytest
 
 from data_builders import datasets as build_lib
+from data_builders.harmonization_composites import harmonization_composites_dataset_builder as hcb
 
 HERE = os.path.dirname(__file__)
 DUMMY = os.path.join(HERE, "dummy_data")
 REPO = os.path.dirname(os.path.dirname(HERE))
+VERSION = str(hcb.Builder.VERSION)
 
 
 def _examples(data_dir, name):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder_from_directory(os.path.join(data_dir, name, "1.0.0"))
+  builder = tfds.builder_from_directory(os.path.join(data_dir, name, VERSION))
   return {split: {ex["name"].decode(): ex for ex in builder.as_data_source(split=split)}
           for split in ("train", "test")}
 
@@ -36,7 +38,7 @@ def test_build_returns_summary_then_reuses_the_dataset(tmp_path):
 def test_data_dir_defaults_to_tfds_data_dir(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", os.fspath(tmp_path))
   build_lib.build("harmonization_composites/folder", None, DUMMY)
-  assert (tmp_path / "harmonization_composites" / "folder" / "1.0.0" /
+  assert (tmp_path / "harmonization_composites" / "folder" / VERSION /
           "dataset_info.json").exists()
 
 
@@ -112,7 +114,7 @@ def test_beam_build_equals_the_plain_build(tmp_path):
   assert not list((tmp_path / "beam").glob(".issues_*"))  # Cleaned up.
   # Byte-identical records, whatever the runner and the number of workers.
   def records(root):
-    folder = root / "harmonization_composites" / "folder" / "1.0.0"
+    folder = root / "harmonization_composites" / "folder" / VERSION
     return {p.name: p.read_bytes() for p in folder.iterdir() if ".array_record" in p.name}
   assert records(tmp_path / "plain") == records(tmp_path / "beam")
 

@@ -10,9 +10,10 @@ to the real photo. Configs:
   `annotations/instances_{train,val}2017.json`; train2017 -> train, val2017 -> test.
 - `folder`: manual dir with `images/` and `masks/` of matching stems.
 
-No TensorFlow needed: images are passed as PNG bytes (Pillow) and written as
-ArrayRecord. Examples are seeded from their key, so a build is byte-identical
-whatever the order or the number of Beam workers.
+No TensorFlow needed: images are passed as PNG/JPEG bytes (Pillow) and written
+as ArrayRecord; the composite is stored as its foreground's box (record.py).
+Examples are seeded from their key, so a build is byte-identical whatever the
+order or the number of Beam workers.
 """
 
 import concurrent.futures
@@ -22,11 +23,13 @@ import os
 from typing import Any, Iterator
 
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
 from data_builders.harmonization_composites import color_transfer
 from data_builders.harmonization_composites import compose
+from data_builders.harmonization_composites import record
 from data_builders.harmonization_composites import sources
 from data_builders.harmonization_composites.summary import Summary
 
@@ -180,8 +183,13 @@ def _beam_generate(jobs: list[compose.Job], config: BuilderConfig, work_dir: str
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for synthetic harmonization composites."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "2.0.0": "The composite is stored as its foreground's bounding box (composite_crop, "
+               "composite_box) and rebuilt on decoding; real is the photo's own JPEG/PNG "
+               "bytes where they decode to it. Examples decode to the same features.",
+  }
   BUILDER_CONFIGS = [
       BuilderConfig(name="sample", source="sample",
                     description="6 embedded public-domain/CC0 photos, 14 objects, "
@@ -195,6 +203,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     description="Your photos (images/) and masks (masks/), matching stems.",
                     max_size=1024),
   ]
+  # The version in every example's seed: 2.0.0 changed how examples are stored, not
+  # what they are, so it repeats 1.0.0's draws (method, strength, parameters).
+  DRAWS_VERSION = "1.0.0"
   DEFAULT_CONFIG_NAME = "sample"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   coco: a folder with COCO 2017 train2017/, val2017/ and annotations/instances_train2017.json,
@@ -211,9 +222,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "composite": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-            "real": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+        # Decodes to the shared features (composite, real, mask, ...): see record.py.
+        features=record.CompositeFeatures({
+            # The photo's own JPEG/PNG bytes where they decode to it, else a PNG.
+            "real": tfds.features.Image(shape=(None, None, 3)),
+            record.CROP: tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+            record.BOX: tfds.features.Tensor(shape=(4,), dtype=np.int32),
             "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
             "name": tfds.features.Text(),
             "transfer": tfds.features.Text(),
@@ -237,7 +251,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       objects = sources.coco_objects(dl_manager.manual_dir, config, self.summary)
     else:
       objects = sources.folder_objects(dl_manager.manual_dir, config, self.summary)
-    jobs = _jobs(objects, config, str(self.version), self.summary)
+    jobs = _jobs(objects, config, self.DRAWS_VERSION, self.summary)
     if self._beam:
       # Under the data dir (not /tmp) so that remote workers can write there too.
       issues = epath.Path(self._data_dir_root) / f".issues_{self.name}_{config.name}_{os.getpid()}"

@@ -286,4 +286,4 @@ def test_job_json_round_trip_gives_the_same_example():
   assert again == job and again.obj.segmentation == job.obj.segmentation
   a = hcb.compose.make_example(job, config, hcb.Summary())
   b = hcb.compose.make_example(again, config, hcb.Summary())
-  assert a[0] == b[0] and a[1]["composite"] == b[1]["composite"]
+  assert a[0] == b[0] and a[1]["composite_crop"] == b[1]["composite_crop"]
