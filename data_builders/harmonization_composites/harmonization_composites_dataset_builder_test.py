@@ -23,15 +23,18 @@ DUMMY = os.path.join(os.path.dirname(__file__), "dummy_data")
 try:  # tfds' standard test needs TensorFlow (and dill), which harmonax does not.
   import tensorflow  # noqa: F401  pylint: disable=unused-import
   from tensorflow_datasets.testing import dataset_builder_testing
-  _BaseTest = dataset_builder_testing.DatasetBuilderTestCase
   _HAVE_TF = True
 except ImportError:
-  _BaseTest = unittest.TestCase
   _HAVE_TF = False
 
 
+def _base_test():
+  # Not a module-level name: pytest would collect the bare base class as a test.
+  return dataset_builder_testing.DatasetBuilderTestCase if _HAVE_TF else unittest.TestCase
+
+
 @unittest.skipUnless(_HAVE_TF, "tfds.testing.DatasetBuilderTestCase needs TensorFlow")
-class CocoDatasetBuilderTest(_BaseTest):
+class CocoDatasetBuilderTest(_base_test()):
   """The `tfds new` standard test, coco config (runs where TensorFlow is installed)."""
   DATASET_CLASS = hcb.Builder
   BUILDER_CONFIG_NAMES_TO_TEST = ["coco"]
@@ -40,7 +43,7 @@ class CocoDatasetBuilderTest(_BaseTest):
 
 
 @unittest.skipUnless(_HAVE_TF, "tfds.testing.DatasetBuilderTestCase needs TensorFlow")
-class FolderDatasetBuilderTest(_BaseTest):
+class FolderDatasetBuilderTest(_base_test()):
   """The `tfds new` standard test, folder config."""
   DATASET_CLASS = hcb.Builder
   BUILDER_CONFIG_NAMES_TO_TEST = ["folder"]

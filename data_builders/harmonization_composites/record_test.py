@@ -70,3 +70,24 @@ def test_decoded_composites_mean_what_they_did(coco):
     # The recorded foreground MSE is that of the decoded composite.
     fmse = color_transfer.foreground_mse(ex["composite"], ex["real"], fg)
     assert json.loads(ex["transfer"])["fmse"] == pytest.approx(fmse, abs=0.006)
+
+
+def test_tensorflow_decoding_rebuilds_the_same_composite(coco, tmp_path):
+  pytest.importorskip("tensorflow")
+  # as_dataset (TF decoding) reads TFRecord files: the same build in that format.
+  builder = hcb.Builder(config="coco", data_dir=os.fspath(tmp_path), file_format="tfrecord")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=DUMMY))
+  numpy_decoded = {ex["name"]: ex for ex in coco.as_data_source(split="train")}
+  tf_decoded = list(tfds.as_numpy(builder.as_dataset(split="train")))
+  assert len(tf_decoded) == len(numpy_decoded)
+  for ex in tf_decoded:
+    assert "composite_crop" not in ex
+    pillow = numpy_decoded[ex["name"]]
+    fg = ex["mask"][..., 0] > 127
+    # TF's JPEG decoder reads `real` (the photo's JPEG bytes) a few levels off
+    # Pillow's; the background follows whichever decoder read `real`, exactly ...
+    np.testing.assert_array_equal(ex["composite"][~fg], ex["real"][~fg])
+    assert np.abs(ex["real"].astype(int) - pillow["real"]).max() <= 8
+    # ... and the stored foreground is the same for every reader.
+    np.testing.assert_array_equal(ex["composite"][fg], pillow["composite"][fg])
