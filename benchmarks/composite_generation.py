@@ -9,8 +9,9 @@ PNG encoding of the composite's foreground box and of the mask; `real` is the
 photo's own JPEG bytes) per color-transfer method and for the default mix, in
 one process and in a pool of 2 processes. CPU ms are process CPU time per
 composite (every process counted), which a busy machine inflates less than
-wall time. With --beam also times whole `folder` builds through Apache Beam's
-DirectRunner with 1 and 2 workers. Prints a markdown table and writes it to
+wall time. Then times a whole `folder` build of the photos (listing, generation,
+writing) in one process and, with --beam, through Apache Beam's DirectRunner with
+1 and 2 workers. Prints a markdown table and writes it to
 benchmarks/results/composite_generation.md.
 """
 
@@ -105,11 +106,13 @@ def time_jobs(jobs, config, processes: int) -> tuple[float, float]:
   return made / wall, cpu / max(made, 1)
 
 
-def time_beam(root: str, workers: int, data_dir: str) -> float:
+def time_build(root: str, data_dir: str, beam_workers: int = 0) -> float:
+  """Composites per second of a whole `folder` build (listing, generation, writing):
+  in this process (its worker threads) or, with beam_workers, through Beam."""
   from data_builders import datasets  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  summary = datasets.build("harmonization_composites/folder", data_dir, root, beam=True,
-                            beam_workers=workers)
+  summary = datasets.build("harmonization_composites/folder", data_dir, root,
+                           beam=beam_workers > 0, beam_workers=beam_workers or None)
   return sum(summary.examples.values()) / (time.perf_counter() - start)
 
 
@@ -149,12 +152,13 @@ def main():
       "| CPU ms / composite, 2 processes |",
       "|---|---|---|---|---|",
   ] + ["| " + " | ".join(r) + " |" for r in rows]
-  if args.beam:
-    lines += ["", "| Beam DirectRunner workers | composites/s (whole folder build) |", "|---|---|"]
-    for workers in (1, 2):
-      data_dir = tempfile.mkdtemp(prefix="composite_bench_data_")
-      lines.append(f"| {workers} | {time_beam(root, workers, data_dir):.1f} |")
-      shutil.rmtree(data_dir, ignore_errors=True)
+  lines += ["", "| whole `folder` build | composites/s |", "|---|---|"]
+  runs = [("1 process (builder threads)", 0)]
+  runs += [(f"Beam DirectRunner, {w} workers", w) for w in ((1, 2) if args.beam else ())]
+  for label, workers in runs:
+    data_dir = tempfile.mkdtemp(prefix="composite_bench_data_")
+    lines.append(f"| {label} | {time_build(root, data_dir, workers):.1f} |")
+    shutil.rmtree(data_dir, ignore_errors=True)
   shutil.rmtree(root, ignore_errors=True)
   table = "\n".join(lines)
   print(table)
