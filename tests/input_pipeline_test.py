@@ -320,6 +320,7 @@ def test_unknown_or_unbuilt_datasets_say_what_to_do(data_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"'iharmony4/hcoco' is not built in") as err:
     input_pipeline.get_builder("iharmony4/hcoco", data_dir)
   assert f"--data_dir={data_dir}" in str(err.value)
+  assert "\n" not in str(err.value)  # One line, the fix included.
   with pytest.raises(FileNotFoundError, match="is not built"):
     input_pipeline.make_train_iterator(_config(data_dir, "iharmony4/hcoco"), 4, seed=0)
   assert input_pipeline.get_builder("iharmony4/all", data_dir).info.splits["test"].num_examples == 5
