@@ -8,12 +8,9 @@ global_batch_size // process_count. Evaluation: per-host shard -> deterministic 
 
 import dataclasses
 import functools
-import glob
-import importlib
 import io
 import math
 import os
-import re
 import signal
 import threading
 import time
@@ -26,8 +23,11 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from data_builders import datasets
+from data_builders.harmonization_composites import record
+
 # The one dataset that is built automatically on first use: its photos ship in the repo.
-AUTO_BUILD = "harmonization_composites/sample"
+AUTO_BUILD = datasets.SAMPLE
 # Random resized crop: aspect ratios as in the papers (torchvision / albumentations default).
 _CROP_RATIO = (3 / 4, 4 / 3)
 _CROP_TRIES = 10
@@ -35,53 +35,9 @@ _CROP_TRIES = 10
 _MASK_TRIES = 10
 
 
-def resolve_data_dir(data_dir: str | None) -> str:
-  """The TFDS data dir: `data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  if data_dir:
-    return os.path.expanduser(data_dir)
-  env = os.environ.get("TFDS_DATA_DIR")
-  if env:
-    return os.path.expanduser(env)
-  return os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
-
-
-def build_command(name: str, data_dir: str) -> str:
-  """The shell command that builds dataset `name` into `data_dir`."""
-  command = f"python -m data_builders.build {name} --data_dir={data_dir}"
-  module = _builder_module(name.split("/")[0])
-  builder_cls = getattr(module, "Builder", None) if module else None
-  if getattr(builder_cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
-    command += " --manual_dir=<folder of the manual download>"
-  return command
-
-
-def _builder_module(dataset: str):
-  try:
-    return importlib.import_module(f"data_builders.{dataset}")
-  except ImportError:
-    return None
-
-
-def _known_datasets() -> list[str]:
-  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "data_builders")
-  return sorted(os.path.basename(os.path.dirname(p))
-                for p in glob.glob(os.path.join(root, "*", "*_dataset_builder.py")))
-
-
-def _find_built(name: str, data_dir: str) -> str | None:
-  """The newest complete version directory of `name` (`dataset/config[:version]`)."""
-  name, _, version = name.partition(":")
-  base = os.path.join(data_dir, *name.split("/"))
-  # Only finished versions: TFDS writes into `incomplete.*` folders and renames them.
-  versions = [version] if version else sorted(
-      (v for v in (os.listdir(base) if os.path.isdir(base) else [])
-       if re.fullmatch(r"\d+\.\d+\.\d+", v)),
-      key=lambda v: tuple(map(int, v.split("."))))
-  for v in reversed(versions):
-    if os.path.exists(os.path.join(base, v, "dataset_info.json")):
-      return os.path.join(base, v)
-  return None
+# Where built datasets live and how a missing one is built: data_builders' rules.
+resolve_data_dir = datasets.resolve_data_dir
+build_command = datasets.build_command
 
 
 def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -95,33 +51,32 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     FileNotFoundError: missing data dir or dataset not built (prints the build command).
   """
   data_dir = resolve_data_dir(data_dir)
-  path = _find_built(name, data_dir)
+  path = datasets.find_built(name, data_dir)
   if path is None and name.partition(":")[0] == AUTO_BUILD:
-    build = importlib.import_module("data_builders.build")
-    build.build(AUTO_BUILD, data_dir)
-    path = _find_built(name, data_dir)
+    datasets.build(AUTO_BUILD, data_dir)
+    path = datasets.find_built(name, data_dir)
   if path is not None:
     return tfds.builder_from_directory(path)
-  dataset, _, config = name.partition(":")[0].partition("/")
-  known = _known_datasets()
+  dataset, config = datasets.split_name(name)
+  known = datasets.known_datasets()
   if dataset not in known:
     raise ValueError(f"Unknown dataset {name!r}: not built in {data_dir!r} and not one "
                      f"of the builders in data_builders/: {known}")
-  builder_cls = getattr(_builder_module(dataset), "Builder", None)
-  configs = [c.name for c in getattr(builder_cls, "BUILDER_CONFIGS", [])]
+  configs = [c.name for c in getattr(datasets.builder_class(dataset), "BUILDER_CONFIGS", [])]
   if configs and config not in configs:
     raise ValueError(f"Unknown config {config!r} of dataset {dataset!r} in {name!r}; "
                      f"valid: {configs}")
   where = (f"is not built in {data_dir!r}" if os.path.isdir(data_dir)
            else f"is not built: the data dir {data_dir!r} does not exist")
-  raise FileNotFoundError(
-      f"Dataset {name!r} {where}. Build it with:\n  {build_command(name, data_dir)}")
+  raise FileNotFoundError(f"Dataset {name!r} {where}; build it with: "
+                          f"{build_command(name, data_dir)}")
 
 
 def _data_source(data_config: ml_collections.ConfigDict, split: str):
   """The split's records with images left encoded: the transforms decode them."""
   builder = get_builder(data_config.name, data_config.data_dir)
-  skip = {k: tfds.decode.SkipDecoding() for k in ("composite", "real", "mask")}
+  images = ("composite", record.CROP, "real", "mask")
+  skip = {k: tfds.decode.SkipDecoding() for k in images if k in builder.info.features}
   return builder.as_data_source(split=split, decoders=skip)
 
 
@@ -183,6 +138,30 @@ def _check_size(key: str, img: Image.Image, mask: np.ndarray, name: Any) -> None
   if img.size != (mask.shape[1], mask.shape[0]):
     raise ValueError(f"example {name!r}: {key} is {img.size[0]}x{img.size[1]} but the mask "
                      f"is {mask.shape[1]}x{mask.shape[0]} (width x height)")
+
+
+def _open_images(example: dict[str, Any], mask: np.ndarray) -> dict[str, Image.Image]:
+  """The composite and real images of an example, size-checked against the mask.
+
+  Opened lazily (JPEGs can still be draft-decoded) where the record stores both;
+  where it stores the composite as its foreground's box (harmonization_composites
+  2.0.0), the composite is rebuilt on the decoded real image, so its background
+  is the real image's exactly.
+  """
+  if record.CROP not in example:
+    images = {key: _open(example[key], key) for key in ("composite", "real")}
+    for key, img in images.items():
+      _check_size(key, img, mask, example.get("name"))
+    return images
+  real = _open(example["real"], "real")
+  _check_size("real", real, mask, example.get("name"))
+  real = np.asarray(real.convert("RGB"))
+  crop = np.asarray(_open(example[record.CROP], "composite crop").convert("RGB"))
+  try:
+    composite = record.rebuild_composite(real, crop, example[record.BOX], mask)
+  except ValueError as e:
+    raise ValueError(f"example {example.get('name')!r}: {e}") from None
+  return {"composite": Image.fromarray(composite), "real": Image.fromarray(real)}
 
 
 
@@ -258,9 +237,7 @@ class TrainTransform:
     flip = bool(self.hflip and rng.random() < 0.5)
     size = (self.image_size, self.image_size)
     out = {}
-    for key in ("composite", "real"):
-      img = _open(example[key], key)
-      _check_size(key, img, mask, example.get("name"))
+    for key, img in _open_images(example, mask).items():
       scale = 1.0
       if img.format == "JPEG":
         # The smallest 1/2^k decode that still gives the crop >= image_size pixels.
@@ -345,9 +322,7 @@ class EvalTransform:
   def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
     mask = _decode_mask(example["mask"])
     out = {}
-    for key in ("composite", "real"):
-      img = _open(example[key], key)
-      _check_size(key, img, mask, example.get("name"))
+    for key, img in _open_images(example, mask).items():
       if img.mode != "RGB":
         img = img.convert("RGB")
       if self.image_size is not None:

@@ -5,9 +5,7 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import time
-import types
 
 import grain
 import numpy as np
@@ -16,6 +14,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from data_builders import datasets
 from data_builders.iharmony4 import iharmony4_dataset_builder as ihd
 from harmonax import config_args
 from harmonax import input_pipeline
@@ -321,6 +320,7 @@ def test_unknown_or_unbuilt_datasets_say_what_to_do(data_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"'iharmony4/hcoco' is not built in") as err:
     input_pipeline.get_builder("iharmony4/hcoco", data_dir)
   assert f"--data_dir={data_dir}" in str(err.value)
+  assert "\n" not in str(err.value)  # One line, the fix included.
   with pytest.raises(FileNotFoundError, match="is not built"):
     input_pipeline.make_train_iterator(_config(data_dir, "iharmony4/hcoco"), 4, seed=0)
   assert input_pipeline.get_builder("iharmony4/all", data_dir).info.splits["test"].num_examples == 5
@@ -330,16 +330,53 @@ def test_sample_is_built_on_first_use(data_dir, tmp_path, monkeypatch):
   calls = []
 
   def fake_build(name, target_dir):
-    # Stands in for data_builders.build: puts a built dataset where TFDS would.
+    # Stands in for data_builders.datasets.build: puts a built dataset where TFDS would.
     calls.append((name, target_dir))
     shutil.copytree(os.path.join(data_dir, "iharmony4", "hflickr", "1.0.0"),
                     os.path.join(target_dir, "harmonization_composites", "sample", "1.0.0"))
 
-  monkeypatch.setitem(sys.modules, "data_builders.build",
-                      types.SimpleNamespace(build=fake_build))
+  monkeypatch.setattr(datasets, "build", fake_build)
   target = os.fspath(tmp_path / "fresh")
   builder = input_pipeline.get_builder("harmonization_composites/sample", target)
   assert calls == [("harmonization_composites/sample", target)]
   assert builder.info.splits["train"].num_examples == _N
   input_pipeline.get_builder("harmonization_composites/sample", target)
   assert len(calls) == 1  # Built once, then found.
+
+
+@pytest.fixture(scope="module")
+def composites_dir(tmp_path_factory):
+  """harmonization_composites/folder from its dummy data: composites stored as boxes."""
+  root = tmp_path_factory.mktemp("composites")
+  manual = os.path.join(os.path.dirname(DUMMY), "..", "harmonization_composites", "dummy_data")
+  datasets.build("harmonization_composites/folder", os.fspath(root), manual)
+  return os.fspath(root)
+
+
+def test_composites_stored_as_boxes_are_rebuilt_for_every_reader(composites_dir):
+  name = "harmonization_composites/folder"
+  builder = tfds.builder_from_directory(datasets.find_built(name, composites_dir))
+  assert "composite_crop" in builder.info.features  # Stored as the foreground's box ...
+  decoded = {ex["name"].decode(): ex for ex in builder.as_data_source(split="test")}
+  config = _config(composites_dir, name, image_size=None)
+  batches = list(input_pipeline.make_eval_iterator(config, 4, "test"))
+  assert len(batches) == len(decoded) == 1
+  for batch in batches:
+    ex = decoded[batch["name"][0]]
+    assert "composite_crop" not in ex  # ... and decoded by TFDS as the whole composite.
+    np.testing.assert_array_equal(np.round(batch["composite"][0] * 255), ex["composite"])
+    np.testing.assert_array_equal(np.round(batch["real"][0] * 255), ex["real"])
+    background = ex["mask"][..., 0] == 0
+    np.testing.assert_array_equal(ex["composite"][background], ex["real"][background])
+    assert np.any(ex["composite"][~background] != ex["real"][~background])
+
+
+def test_train_crops_of_rebuilt_composites_keep_the_background(composites_dir):
+  config = _config(composites_dir, "harmonization_composites/folder", image_size=24,
+                   crop_scale=(0.5, 1.0))
+  batch = next(input_pipeline.make_train_iterator(config, 4, seed=0))
+  assert batch["composite"].shape == (4, 24, 24, 3)
+  background = batch["mask"][..., 0] == 0
+  assert background.any() and (~background).any()
+  np.testing.assert_array_equal(batch["composite"][background], batch["real"][background])
+  assert np.any(batch["composite"] != batch["real"])
