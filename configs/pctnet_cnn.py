@@ -2,7 +2,7 @@ r"""PCT-Net CNN (Guerreiro et al., CVPR 2023), the official PCTNet_CNN recipe.
 
   python -m harmonax.train --config=configs/pctnet_cnn.py:data=iharmony4 --workdir=/tmp/pctnet_cnn
   python -m harmonax.train --config=configs/pctnet_cnn.py:runlocal --workdir=/tmp/pctnet_cnn_local
-  python -m harmonax.convert --model=pctnet_cnn --checkpoint=PCTNet_CNN.pth --out=/tmp/pctnet_cnn_official
+  python -m harmonax.convert --model=pctnet_cnn --torch_checkpoint=PCTNet_CNN.pth --output=/tmp/pctnet_cnn_official
 
 Full size: the iS2AM U-Net (depth 4, 32 channels, S2AM from level 2) + a 1x1
 conv to a 12-channel affine colour-transform map at 256, upsampled bicubically

@@ -2,7 +2,7 @@ r"""PCT-Net ViT (Guerreiro et al., CVPR 2023), the official PCTNet_ViT recipe.
 
   python -m harmonax.train --config=configs/pctnet_vit.py:data=iharmony4 --workdir=/tmp/pctnet_vit
   python -m harmonax.train --config=configs/pctnet_vit.py:runlocal --workdir=/tmp/pctnet_vit_local
-  python -m harmonax.convert --model=pctnet_vit --checkpoint=PCTNet_ViT.pth --out=/tmp/pctnet_vit_official
+  python -m harmonax.convert --model=pctnet_vit --torch_checkpoint=PCTNet_ViT.pth --output=/tmp/pctnet_vit_official
 
 Full size: 4x4 patches of the 256 view (image + mask), Linear(64->256), 9
 post-LN transformer layers (2 heads, FFN 512, GELU, dropout 0.1, no positional
