@@ -105,8 +105,11 @@ def apply_upsampled(lowres: jax.Array, full: Mapping[str, jax.Array],
 def sobel_magnitude(x: jax.Array, eps: float = 1e-6) -> jax.Array:
   """kornia.filters.sobel on NHWC: sqrt(gx^2 + gy^2 + eps) per channel, with the
   3x3 Sobel kernels normalised by their absolute sum (8) and replicate padding."""
-  p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
   h, w = x.shape[1:3]
+  # Replicate padding by gathering clamped rows/columns: jnp.pad(mode='edge')
+  # slices the (sharded) batch axis too, which explicit-axis meshes reject.
+  p = jnp.take(x, np.clip(np.arange(-1, h + 1), 0, h - 1), axis=1)
+  p = jnp.take(p, np.clip(np.arange(-1, w + 1), 0, w - 1), axis=2)
 
   def at(dy: int, dx: int) -> jax.Array:
     return p[:, dy:dy + h, dx:dx + w]

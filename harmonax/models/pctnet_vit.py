@@ -15,6 +15,8 @@ iharm/model/base/pct_net.py), list indices included, so
 from flax import nnx
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
 
 from harmonax.models import layers
 from harmonax.models import pct_ops
@@ -39,6 +41,15 @@ class Step(nnx.Module):
     return _STEPS[self.name](x)
 
 
+def _reshape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """x.reshape(shape) keeping the batch axis's sharding: under an explicit-axis
+  mesh JAX cannot infer the output sharding of a reshape that splits axes."""
+  spec = getattr(jax.typeof(x).sharding, "spec", ())
+  if spec and spec[0] is not None:
+    return jnp.reshape(x, shape, out_sharding=PartitionSpec(spec[0]))
+  return x.reshape(shape)
+
+
 def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(n_in, n_out, kernel_init=_NORMAL, rngs=rngs)
 
@@ -58,7 +69,7 @@ class MultiheadAttention(nnx.Module):
   def __call__(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
     b, n, d = x.shape
     qkv = x @ self.in_proj_weight[...].T + self.in_proj_bias[...]
-    q, k, v = (t.reshape(b, n, self.heads, d // self.heads) for t in jnp.split(qkv, 3, -1))
+    q, k, v = (_reshape(t, (b, n, self.heads, d // self.heads)) for t in jnp.split(qkv, 3, -1))
     if self.dropout.deterministic:
       # Inference: XLA's fused attention (no [heads, n, n] weights kept for a backward).
       out = jax.nn.dot_product_attention(q, k, v)
@@ -66,7 +77,7 @@ class MultiheadAttention(nnx.Module):
       logits = jnp.einsum("bqhc,bkhc->bhqk", q, k) / jnp.sqrt(d // self.heads).astype(x.dtype)
       weights = self.dropout(jax.nn.softmax(logits, axis=-1), rngs=rng)
       out = jnp.einsum("bhqk,bkhc->bqhc", weights, v)
-    return self.out_proj(out.reshape(b, n, d))
+    return self.out_proj(_reshape(out, (b, n, d)))
 
 
 class EncoderLayer(nnx.Module):
@@ -110,7 +121,7 @@ class PatchConvTranspose(layers.ConvTranspose2d):
     b, h, w, _ = x.shape
     k = self.kernel_size
     y = jnp.einsum("bijc,pqco->bipjqo", x, self.kernel[...])
-    y = y.reshape(b, h * k, w * k, -1)
+    y = _reshape(y, (b, h * k, w * k, y.shape[-1]))
     return y + self.bias[...] if self.bias is not None else y
 
 
@@ -133,10 +144,10 @@ class ViTHarmonizer(nnx.Module):
     b, h, w, c = x.shape
     p = self.patch
     # Rearrange('b c (h p1) (w p2) -> b (h w) (p1 p2 c)').
-    tokens = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    tokens = self.patch_to_embedding[1](tokens.reshape(b, (h // p) * (w // p), p * p * c))
+    tokens = _reshape(x, (b, h // p, p, w // p, p, c)).transpose(0, 1, 3, 2, 4, 5)
+    tokens = self.patch_to_embedding[1](_reshape(tokens, (b, (h // p) * (w // p), p * p * c)))
     content = self.transformer_enc(tokens, rng)
-    grid = content.reshape(b, h // p, w // p, -1)
+    grid = _reshape(content, (b, h // p, w // p, content.shape[-1]))
     return self.dec[1](self.dec[0](grid))
 
 
