@@ -143,7 +143,8 @@ def _t_double(sd, prefix, x):
   return x
 
 
-def torch_ssam(sd, image, mask):
+def torch_ssam(sd, image, mask, features=False):
+  """The iS2AM output, or with `features` its last decoder features (PCT-Net)."""
   depth = 2 + len({k.split(".")[2] for k in sd if k.startswith("encoder.blocks_connected")})
   names = ["encoder.block0", "encoder.block1"] + [
       f"encoder.blocks_connected.block{i}" for i in range(2, depth)]
@@ -168,7 +169,7 @@ def torch_ssam(sd, image, mask):
       bg = _t_gate(sd, f"{a}.background_gate.attention_transform", x)
       x = m * (fg + mix) + (1 - m) * bg
     x = _t_double(sd, f"{p}.convs", x)
-  return _t_fusion(sd, x, image)
+  return x if features else _t_fusion(sd, x, image)
 
 
 @pytest.mark.parametrize("name, torch_forward, size", [
