@@ -158,7 +158,7 @@ def _inputs(b=2, h=24, w=40, seed=5):
   image[:, 0, :3] = (0.0, 1.0, 0.5)
   mask = np.zeros((b, h, w, 1), np.float32)
   mask[0, 4:14, 6:30] = 1.0
-  mask[1, 10:, :20] = 1.0
+  mask[1:, 10:, :20] = 1.0
   return image, mask
 
 
@@ -226,3 +226,15 @@ def test_load_pretrained_base_from_official_file(tmp_path):
     np.testing.assert_array_equal(back[key], state[key], err_msg=key)
   with pytest.raises(ValueError, match="only 'base'"):
     cdtnet.load_pretrained(config, nets, {"lut": "x"})
+
+
+def test_harmonize_api_any_size_keeps_background():
+  from harmonax import inference  # pylint: disable=g-import-not-at-top
+  config = _small_config()
+  config.model.refine_rows = 16  # Strips, as at 4K.
+  nets, _ = _random_networks(config)
+  image, mask = _inputs(b=1, h=37, w=50)
+  composite = np.round(image[0] * 255).astype(np.uint8)
+  out = inference.harmonize(nets, composite, mask[0, ..., 0] > 0, config=config)
+  assert out.shape == composite.shape and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[mask[0, ..., 0] == 0], composite[mask[0, ..., 0] == 0])
