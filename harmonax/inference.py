@@ -38,7 +38,7 @@ def binary_mask(mask: jax.Array) -> jax.Array:
   """
   if mask.dtype == jnp.bool_:
     return mask
-  top = jnp.max(mask, initial=0)
+  top = jnp.max(mask)
   if jnp.issubdtype(mask.dtype, jnp.integer):
     bits = jnp.iinfo(mask.dtype).bits
     high = 32768 if bits > 8 else 128
