@@ -27,7 +27,11 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "test": ["pytest>=8.0", "pytest-xdist>=3.5", "imageio>=2.30", "imageio-ffmpeg>=0.4",
-             "ruff>=0.6"],
+             "ruff>=0.6", "onnx>=1.20", "onnxruntime>=1.24", "onnx-ir>=0.2"],
+    # ONNX export (harmonax.export): the runtime and format. The converter, jax2onnx, is
+    # installed with --no-deps (README): its orbax-checkpoint<0.11.37 pin would downgrade
+    # orbax, and its hub/netron/equinox dependencies serve only its own extras.
+    "export": ["onnx>=1.20", "onnxruntime>=1.24", "onnx-ir>=0.2"],
     # Harmonizer on video files (frame folders need only Pillow).
     "video": ["imageio>=2.30", "imageio-ffmpeg>=0.4"],
     # Apache Beam pins protobuf/pyarrow back, so it is optional.

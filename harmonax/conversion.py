@@ -15,6 +15,7 @@ from flax import nnx
 import ml_collections
 
 from harmonax import checkpoint
+from harmonax import model_card
 from harmonax import models
 from harmonax import torch_import
 
@@ -62,14 +63,16 @@ def default_config(model: str) -> ml_collections.ConfigDict:
 
 
 def convert(model: str, checkpoints: dict[str, str], output: str | None,
-            config: ml_collections.ConfigDict | None = None
+            config: ml_collections.ConfigDict | None = None, source: str | None = None
             ) -> tuple[ml_collections.ConfigDict, dict[str, nnx.Module]]:
   """Loads the checkpoint files, maps them with the family's convert_torch and
   (if `output` is set) writes them with checkpoint.save_networks.
 
   model: a recipe of configs/ (e.g. 'issam', whose family is 'dih') unless
   `config` is given. A family's optional `adapt_config(config, state_dicts)`
-  fixes settings the files determine (DoveNet's norm).
+  fixes settings the files determine (DoveNet's norm). `source`:
+  'REPOSITORY[@COMMIT]' the files came from, recorded in the model card
+  (default: the family's official repository, model_card.OFFICIAL).
 
   Returns:
     (config, networks in eval mode by name, as `create_networks` names them).
@@ -115,7 +118,10 @@ def convert(model: str, checkpoints: dict[str, str], output: str | None,
     net.eval()
     networks[name] = net
   if output:
-    checkpoint.save_networks(output, config, networks)
+    repository, _, commit = (source or "").partition("@")
+    card = model_card.make_card(config, config_name=model, source_files=checkpoints,
+                                repository=repository or None, commit=commit or None)
+    checkpoint.save_networks(output, config, networks, card)
     logging.info("Wrote %s (networks: %s)", output, sorted(networks))
   return config, networks
 

@@ -27,6 +27,8 @@ _MODEL = flags.DEFINE_string("model", None, "Recipe name: configs/<model>.py (e.
 _TORCH_CHECKPOINT = flags.DEFINE_string("torch_checkpoint", None,
                                         "PATH, or role=PATH pairs separated by commas.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write (config.json + networks/).")
+_SOURCE = flags.DEFINE_string("source", None, "REPOSITORY[@COMMIT] the files came from, for the "
+                              "model card (default: the family's official repository).")
 
 
 def main(argv):
@@ -43,7 +45,7 @@ def main(argv):
     checkpoints = conversion.parse_checkpoint_arg(_TORCH_CHECKPOINT.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  conversion.convert(_MODEL.value, checkpoints, _OUTPUT.value, _CONFIG.value)
+  conversion.convert(_MODEL.value, checkpoints, _OUTPUT.value, _CONFIG.value, _SOURCE.value)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,10 @@ def main(argv: list[str]) -> int:
     out.write(table)
   evaluation.write_csv(os.path.join(output_dir, stem + ".csv"), records)
   print(f"Wrote {os.path.join(output_dir, stem)}.md and .csv")
+  # The model card (if the checkpoint has one) keeps the 'All' row of each evaluation.
+  from harmonax import model_card  # pylint: disable=g-import-not-at-top
+  model_card.update_metrics(source, f"{data_config.name} {split} {size}",
+                            evaluation.summarize(records)["All"])
   return 0
 
 

@@ -13,6 +13,7 @@ import os
 
 from absl import logging
 from flax import nnx
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -29,15 +30,51 @@ def jitted_predict(config: ml_collections.FrozenConfigDict) -> Callable:
   return nnx.jit(functools.partial(family.predict, config))
 
 
-def _binary_mask(mask: np.ndarray) -> np.ndarray:
-  """bool [..., H, W, 1] from a bool, integer or float mask (rules in `harmonize`)."""
-  mask = np.asarray(mask)
-  if mask.dtype == bool:
+def binary_mask(mask: jax.Array) -> jax.Array:
+  """bool [..., H, W, 1] from a bool, integer or float mask (rules in `harmonize`).
+
+  Traceable: the threshold depends on the mask's maximum, so exported graphs
+  binarize as `harmonize` does.
+  """
+  if mask.dtype == jnp.bool_:
     return mask
-  top = mask.max(initial=0)
-  if np.issubdtype(mask.dtype, np.integer):
-    return mask >= (1 if top <= 1 else 128 if top <= 255 else 32768)
-  return mask >= (0.5 if top <= 1 else 128)
+  top = jnp.max(mask)
+  if jnp.issubdtype(mask.dtype, jnp.integer):
+    bits = jnp.iinfo(mask.dtype).bits
+    high = 32768 if bits > 8 else 128
+    threshold = jnp.where(top <= 1, 1, jnp.where(top <= 255, 128, high))
+  else:
+    threshold = jnp.where(top <= 1, 0.5, 128.0)
+  return mask >= threshold.astype(mask.dtype)
+
+
+def harmonize_arrays(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                     composite: jax.Array, mask: jax.Array) -> jax.Array:
+  """The traceable body of `harmonize` on batches: composite [B,H,W,3] (uint8,
+  or float in [0, 1]), mask [B,H,W,1] -> the output in the composite's dtype.
+
+  Normalizes, binarizes the mask, runs the family's predict, clips to [0, 1],
+  rounds for uint8 and pastes the composite's background for families that
+  preserve it. `harmonize` jits it; `harmonax.export_lib` exports it.
+  """
+  family = models.get_family(config.model.name)
+  fg = binary_mask(mask)
+  is_uint8 = composite.dtype == jnp.uint8
+  comp01 = composite.astype(jnp.float32) / 255.0 if is_uint8 else composite.astype(jnp.float32)
+  pred = family.predict(config, networks, {"composite": comp01, "mask": fg.astype(jnp.float32)})
+  out = jnp.clip(pred.astype(jnp.float32), 0.0, 1.0)
+  if is_uint8:
+    out = jnp.round(out * 255.0).astype(jnp.uint8)
+  if family.PRESERVES_BACKGROUND:
+    out = jnp.where(fg, out, composite if is_uint8 else comp01)
+  return out
+
+
+@functools.lru_cache(maxsize=16)
+def jitted_harmonize(config: ml_collections.FrozenConfigDict) -> Callable:
+  """nnx.jit((networks, composite, mask) -> output) of `harmonize_arrays`; one
+  compilation per shape and dtype, cached by jit."""
+  return nnx.jit(functools.partial(harmonize_arrays, config))
 
 
 def harmonize(networks: dict[str, nnx.Module], composite: np.ndarray, mask: np.ndarray,
@@ -74,21 +111,14 @@ def harmonize(networks: dict[str, nnx.Module], composite: np.ndarray, mask: np.n
     raise ValueError(
         f"mask size {mask.shape[:-1]} does not match composite size "
         f"{composite.shape[:-1]} (composite {composite.shape}, mask {mask.shape})")
-  fg = _binary_mask(mask)
   if single:
-    composite, fg = composite[None], fg[None]
-  is_uint8 = composite.dtype == np.uint8
-  comp01 = composite.astype(np.float32) / 255.0 if is_uint8 else composite.astype(np.float32)
-  pred = jitted_predict(ml_collections.FrozenConfigDict(config))(
-      networks, {"composite": jnp.asarray(comp01), "mask": jnp.asarray(fg, jnp.float32)})
-  pred = np.clip(np.asarray(pred, np.float32), 0.0, 1.0)
-  if not models.get_family(config.model.name).PRESERVES_BACKGROUND:
-    out = np.round(pred * 255.0).astype(np.uint8) if is_uint8 else pred
-    return out[0] if single else out
-  if is_uint8:
-    out = np.where(fg, np.round(pred * 255.0).astype(np.uint8), composite)
-  else:
-    out = np.where(fg, pred, comp01)
+    composite, mask = composite[None], mask[None]
+  if composite.dtype != np.uint8:
+    composite = composite.astype(np.float32)
+  if mask.dtype == np.float64:
+    mask = mask.astype(np.float32)
+  out = np.asarray(jitted_harmonize(ml_collections.FrozenConfigDict(config))(
+      networks, jnp.asarray(composite), jnp.asarray(mask)))
   return out[0] if single else out
 
 

@@ -108,7 +108,8 @@ class UnetBlock(nnx.Module):
       if isinstance(layer, UnetBlock):
         y = layer(y, rngs)
       elif isinstance(layer, nnx.Dropout):
-        y = layer(y, rngs=rngs)
+        # Skipped in eval mode (the identity): keeps exported graphs free of it.
+        y = y if layer.deterministic else layer(y, rngs=rngs)
       else:
         y = layer(y)
     if self.outermost:

@@ -164,7 +164,8 @@ def upsample2x_align_corners(x: jax.Array) -> jax.Array:
 
 def max_pool2x2(x: jax.Array) -> jax.Array:
   """nn.MaxPool2d(2, 2) on NHWC (odd trailing rows/columns are dropped)."""
-  return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  # window_shape by keyword: jax2onnx patches nnx.max_pool with a keyword-only signature.
+  return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
 def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
