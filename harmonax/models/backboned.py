@@ -56,6 +56,39 @@ class FeaturesConnector(nnx.Module):
     return x
 
 
+def encoder_args(backbone_from: int = -1, backbone_channels=(), backbone_mode: str = "") -> dict:
+  """An encoder's backbone settings (official names): the first level that
+  takes features, the channels of each feature map, the connector mode."""
+  return {"from": backbone_from, "channels": list(backbone_channels or ()),
+          "mode": backbone_mode}
+
+
+class ConnectedEncoder(nnx.Module):
+  """Base of the iharm encoders: levels >= backbone_from take the backbone's
+  features, one map a level (first map first), through FeaturesConnectors
+  named connector<level> in `self.connectors` (which subclasses create)."""
+
+  def _connector(self, level: int, in_ch: int, backbone: dict, init: Callable,
+                 rngs: nnx.Rngs) -> int:
+    """Adds the level's connector if it has one; returns the block's input channels."""
+    if not (0 <= backbone["from"] <= level and backbone["channels"]):
+      return in_ch
+    connector = FeaturesConnector(backbone["mode"], in_ch, backbone["channels"].pop(0), in_ch,
+                                  init=init, rngs=rngs)
+    self.connectors[f"connector{level}"] = connector
+    return connector.output_channels
+
+  def _connect(self, level: int, x: jax.Array, features: list[jax.Array]) -> jax.Array:
+    name = f"connector{level}"
+    return self.connectors[name](x, features.pop(0)) if name in self.connectors else x
+
+  def _check(self, backbone_features: list[jax.Array] | None) -> list[jax.Array]:
+    if backbone_features is not None and not len(self.connectors):
+      raise ValueError("This network has no backbone connectors; build a backboned "
+                       "variant (config.model.backbone) to pass backbone_features")
+    return list(backbone_features or [])
+
+
 class ScaleLayer(nnx.Module):
   """x * |scale| with a learned scalar (lr_mult 1, as the official mask_conv)."""
 

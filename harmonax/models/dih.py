@@ -96,43 +96,10 @@ class _Fusion(nnx.Module):
     return a * image + (1.0 - a) * rgb
 
 
-class _Connected(nnx.Module):
-  """Encoder levels >= backbone_from take the backbone's features, one map a
-  level (fewest first), through FeaturesConnectors named connector<level>."""
-
-  def _connector(self, level: int, in_ch: int, backbone: dict, init: float,
-                 rngs: nnx.Rngs) -> int:
-    """Adds the level's connector if it has one; returns the block's input channels."""
-    if not (0 <= backbone["from"] <= level and backbone["channels"]):
-      return in_ch
-    connector = backboned.FeaturesConnector(backbone["mode"], in_ch,
-                                            backbone["channels"].pop(0), in_ch,
-                                            init=_init(init), rngs=rngs)
-    self.connectors[f"connector{level}"] = connector
-    return connector.output_channels
-
-  def _connect(self, level: int, x: jax.Array, features: list[jax.Array]) -> jax.Array:
-    name = f"connector{level}"
-    return self.connectors[name](x, features.pop(0)) if name in self.connectors else x
-
-  def _check(self, backbone_features: list[jax.Array] | None) -> list[jax.Array]:
-    if backbone_features is not None and not len(self.connectors):
-      # Backbone features (HRNet) enter the encoder through connectors that
-      # only the backboned variants build.
-      raise ValueError("This network has no backbone connectors; build a backboned "
-                       "variant (config.model.backbone) to pass backbone_features")
-    return list(backbone_features or [])
-
-
-def _backbone_args(backbone_from: int, backbone_channels, backbone_mode: str) -> dict:
-  return {"from": backbone_from, "channels": list(backbone_channels or ()),
-          "mode": backbone_mode}
-
-
 # ----------------------------------------------------------------------------- iDIH
 
 
-class ConvEncoder(_Connected):
+class ConvEncoder(backboned.ConnectedEncoder):
   """Strided 4x4 convs; every second level doubles the channels (up to max_ch)."""
 
   def __init__(self, depth: int, ch: int, batchnorm_from: int, max_ch: int,
@@ -143,14 +110,14 @@ class ConvEncoder(_Connected):
     channels = [ch, ch]
     blocks = {}
     self.connectors = nnx.Dict({})
-    backbone = backbone or _backbone_args(-1, (), "")
+    backbone = backbone or backboned.encoder_args()
     out_ch = ch
     for i in range(2, depth):
       if i % 2:
         in_ch = out_ch
       else:
         in_ch, out_ch = out_ch, min(2 * out_ch, max_ch)
-      in_ch = self._connector(i, in_ch, backbone, init, rngs)
+      in_ch = self._connector(i, in_ch, backbone, _init(init), rngs)
       # The deepest block has no padding: 4x4 -> 1x1 at 256 input.
       blocks[f"block{i}"] = ConvBlock(in_ch, out_ch, norm=0 <= batchnorm_from <= i,
                                       padding=int(i < depth - 1), **kw)
@@ -208,8 +175,8 @@ class DeepImageHarmonization(nnx.Module):
                batchnorm_from: int = 2, image_fusion: bool = True, init: float = 2.0,
                backbone_from: int = -1, backbone_channels: tuple[int, ...] = (),
                backbone_mode: str = "", rngs: nnx.Rngs):
-    self.encoder = ConvEncoder(depth, ch, batchnorm_from, max_channels, init, rngs,
-                               _backbone_args(backbone_from, backbone_channels, backbone_mode))
+    backbone = backboned.encoder_args(backbone_from, backbone_channels, backbone_mode)
+    self.encoder = ConvEncoder(depth, ch, batchnorm_from, max_channels, init, rngs, backbone)
     self.decoder = DeconvDecoder(depth, self.encoder.channels, image_fusion, init, rngs)
     self.depth = depth
     self.size_multiple = 2 ** depth
@@ -259,7 +226,7 @@ class DownBlock(nnx.Module):
     return y, layers.max_pool2x2(y) if self.pool else y
 
 
-class UNetEncoder(_Connected):
+class UNetEncoder(backboned.ConnectedEncoder):
   """U-Net encoder; channels double at every level up to max_ch."""
 
   def __init__(self, depth: int, ch: int, batchnorm_from: int, max_ch: int,
@@ -270,10 +237,10 @@ class UNetEncoder(_Connected):
     channels = [ch, out_ch]
     blocks = {}
     self.connectors = nnx.Dict({})
-    backbone = backbone or _backbone_args(-1, (), "")
+    backbone = backbone or backboned.encoder_args()
     for i in range(2, depth):
       in_ch, out_ch = out_ch, min(2 * out_ch, max_ch)
-      in_ch = self._connector(i, in_ch, backbone, init, rngs)
+      in_ch = self._connector(i, in_ch, backbone, _init(init), rngs)
       blocks[f"block{i}"] = DownBlock(in_ch, out_ch, 0 <= batchnorm_from <= i,
                                       i < depth - 1, init, rngs)
       channels.append(out_ch)
@@ -392,8 +359,8 @@ class SSAMImageHarmonization(nnx.Module):
                image_fusion: bool = True, init: float = 1.0, backbone_from: int = -1,
                backbone_channels: tuple[int, ...] = (), backbone_mode: str = "",
                rngs: nnx.Rngs):
-    self.encoder = UNetEncoder(depth, ch, batchnorm_from, max_channels, init, rngs,
-                               _backbone_args(backbone_from, backbone_channels, backbone_mode))
+    backbone = backboned.encoder_args(backbone_from, backbone_channels, backbone_mode)
+    self.encoder = UNetEncoder(depth, ch, batchnorm_from, max_channels, init, rngs, backbone)
     self.decoder = UNetDecoder(depth, self.encoder.channels, attend_from, attention_mid_k,
                                image_fusion, init, rngs)
     self.depth = depth
