@@ -17,8 +17,9 @@ concatenated to the encoder's level-2 input; the mask enters HRNet through a
 3x3 conv added after its first conv. 18.51M parameters (HRNet18 + iDIH256),
 256x256 crops, batch 16, Adam 1e-3 for 180 epochs with lr x0.1 at epochs 160
 and 175, HRNet's pretrained weights at lr x0.1, XavierGluon(gaussian, 2) init,
-FN-MSE with min_area 100 (also for iS2AM). `runlocal`: a narrow HRNet (width
-4, stem 8, OCR 4) with a depth-4, 8-channel iDIH (depth 3 iS2AM) at 64x64.
+FN-MSE with min_area 100 (also for iS2AM). `runlocal`: a narrow, shallow HRNet
+(width 4, stem 8, OCR 4, 1 block a branch, 1 module a stage) with a depth-4,
+8-channel iDIH (depth 3 iS2AM) at 64x64.
 """
 
 import ml_collections
@@ -31,6 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_args.parse_arg(arg, runlocal=False, data="sample", base="idih", width=18,
                               small=False)
   config = ml_collections.ConfigDict()
+  # Residual blocks a branch and modules of stages 2-4 (hrnet_ocr.py's `small`).
+  blocks, modules = (2, (1, 3, 2)) if arg.small else (4, (1, 4, 3))
 
   config.model = dict(
       name="dih",
@@ -49,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       backbone=dict(
           name="hrnet",
           width=arg.width,    # HRNetV2-W18 (32: HRNet32 + iDIH256).
-          small=arg.small,    # HRNet18s: 2 blocks a branch, 1/3/2 modules per stage.
+          blocks=blocks,      # 4; HRNet18s (`small`): 2.
+          modules=modules,    # 1/4/3; HRNet18s: 1/3/2.
           ocr=64,             # OCR head width: the features have 2 * ocr channels.
           mode="cat",         # FeaturesConnector: concatenate to the encoder input.
           downsize_input=False,  # True only in the official 512 models.
@@ -71,5 +75,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.runlocal:
     config.model.update(depth=4 if arg.base == "idih" else 3, ch=8, max_channels=32,
                         attend_from=1)
-    config.model.backbone.update(width=4, ocr=4, stem=8, small=True)
+    # A narrow, shallow HRNet: XLA's CPU compile time grows with its ~300 convs.
+    config.model.backbone.update(width=4, ocr=4, stem=8, blocks=1, modules=(1, 1, 1))
   return config

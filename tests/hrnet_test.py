@@ -51,10 +51,10 @@ def _params(module):
 
 
 def test_branch_shapes_per_stage():
-  net = _abstract("runlocal").backbone.hrnet  # Width 4, HRNet18s' module counts.
+  net = _abstract("runlocal").backbone.hrnet  # Width 4, 1 block, 1 module a stage.
   net.eval()
-  assert tuple(len(getattr(net, f"stage{s}")) for s in (2, 3, 4)) == (1, 3, 2)
-  assert len(net.layer1) == len(net.stage2[0].branches[0]) == 2
+  assert tuple(len(getattr(net, f"stage{s}")) for s in (2, 3, 4)) == (1, 1, 1)
+  assert len(net.layer1) == len(net.stage2[0].branches[0]) == 1
   x = jax.ShapeDtypeStruct((2, 64, 96, 3), jnp.float32)
   stages = nnx.eval_shape(lambda n, x: n.stage_outputs(x), net, x)
   # Stage s has s branches: widths w * 2**i at strides 4 * 2**i.
@@ -76,7 +76,9 @@ def test_full_size_module_tree_and_parameter_count_match_official():
   # HRNet18 + iDIH256: 18.51M in the paper; the module tree gives the checkpoint's count.
   assert _params(net) == 18_512_633
   assert net.backbone.hrnet.branch_channels == (18, 36, 72, 144)
-  assert tuple(len(getattr(net.backbone.hrnet, f"stage{s}")) for s in (2, 3, 4)) == (1, 4, 3)
+  hr = net.backbone.hrnet
+  assert tuple(len(getattr(hr, f"stage{s}")) for s in (2, 3, 4)) == (1, 4, 3)
+  assert len(hr.layer1) == len(hr.stage4[0].branches[3]) == 4
 
 
 # An independent PyTorch reading of the official forward (hrnet_ocr.py, ocr.py,

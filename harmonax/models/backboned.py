@@ -103,10 +103,10 @@ class HRNetBB(nnx.Module):
   """HRNetBB with cat_outputs and no pyramid: one feature map, the OCR output
   (2 * ocr channels) or, with ocr 0, the concatenated branches."""
 
-  def __init__(self, *, width: int, small: bool, ocr: int, stem: int, init: Callable,
-               rngs: nnx.Rngs):
-    self.hrnet = hrnet.HighResolutionNet(width, ocr_width=ocr, small=small, stem=stem,
-                                         init=init, rngs=rngs)
+  def __init__(self, *, width: int, blocks: int, modules: tuple[int, int, int], ocr: int,
+               stem: int, init: Callable, rngs: nnx.Rngs):
+    self.hrnet = hrnet.HighResolutionNet(width, ocr_width=ocr, blocks=blocks, modules=modules,
+                                         stem=stem, init=init, rngs=rngs)
     self.output_channels = (self.hrnet.output_channels,)
 
   def __call__(self, image: jax.Array, mask: jax.Array, mask_features: jax.Array | None,
@@ -124,10 +124,11 @@ class HRNetIHModel(nnx.Module):
   """
 
   def __init__(self, make_model: Callable[..., nnx.Module], *, width: int = 18,
-               small: bool = False, ocr: int = 64, mode: str = "cat",
-               downsize_input: bool = False, stem: int = 64, init: Callable,
-               rngs: nnx.Rngs):
-    self.backbone = HRNetBB(width=width, small=small, ocr=ocr, stem=stem, init=init, rngs=rngs)
+               blocks: int = 4, modules: tuple[int, int, int] = (1, 4, 3), ocr: int = 64,
+               mode: str = "cat", downsize_input: bool = False, stem: int = 64,
+               init: Callable, rngs: nnx.Rngs):
+    self.backbone = HRNetBB(width=width, blocks=blocks, modules=modules, ocr=ocr, stem=stem,
+                            init=init, rngs=rngs)
     self.model = make_model(3 if downsize_input else 2, self.backbone.output_channels, mode)
     self.mask_conv = nnx.List([
         layers.conv(1, stem, 3, stride=2, padding=1, kernel_init=init, rngs=rngs),

@@ -412,8 +412,8 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
   variant 'idih': DeepImageHarmonization (depth, ch, max_channels,
   batchnorm_from, image_fusion); 'issam': SSAMImageHarmonization (+ attend_from,
   attention_mid_k). init_magnitude: XavierGluon magnitude (iDIH 2, iS2AM 1).
-  config.model.backbone (optional; name 'hrnet', width, small, ocr, mode,
-  downsize_input, stem): the variant inside backboned.HRNetIHModel.
+  config.model.backbone (optional; name 'hrnet', width, blocks, modules, ocr,
+  mode, downsize_input, stem): the variant inside backboned.HRNetIHModel.
   """
   m = config.model
   bb = m.get("backbone")
@@ -424,7 +424,7 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
   make = lambda start, channels, mode: _base_network(
       m, rngs, backbone_from=start, backbone_channels=channels, backbone_mode=mode)
   return {"generator": backboned.HRNetIHModel(
-      make, width=bb.width, small=bb.small, ocr=bb.ocr, mode=bb.mode,
+      make, width=bb.width, blocks=bb.blocks, modules=tuple(bb.modules), ocr=bb.ocr, mode=bb.mode,
       downsize_input=bb.downsize_input, stem=bb.stem, init=_init(m.init_magnitude),
       rngs=rngs)}
 

@@ -11,7 +11,8 @@ head turns them into 2 * ocr_width channels, using the soft mask regions
 Module names mirror the official code one to one, list indices and None
 entries included, so `harmonax.torch_import` maps official state dicts (and
 HRNet-Image-Classification's ImageNet weights) directly. `stem` (64 in every
-official model) is exposed only to build narrow CPU test models.
+official model) and blocks/modules below the official counts are only for tiny
+CPU test models.
 """
 
 from collections.abc import Callable
@@ -206,13 +207,13 @@ class SpatialOCR(nnx.Module):
 
 
 class HighResolutionNet(nnx.Module):
-  """HRNetV2-W`width` (small: 2 blocks a branch and 1/3/2 modules per stage, as
-  HRNet-W18-small-v2; else 4 blocks, 1/4/3 modules), with the OCR head when
-  ocr_width > 0."""
+  """HRNetV2-W`width` with `blocks` residual blocks in layer1 and every branch,
+  `modules` HighResolutionModules in stages 2, 3, 4 (official: 4 and 1/4/3;
+  `small`, HRNet-W18-small-v2: 2 and 1/3/2), and the OCR head when ocr_width > 0."""
 
-  def __init__(self, width: int, *, ocr_width: int = 64, small: bool = False, stem: int = 64,
-               init: Init, rngs: nnx.Rngs):
-    blocks = 2 if small else 4
+  def __init__(self, width: int, *, ocr_width: int = 64, blocks: int = 4,
+               modules: tuple[int, int, int] = (1, 4, 3), stem: int = 64, init: Init,
+               rngs: nnx.Rngs):
     kw = dict(init=init, rngs=rngs)
     self.conv1 = layers.conv(3, stem, 3, stride=2, padding=1, use_bias=False,
                              kernel_init=init, rngs=rngs)
@@ -222,11 +223,11 @@ class HighResolutionNet(nnx.Module):
     self.bn2 = layers.batch_norm(stem, rngs=rngs)
     self.layer1 = make_layer(Bottleneck, stem, stem, blocks, **kw)
     pre = [stem * Bottleneck.expansion]
-    for stage, modules in zip((2, 3, 4), (1, 3, 2) if small else (1, 4, 3)):
+    for stage, count in zip((2, 3, 4), modules):
       cur = [width * 2 ** i for i in range(stage)]
       setattr(self, f"transition{stage - 1}", make_transition(pre, cur, **kw))
       setattr(self, f"stage{stage}", nnx.List([HighResolutionModule(cur, blocks, **kw)
-                                               for _ in range(modules)]))
+                                               for _ in range(count)]))
       pre = cur
     self.branch_channels = tuple(pre)
     self.ocr_width = ocr_width
