@@ -206,6 +206,18 @@ def test_converted_network_matches_torch_forward(base, torch_base, tmp_path):
   np.testing.assert_allclose(ours, theirs, atol=2e-4, rtol=1e-4)
 
 
+def test_adapt_config_reads_the_hrnet_variant_from_the_checkpoint():
+  runlocal = _config("runlocal").model.backbone
+  state = {k: np.zeros(s, np.float32) for k, s in torch_import.expected_shapes(
+      _abstract("runlocal")).items()}
+  adapted = dih.adapt_config(_config(), {"default": state}).model.backbone
+  for key in ("width", "blocks", "ocr", "stem"):
+    assert adapted[key] == runlocal[key], key
+  assert tuple(adapted.modules) == tuple(runlocal.modules)
+  base = importlib.import_module("configs.idih").get_config("")
+  assert dih.adapt_config(base, {"default": state}) is base
+
+
 def test_backbone_learning_rate_is_a_tenth_except_the_ocr_head():
   config = _config("runlocal")
   net = _random("runlocal", 0)

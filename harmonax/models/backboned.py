@@ -177,6 +177,23 @@ def backbone_lr_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(pretrained, params)
 
 
+def hrnet_settings(state_dict: Mapping[str, np.ndarray]) -> dict | None:
+  """config.model.backbone fields an official HRNetIHModel checkpoint decides
+  (width, blocks, modules, ocr, stem), read from its keys; None if it has no
+  HRNet backbone."""
+  p = "backbone.hrnet."
+  if f"{p}transition1.0.0.weight" not in state_dict:
+    return None
+  count = lambda prefix: len({k[len(prefix):].split(".")[0] for k in state_dict
+                              if k.startswith(prefix)})
+  ocr = state_dict.get(f"{p}conv3x3_ocr.0.weight")
+  return {"width": int(np.shape(state_dict[f"{p}transition1.0.0.weight"])[0]),
+          "blocks": count(f"{p}layer1."),
+          "modules": tuple(count(f"{p}stage{s}.") for s in (2, 3, 4)),
+          "ocr": 0 if ocr is None else int(np.shape(ocr)[0]) // 2,
+          "stem": int(np.shape(state_dict[f"{p}conv1.weight"])[0])}
+
+
 def load_imagenet(net: hrnet.HighResolutionNet, state_dict: Mapping[str, np.ndarray]) -> None:
   """An HRNet-Image-Classification state dict (hrnetv2_w18_imagenet_pretrained.pth,
   hrnet_w18_small_model_v2.pth, ...) into `net`, as the official

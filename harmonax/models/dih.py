@@ -517,6 +517,19 @@ def predict(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
   return jnp.clip(layers.imagenet_denormalize(out), 0.0, 1.0)
 
 
+def adapt_config(config: ml_collections.ConfigDict, state_dicts: dict
+                 ) -> ml_collections.ConfigDict:
+  """A backboned config with the HRNet settings of the checkpoint (convert):
+  hrnet18s_idih256.pth and hrnet32_idih256.pth convert with configs/hrnet_idih.py."""
+  settings = (backboned.hrnet_settings(next(iter(state_dicts.values())))
+              if config.model.get("backbone") and state_dicts else None)
+  if settings is None:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.backbone.update(settings)
+  return config
+
+
 def convert_torch(state_dicts: dict[str, dict[str, np.ndarray]],
                   config: ml_collections.ConfigDict) -> dict[str, nnx.State]:
   """An official checkpoint (idih256.pth, issam256.pth: role 'default' or
