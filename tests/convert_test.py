@@ -113,12 +113,15 @@ def _t_fusion(sd, x, image):
   return a * image + (1 - a) * F.conv2d(x, sd["decoder.to_rgb.weight"], sd["decoder.to_rgb.bias"])
 
 
-def torch_dih(sd, image, mask):
+def torch_dih(sd, image, mask, backbone=None):
+  """backbone: {encoder level: features} concatenated to that level's input ('cat')."""
   depth = sum(k.endswith(".block.0.weight") and k.startswith("encoder") for k in sd)
   names = ["encoder.block0", "encoder.block1"] + [
       f"encoder.blocks_connected.block{i}" for i in range(2, depth)]
   outs, x = [], torch.cat([image, mask], 1)
   for i, name in enumerate(names):
+    if i in (backbone or {}):
+      x = torch.cat([x, backbone[i]], 1)
     x = _t_block(sd, f"{name}.block", x, 2, int(i < depth - 1), F.elu)
     outs.append(x)
   outs = outs[::-1]
@@ -143,13 +146,16 @@ def _t_double(sd, prefix, x):
   return x
 
 
-def torch_ssam(sd, image, mask, features=False):
-  """The iS2AM output, or with `features` its last decoder features (PCT-Net)."""
+def torch_ssam(sd, image, mask, features=False, backbone=None):
+  """The iS2AM output, or with `features` its last decoder features (PCT-Net);
+  backbone: {encoder level: features} concatenated to that level's input ('cat')."""
   depth = 2 + len({k.split(".")[2] for k in sd if k.startswith("encoder.blocks_connected")})
   names = ["encoder.block0", "encoder.block1"] + [
       f"encoder.blocks_connected.block{i}" for i in range(2, depth)]
   outs, x = [], torch.cat([image, mask], 1)
   for i, name in enumerate(names):
+    if i in (backbone or {}):
+      x = torch.cat([x, backbone[i]], 1)
     y = _t_double(sd, f"{name}.convs", x)
     outs.append(y)
     x = F.max_pool2d(y, 2) if i < depth - 1 else y
