@@ -54,7 +54,8 @@ def test_runlocal_trains_resumes_and_evaluates(name, tmp_path, monkeypatch):
     assert max(jax.tree.leaves(moved)) > 0, f"{net} did not train after resuming"
   # The workdir serves inference: eval-mode networks, any input size.
   loaded_config, networks = checkpoint.load_networks(tmp_path)
-  assert loaded_config.model.to_dict() == config.model.to_dict()
+  as_json = lambda c: json.loads(c.to_json())  # Tuples come back as lists.
+  assert as_json(loaded_config.model) == as_json(config.model)
   rng = np.random.default_rng(0)
   inputs = {k: rng.uniform(0, 1, (1, 40, 56, 1 if k == "mask" else 3)).astype(np.float32)
             for k in family.INPUTS}
