@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # The mask the fusion network trains with: 'given' (ground truth, the
       # easy composites) or 'refined' (the networks' own, end to end).
       assumption_train_mask="given",
+      assumption_binarize_train_mask=True,  # Fusion input mask >= 0.5 in training.
       feather_sigma=2.0,   # Feathered blending: Gaussian sigma of the mask, pixels.
       pyramid_levels=6,    # Laplacian blending: levels (capped by the image size).
   )
@@ -52,6 +53,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = config_args.data_config(DATA_PRESETS.get(arg.data, arg.data), image_size=384)
   # The images a batch carries: the family's INPUTS (+ mask) and the target.
   config.data.image_keys = ("foreground", "background", "real")
+  # Assumption: the networks composite with a binary mask (a segmentation's),
+  # so the evaluation binarizes the resized mask as well and the fusion network
+  # trains on the binarized crop's mask; the target keeps the soft matte.
+  config.data.binary_eval_mask = True
   config.batch_size = 16
   config.num_epochs = 100  # Assumption.
   config.optim = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, decay_epochs=(80,),

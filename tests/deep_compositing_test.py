@@ -205,9 +205,7 @@ def test_baselines_and_network_evaluate_through_the_same_path(data_config, tmp_p
                                               protocol))
     assert records and all(np.isfinite(r["boundary_mse"]) for r in records)
     results[variant] = records
-  # Alpha blending with the given (hard) mask reproduces the hard-matte target,
-  # and the identity row is that same alpha blend.
-  assert max(r["boundary_mse"] for r in results["alpha"]) < 1.0
+  # The identity ('composite_') row is the alpha blend with the given mask.
   assert all(abs(r["boundary_mse"] - r["composite_boundary_mse"]) < 1e-3
              for r in results["alpha"])
   config = _config()

@@ -264,7 +264,8 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
   coarse, refined = mask_logits(networks, fg)
   target_mask = (mask >= 0.5).astype(jnp.float32)
   seg_loss, ref_loss = _bce(coarse, target_mask), _bce(refined, target_mask)
-  used = mask if config.model.assumption_train_mask == "given" else jax.nn.sigmoid(refined)
+  given = target_mask if config.model.get("assumption_binarize_train_mask", False) else mask
+  used = given if config.model.assumption_train_mask == "given" else jax.nn.sigmoid(refined)
   out = networks["fusion"](fg, bg, used)
   l1 = losses.l1(out, real)
   composite_loss = config.loss.l1 * l1
