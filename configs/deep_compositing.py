@@ -37,6 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       assumption_refinement_channels=[32, 64, 128],
       assumption_fusion_channels=[32, 64, 128, 256],
       assumption_dense=True,           # Each decoder level sees every coarser one.
+      # Zero-initialised band heads make the untrained net alpha blending, but
+      # stall learning (the decoder gets no gradient): off by default.
+      assumption_zero_band_heads=False,
       # The mask the fusion network trains with: 'given' (ground truth, the
       # easy composites) or 'refined' (the networks' own, end to end).
       assumption_train_mask="given",
@@ -68,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.update(assumption_segmentation_channels=[8, 16, 32],
                         assumption_refinement_channels=[8, 16],
                         assumption_fusion_channels=[8, 16, 32], pyramid_levels=4)
+    config.optim.lr = 1e-3  # A few hundred CPU steps: a faster start than 1e-4.
     config.eval.boundary_band = 2
   else:
     config.evals.full = dict(dataset="", split="", image_size=768, max_examples=-1)

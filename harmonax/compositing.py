@@ -14,10 +14,13 @@ config for `compose(..., networks={})`, and `save_baseline(dir, config)` a
 directory that `harmonax.evaluate --checkpoint=dir` scores.
 """
 
+import importlib.util
+import os
+
+from flax import nnx
 import ml_collections
 import numpy as np
 
-from flax import nnx
 from harmonax import checkpoint
 from harmonax import inference
 from harmonax.models import deep_compositing
@@ -27,8 +30,6 @@ from harmonax.models import layers
 def baseline_config(variant: str, **model_fields) -> ml_collections.ConfigDict:
   """A deep_compositing config of a parameter-free blend (configs/deep_compositing.py
   defaults for everything else), e.g. baseline_config('laplacian', pyramid_levels=4)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   # Library code reads the recipe by path (never imports the configs package).
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "configs", "deep_compositing.py")

@@ -45,7 +45,7 @@ def _nets():
 def test_fusion_shapes_and_dense_multiscale_wiring(nets):
   config = _config()
   channels = config.model.assumption_fusion_channels  # (8, 16, 32)
-  fusion = nets["fusion"]
+  fusion = dc.FusionNet(channels, True, nnx.Rngs(0), zero_heads=True)
   # Level i fuses both streams (2 c_i) with every coarser decoder output.
   for i, c in enumerate(channels):
     assert fusion.decoder[i][0].in_features == 2 * c + sum(channels[i + 1:])
@@ -59,7 +59,7 @@ def test_fusion_shapes_and_dense_multiscale_wiring(nets):
   np.testing.assert_allclose(np.asarray(out), blending.alpha_blend(
       x["foreground"], x["background"], x["mask"]), atol=1e-6)
   # The coarsest band reaches the full-resolution output, upsampled (smooth).
-  coarse = dc.FusionNet(channels, True, nnx.Rngs(0))
+  coarse = dc.FusionNet(channels, True, nnx.Rngs(0), zero_heads=True)
   coarse.heads[2].bias[...] = jnp.ones(3)
   delta = np.asarray(coarse(x["foreground"], x["background"], x["mask"]) - out)
   np.testing.assert_allclose(delta, 1.0, atol=1e-5)
@@ -70,12 +70,13 @@ def test_predict_uses_given_mask_else_the_segmentation(nets):
   x = _inputs()
   predict = nnx.jit(lambda n, i: dc.predict(config, n, i))
   given = np.asarray(predict(nets, x))
-  blend = np.clip(blending.alpha_blend(x["foreground"], x["background"], x["mask"]), 0, 1)
-  np.testing.assert_allclose(given, blend, atol=1e-6)
+  compose = lambda m: np.asarray(dc.compose_with_mask(config, nets, x["foreground"],
+                                                      x["background"], m))
+  np.testing.assert_allclose(given, compose(x["mask"]), atol=1e-5)
   refined = jax.nn.sigmoid(dc.mask_logits(nets, jnp.asarray(x["foreground"]))[1])
-  predicted = np.asarray(blending.alpha_blend(x["foreground"], x["background"], refined))
   absent = np.asarray(predict(nets, {k: x[k] for k in ("foreground", "background")}))
-  np.testing.assert_allclose(absent, np.clip(predicted, 0, 1), atol=1e-5)
+  np.testing.assert_allclose(absent, compose(refined), atol=1e-5)
+  assert np.abs(absent - given).max() > 1e-3
   mixed = dict(x)
   mixed["mask"] = x["mask"].copy()
   mixed["mask"][1] = -1.0  # Image 1 has no mask: predicted; image 0 keeps its own.

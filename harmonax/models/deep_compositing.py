@@ -103,7 +103,8 @@ class FusionNet(nnx.Module):
   collapsed as a Laplacian pyramid.
   """
 
-  def __init__(self, channels: tuple[int, ...], dense: bool, rngs: nnx.Rngs):
+  def __init__(self, channels: tuple[int, ...], dense: bool, rngs: nnx.Rngs,
+               zero_heads: bool = False):
     self.fg_encoder = Encoder(4, channels, rngs)
     self.bg_encoder = Encoder(4, channels, rngs)
     self.dense = dense
@@ -112,9 +113,10 @@ class FusionNet(nnx.Module):
       coarser = channels[i + 1:] if dense else channels[i + 1:i + 2]
       decoder.append(nnx.List([_conv_relu(2 * c + sum(coarser), c, rngs),
                                _conv_relu(c, c, rngs)]))
-      # Zero heads: training starts from alpha blending (an assumption).
-      heads.append(layers.conv(c, 3, 3, padding=1, rngs=rngs,
-                               kernel_init=nnx.initializers.zeros_init()))
+      # zero_heads: the untrained network is exactly alpha blending, but then
+      # the decoder gets no gradient until the heads move (slow to start).
+      init = nnx.initializers.zeros_init() if zero_heads else nnx.initializers.lecun_normal()
+      heads.append(layers.conv(c, 3, 3, padding=1, rngs=rngs, kernel_init=init))
     self.decoder = nnx.List(decoder)
     self.heads = nnx.List(heads)
 
@@ -178,7 +180,8 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
   nets = {
       "segmentation": MaskUNet(3, tuple(m.assumption_segmentation_channels), rngs),
       "refinement": MaskUNet(4, tuple(m.assumption_refinement_channels), rngs),
-      "fusion": FusionNet(tuple(m.assumption_fusion_channels), m.assumption_dense, rngs),
+      "fusion": FusionNet(tuple(m.assumption_fusion_channels), m.assumption_dense, rngs,
+                          zero_heads=m.get("assumption_zero_band_heads", False)),
   }
   if _perceptual_on(config):
     nets["vgg"] = VGGFeatures(rngs)
