@@ -124,6 +124,9 @@ def save_networks(directory: str | os.PathLike, config: ml_collections.ConfigDic
   path = directory / NETWORKS_DIR
   if path.exists():
     path.rmtree()
+  if not networks:  # A parameter-free model (a classical blend): orbax saves no empty tree.
+    path.mkdir(parents=True)
+    return
   with ocp.PyTreeCheckpointer() as checkpointer:
     checkpointer.save(path, network_states(networks))
 
@@ -172,6 +175,8 @@ def load_networks(path: str | os.PathLike
   config = load_config(path)
   networks = abstract_networks(config)
   full = network_states(networks)
+  if not networks and ((path / NETWORKS_DIR).exists() or (path / CHECKPOINT_DIR).exists()):
+    return config, networks  # Parameter-free (save_networks wrote no orbax tree).
   if (path / NETWORKS_DIR).exists():
     with ocp.PyTreeCheckpointer() as checkpointer:
       states = checkpointer.restore(

@@ -26,13 +26,23 @@ import tensorflow_datasets as tfds
 from data_builders import datasets
 from data_builders.harmonization_composites import record
 
-# The one dataset that is built automatically on first use: its photos ship in the repo.
+# The datasets that are built automatically on first use: their photos ship in the repo.
 AUTO_BUILD = datasets.SAMPLE
+AUTO_BUILDS = (AUTO_BUILD, "compositing_triplets/sample")
 # Random resized crop: aspect ratios as in the papers (torchvision / albumentations default).
 _CROP_RATIO = (3 / 4, 4 / 3)
 _CROP_TRIES = 10
 # How many crops are drawn before an empty-mask crop is accepted anyway.
 _MASK_TRIES = 10
+# RGB images read besides the mask, unless data_config.image_keys says otherwise
+# (compositing datasets: ('foreground', 'background', 'real'), the family's
+# INPUTS plus the target).
+IMAGE_KEYS = ("composite", "real")
+
+
+def image_keys(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The RGB image keys a batch carries: data_config.image_keys, else IMAGE_KEYS."""
+  return tuple(data_config.get("image_keys", None) or IMAGE_KEYS)
 
 
 # Where built datasets live and how a missing one is built: data_builders' rules.
@@ -43,7 +53,7 @@ build_command = datasets.build_command
 def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """The built TFDS dataset `name` ('dataset/config') in the data dir.
 
-  `harmonization_composites/sample` is built on first use; any other dataset must
+  The AUTO_BUILDS samples are built on first use; any other dataset must
   have been built with `python -m data_builders.build`.
 
   Raises:
@@ -52,8 +62,8 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """
   data_dir = resolve_data_dir(data_dir)
   path = datasets.find_built(name, data_dir)
-  if path is None and name.partition(":")[0] == AUTO_BUILD:
-    datasets.build(AUTO_BUILD, data_dir)
+  if path is None and name.partition(":")[0] in AUTO_BUILDS:
+    datasets.build(name.partition(":")[0], data_dir)
     path = datasets.find_built(name, data_dir)
   if path is not None:
     return tfds.builder_from_directory(path)
@@ -73,10 +83,11 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
 
 
 def _data_source(data_config: ml_collections.ConfigDict, split: str):
-  """The split's records with images left encoded: the transforms decode them."""
+  """The split's records with images left encoded: the transforms decode them
+  (every Image feature is skipped, also those no batch reads)."""
   builder = get_builder(data_config.name, data_config.data_dir)
-  images = ("composite", record.CROP, "real", "mask")
-  skip = {k: tfds.decode.SkipDecoding() for k in images if k in builder.info.features}
+  skip = {k: tfds.decode.SkipDecoding() for k, feature in builder.info.features.items()
+          if isinstance(feature, tfds.features.Image)}
   return builder.as_data_source(split=split, decoders=skip)
 
 
@@ -140,16 +151,17 @@ def _check_size(key: str, img: Image.Image, mask: np.ndarray, name: Any) -> None
                      f"is {mask.shape[1]}x{mask.shape[0]} (width x height)")
 
 
-def _open_images(example: dict[str, Any], mask: np.ndarray) -> dict[str, Image.Image]:
-  """The composite and real images of an example, size-checked against the mask.
+def _open_images(example: dict[str, Any], mask: np.ndarray,
+                 keys: tuple[str, ...] = ("composite", "real")) -> dict[str, Image.Image]:
+  """The images `keys` of an example, size-checked against the mask.
 
-  Opened lazily (JPEGs can still be draft-decoded) where the record stores both;
+  Opened lazily (JPEGs can still be draft-decoded) where the record stores them;
   where it stores the composite as its foreground's box (harmonization_composites
   2.0.0), the composite is rebuilt on the decoded real image, so its background
   is the real image's exactly.
   """
   if record.CROP not in example:
-    images = {key: _open(example[key], key) for key in ("composite", "real")}
+    images = {key: _open(example[key], key) for key in keys}
     for key, img in images.items():
       _check_size(key, img, mask, example.get("name"))
     return images
@@ -213,7 +225,7 @@ def prefetch_in_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDa
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-  """Decodes and random-resized-crops + flips composite, real and mask identically.
+  """Decodes and random-resized-crops + flips the images (image_keys) and mask identically.
 
   Takes encoded images (PNG/JPEG bytes); returns uint8 arrays of image_size x image_size
   (composite, real: x3; mask: x1, soft at the edges after bilinear resizing). Crops whose mask is empty are redrawn, except
@@ -225,6 +237,7 @@ class TrainTransform:
   crop_scale: tuple[float, float] = (0.5, 1.0)
   hflip: bool = True
   keep_empty_mask_prob: float = 0.05
+  image_keys: tuple[str, ...] = IMAGE_KEYS
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator
                ) -> dict[str, np.ndarray]:
@@ -237,7 +250,7 @@ class TrainTransform:
     flip = bool(self.hflip and rng.random() < 0.5)
     size = (self.image_size, self.image_size)
     out = {}
-    for key, img in _open_images(example, mask).items():
+    for key, img in _open_images(example, mask, self.image_keys).items():
       scale = 1.0
       if img.format == "JPEG":
         # The smallest 1/2^k decode that still gives the crop >= image_size pixels.
@@ -279,7 +292,8 @@ def _seeds(seed: int, data_config: ml_collections.ConfigDict, process_index: int
 def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_size: int,
                         seed: int, *, process_index: int | None = None,
                         process_count: int | None = None) -> grain.DatasetIterator:
-  """Endless iterator of training batches {composite, real, mask} for this host.
+  """Endless iterator of training batches {composite, real, mask} for this host
+  (the images: data_config.image_keys, default composite and real).
 
   Deterministic given the seed and position; its state is checkpointable with
   `get_state`/`set_state` or orbax `grain.checkpoint.CheckpointSave/Restore`.
@@ -298,7 +312,8 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_siz
       image_size=data_config.image_size,
       crop_scale=tuple(data_config.crop_scale),
       hflip=data_config.hflip,
-      keep_empty_mask_prob=data_config.keep_empty_mask_prob), seed=augment_seed)
+      keep_empty_mask_prob=data_config.keep_empty_mask_prob,
+      image_keys=image_keys(data_config)), seed=augment_seed)
   # Workers make single examples and the batch is formed here, so the batches do not
   # depend on the number of workers.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4 * batch_size))
@@ -318,11 +333,12 @@ class EvalTransform:
   """
   image_size: int | None
   binary_mask: bool = False
+  image_keys: tuple[str, ...] = IMAGE_KEYS
 
   def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
     mask = _decode_mask(example["mask"])
     out = {}
-    for key, img in _open_images(example, mask).items():
+    for key, img in _open_images(example, mask, self.image_keys).items():
       if img.mode != "RGB":
         img = img.convert("RGB")
       if self.image_size is not None:
@@ -355,7 +371,8 @@ def _eval_batches(ds: grain.IterDataset, count: int, batch_size: int,
       rows += [pad] * (batch_size - len(rows))
       # Images stay uint8 (converted on the device); the mask is float when
       # resized (soft edges), uint8 0/255 at full resolution.
-      batch = {k: np.stack([r[k] for r in rows]) for k in ("composite", "real", "mask")}
+      batch = {k: np.stack([r[k] for r in rows]) for k in template
+               if isinstance(template[k], np.ndarray)}
       batch["valid"] = valid
       for key in ("name", "subset"):
         batch[key] = np.array([r[key] for r in rows], dtype=object)
@@ -386,7 +403,8 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, global_batch_size
     batch_size = _local_batch_size(global_batch_size, process_count)
   count = len(range(process_index, total, process_count))
   num_batches = math.ceil(math.ceil(total / process_count) / batch_size)
-  transform = EvalTransform(data_config.image_size, data_config.get("binary_eval_mask", False))
+  transform = EvalTransform(data_config.image_size, data_config.get("binary_eval_mask", False),
+                            image_keys(data_config))
   ds = grain.MapDataset.source(source)[:total][process_index::process_count].map(transform)
   # Padding rows copy the shapes of a real example (zeros).
   template = transform(source[min(process_index, total - 1)]) if total else None

@@ -171,8 +171,11 @@ def _example(index: int, size: int) -> dict[str, np.ndarray]:
   y, x = rng.integers(0, size // 2, 2)
   mask[y:y + size // 2, x:x + size // 2] = 1.0
   shift = rng.uniform(-0.2, 0.2, 3).astype(np.float32)
-  composite = np.where(mask > 0, np.clip(real + shift, 0, 1), real)
-  return {"composite": composite, "mask": mask, "real": real}
+  foreground = np.clip(real + shift, 0, 1)
+  composite = np.where(mask > 0, foreground, real)
+  # foreground/background: the inputs of compositing families (INPUTS).
+  return {"composite": composite, "mask": mask, "real": real,
+          "foreground": foreground, "background": real}
 
 
 def make_train_iterator(data_config, global_batch_size: int, seed: int
@@ -193,7 +196,8 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int
         # uint8, as the real pipeline's batches (converted on the device).
         .map(lambda ids: {k: np.round(255 * np.stack([_example(int(i), size)[k]
                                                       for i in ids])).astype(np.uint8)
-                          for k in ("composite", "mask", "real")}))
+                          for k in ("composite", "mask", "real", "foreground",
+                                    "background")}))
   return iter(input_pipeline.prefetch_in_workers(ds.to_iter_dataset(),
                                                  data_config.get("num_workers", 0)))
 
