@@ -142,7 +142,7 @@ def blend(method: str, foreground: jax.Array, background: jax.Array, alpha: jax.
 
 
 def reinhard_harmonize(composite: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """Harmonization baseline: Reinhard transfer (harmonax.color_transfer.reinhard)
+  """Harmonization baseline: Reinhard transfer (the builders' color_transfer.reinhard)
   of the foreground pixels toward the background's l-alpha-beta statistics.
 
   composite: [H,W,3] float in [0, 1]; mask: [H,W] or [H,W,1], foreground >= 0.5.

@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 from harmonax import blending
-from harmonax import color_transfer
+from data_builders.harmonization_composites import color_transfer
 
 _K = np.array([1, 4, 6, 4, 1], np.float64) / 16
 
