@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from data_builders import build
+from data_builders import datasets
 from harmonax import blending
 from harmonax import checkpoint
 from harmonax import compositing
@@ -169,7 +169,7 @@ def _matting_folder(root):
 def _data_config(tmp_path_factory):
   root = tmp_path_factory.mktemp("dic")
   _matting_folder(root / "manual")
-  build.build("compositing_triplets/folder", os.fspath(root / "tfds"), os.fspath(root / "manual"))
+  datasets.build("compositing_triplets/folder", os.fspath(root / "tfds"), os.fspath(root / "manual"))
   config = _config()
   config.data.name = "compositing_triplets/folder"
   config.data.data_dir = os.fspath(root / "tfds")

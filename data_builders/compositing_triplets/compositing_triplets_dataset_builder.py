@@ -141,8 +141,8 @@ def composite(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray)
 def make_example(fg: Foreground, bg_path: str, variant: int, config: BuilderConfig,
                  seed_key: str, summary: Summary) -> dict[str, Any] | None:
   """One triplet at the background crop's size, or None (recorded in summary)."""
-  photo, original = photos.read_photo(fg.photo, summary)
-  background, _ = photos.read_photo(bg_path, summary, config.max_size)
+  photo, original, _ = photos.read_photo(fg.photo, summary)
+  background, _, _ = photos.read_photo(bg_path, summary, config.max_size)
   if photo is None or background is None:
     return None
   matte = _alpha(fg, tuple(original), summary)

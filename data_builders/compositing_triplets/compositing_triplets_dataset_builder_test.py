@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from data_builders import build
+from data_builders import datasets
 from data_builders.compositing_triplets import compositing_triplets_dataset_builder as ctb
 from data_builders.harmonization_composites.summary import Summary
 
@@ -72,7 +72,7 @@ def test_folder_build_is_byte_identical(tmp_path):
   _matting_folder(tmp_path / "manual")
   builds = []
   for name in ("a", "b"):
-    summary = build.build("compositing_triplets/folder", os.fspath(tmp_path / name),
+    summary = datasets.build("compositing_triplets/folder", os.fspath(tmp_path / name),
                           os.fspath(tmp_path / "manual"))
     assert summary.examples["train"] > 0 and summary.examples["test"] > 0
     builds.append(_records(os.fspath(tmp_path / name)))
