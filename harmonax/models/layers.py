@@ -4,8 +4,17 @@ Several families import official PyTorch weights, so the ops here reproduce
 PyTorch's behaviour exactly where JAX's differs: transposed convolutions with
 PyTorch's padding convention, bilinear resizing with align_corners=True,
 depthwise Gaussian smoothing stored as a PyTorch-layout buffer.
+
+Depthwise convolutions (`feature_group_count` = channels) are written as
+shifted multiply-adds (`depthwise_conv2d`): XLA's CPU backend runs grouped
+convolutions as naive loops (a 3x3 depthwise conv on 4x64x64x96 took 90 ms
+forward and 250 ms with its gradient, against 2 ms and 45 ms as shifts; see
+BENCHMARKS.md). The outputs equal `lax.conv_general_dilated`'s up to float
+summation order.
 """
 
+from collections.abc import Sequence
+import functools
 import math
 
 from flax import nnx
@@ -103,6 +112,141 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
   return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
+Padding = str | Sequence[tuple[int, int]]
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _explicit_padding(padding: Padding, spatial: Sequence[int], kernel: Sequence[int],
+                      strides: Sequence[int]) -> tuple[tuple[int, int], ...]:
+  """'SAME' / 'VALID' / pairs -> ((top, bottom), (left, right)), as lax computes them."""
+  if isinstance(padding, str):
+    return tuple(jax.lax.padtype_to_pads(spatial, kernel, strides, padding))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _tap(xp: jax.Array, i: int, j: int, out_hw: tuple[int, int], stride: int) -> jax.Array:
+  """xp[:, i::stride, j::stride] cut to out_hw rows/columns ([N,H,W] or [N,H,W,C])."""
+  oh, ow = out_hw
+  start = (0, i, j) + (0,) * (xp.ndim - 3)
+  limit = (xp.shape[0], i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1) + xp.shape[3:]
+  return jax.lax.slice(xp, start, limit, (1, stride, stride) + (1,) * (xp.ndim - 3))
+
+
+def _correlate(xp: jax.Array, kernel: jax.Array, stride: int,
+               out_hw: tuple[int, int]) -> jax.Array:
+  """sum_ij xp[:, s*y + i, s*x + j] * kernel[i, j] over a padded [N,H,W,C] input."""
+  kh, kw, _, c = kernel.shape
+  squeeze = c == 1  # One channel: shift along a contiguous W axis (2x faster).
+  if squeeze:
+    xp, kernel = xp[..., 0], kernel[..., 0]
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      term = _tap(xp, i, j, out_hw, stride) * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out[..., None] if squeeze else out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise(x: jax.Array, kernel: jax.Array, stride: int,
+               padding: tuple[tuple[int, int], ...]) -> jax.Array:
+  (pt, pb), (pl, pr) = padding
+  kh, kw = kernel.shape[:2]
+  out_hw = ((x.shape[1] + pt + pb - kh) // stride + 1,
+            (x.shape[2] + pl + pr - kw) // stride + 1)
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  return _correlate(xp, kernel, stride, out_hw)
+
+
+def _depthwise_fwd(x, kernel, stride, padding):
+  return _depthwise(x, kernel, stride, padding), (x, kernel)
+
+
+def _depthwise_bwd(stride, padding, residuals, g):
+  """Input and kernel gradients, both as shifted multiply-adds and reductions.
+
+  The input gradient is computed per output phase (row % stride, column %
+  stride): each phase is a stride-1 correlation of the cotangent with the
+  kernel's taps of that phase, and the phases are interleaved. Autodiff of
+  the strided slices instead pads every tap's product to full size.
+  """
+  x, kernel = residuals
+  (pt, pb), (pl, pr) = padding
+  kh, kw, _, c = kernel.shape
+  n, h, w, _ = x.shape
+  oh, ow = g.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  d_kernel = jnp.stack([jnp.sum(_tap(xp, i, j, (oh, ow), stride) * g, axis=(0, 1, 2))
+                        for i in range(kh) for j in range(kw)])
+  d_kernel = d_kernel.reshape(kernel.shape).astype(kernel.dtype)
+
+  s = stride
+  taps_h, taps_w = -(-kh // s), -(-kw // s)  # Kernel taps per phase.
+  qh, qw = -(-xp.shape[1] // s), -(-xp.shape[2] // s)  # Phase grid.
+  gp = jnp.pad(g, ((0, 0), (taps_h - 1, qh - oh), (taps_w - 1, qw - ow), (0, 0)))
+  d_xp = None
+  for a in range(s):
+    for b in range(s):
+      sub = kernel[a::s, b::s][::-1, ::-1]  # This phase's taps, flipped.
+      if not (sub.shape[0] and sub.shape[1]):
+        continue
+      start = (taps_h - sub.shape[0], taps_w - sub.shape[1])
+      phase = _correlate(gp[:, start[0]:, start[1]:], sub, 1, (qh, qw))
+      if s > 1:  # Rows a, a + s, ...: interior padding (a reshape would need
+        # an explicit output sharding under a mesh with explicit axes).
+        phase = jax.lax.pad(phase, jnp.zeros((), phase.dtype), (
+            (0, 0, 0), (a, s - 1 - a, s - 1), (b, s - 1 - b, s - 1), (0, 0, 0)))
+      d_xp = phase if d_xp is None else d_xp + phase
+  return d_xp[:, pt:pt + h, pl:pl + w].astype(x.dtype), d_kernel
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1,
+                     padding: Padding = "VALID") -> jax.Array:
+  """Depthwise 2D convolution (channel multiplier 1) as shifted multiply-adds.
+
+  Args:
+    x: [N, H, W, C].
+    kernel: [kh, kw, 1, C] (HWIO with feature_group_count = C, nnx.Conv's layout).
+    strides: an int or (sy, sx) with sy == sx.
+    padding: 'SAME', 'VALID' or ((top, bottom), (left, right)) zero padding.
+  Returns:
+    [N, H', W', C], equal to lax.conv_general_dilated(..., feature_group_count=C).
+  """
+  strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+  if strides[0] != strides[1]:
+    raise ValueError(f"depthwise_conv2d needs equal strides, got {strides}")
+  if kernel.shape[2] != 1 or kernel.shape[3] != x.shape[3]:
+    raise ValueError(f"kernel {kernel.shape} is not depthwise for input {x.shape}")
+  pads = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
+  x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+  return _depthwise(x, kernel.astype(x.dtype), strides[0], pads)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
+                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count: int = 1, **kwargs) -> jax.Array:
+  """lax.conv_general_dilated, with 2D NHWC depthwise convolutions as shifts.
+
+  Pass as `nnx.Conv(..., conv_general_dilated=layers.conv_general_dilated)`;
+  every other convolution goes to lax unchanged.
+  """
+  ones = lambda d: d is None or all(v == 1 for v in d)
+  if (lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count > 1
+      and ones(lhs_dilation) and ones(rhs_dilation)
+      and len(set(window_strides)) == 1 and not any(kwargs.values())
+      and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+      and feature_group_count == lhs.shape[3] and rhs.shape[2:] == (1, lhs.shape[3])):
+    return depthwise_conv2d(lhs, rhs, window_strides, padding)
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, **kwargs)
+
+
 def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
          padding: int = 0, use_bias: bool = True, rngs: nnx.Rngs,
          kernel_init=nnx.initializers.lecun_normal()) -> nnx.Conv:
@@ -178,6 +322,4 @@ class GaussianSmoothing(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = jnp.transpose(self.weight[...], (2, 3, 1, 0))  # -> [k, k, 1, C]
     p = self.padding
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding=((p, p), (p, p)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.channels)
+    return depthwise_conv2d(x, kernel, 1, ((p, p), (p, p)))
