@@ -9,8 +9,10 @@ Depthwise convolutions (`feature_group_count` = channels) are written as
 shifted multiply-adds (`depthwise_conv2d`): XLA's CPU backend runs grouped
 convolutions as naive loops (a 3x3 depthwise conv on 4x64x64x96 took 90 ms
 forward and 250 ms with its gradient, against 2 ms and 45 ms as shifts; see
-BENCHMARKS.md). The outputs equal `lax.conv_general_dilated`'s up to float
-summation order.
+BENCHMARKS.md). Transposed convolutions (`conv_transpose2d`) are computed per
+output phase with stride-1 convolutions instead of convolving the input
+dilated by the stride, whose forward and gradients are 10-30x slower there.
+The outputs equal lax's formulations up to float summation order.
 """
 
 from collections.abc import Sequence
@@ -265,12 +267,50 @@ def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
   return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
+def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  """PyTorch's ConvTranspose2d(stride, padding) of NHWC x with kernel [k, k, I, O].
+
+  out = (in - 1) * stride - 2 * padding + k, with
+  y[o] = sum_{t, i: o = t * stride + i - padding} x[t] kernel[i] per axis.
+  Computed per output phase r = (o + padding) % stride: every phase is a
+  stride-1 correlation of x with the kernel taps i = stride * m + r, so all
+  phases come from ONE stride-1 convolution with stride**2 * O output
+  channels, interleaved afterwards. The textbook form (a convolution of the
+  input dilated by the stride, `lhs_dilation`) and its gradients run 10-30x
+  slower on XLA's CPU backend (BENCHMARKS.md); this form's gradients are
+  stride-1 convolutions too.
+  """
+  s, p = stride, padding
+  k, _, cin, cout = kernel.shape
+  taps = -(-k // s)  # Kernel taps per phase (zero taps pad k up to taps * s).
+  kernel = jnp.pad(kernel, ((0, taps * s - k), (0, taps * s - k), (0, 0), (0, 0)))
+  n, h, w, _ = x.shape
+  oh, ow = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
+  uh, uw = -(-(oh + p) // s), -(-(ow + p) // s)  # Outputs per phase.
+  xp = jnp.pad(x, ((0, 0), (taps - 1, max(uh - h, 0)), (taps - 1, max(uw - w, 0)), (0, 0)))
+  xp = xp[:, :uh + taps - 1, :uw + taps - 1]
+  # [m, r, m', c, I, O] -> flip m, m' (a correlation) -> [m, m', I, (r, c, O)].
+  sub = kernel.reshape(taps, s, taps, s, cin, cout)[::-1, :, ::-1]
+  sub = sub.transpose(0, 2, 4, 1, 3, 5).reshape(taps, taps, cin, s * s * cout)
+  z = jax.lax.conv_general_dilated(xp, sub.astype(x.dtype), (1, 1), "VALID",
+                                   dimension_numbers=_NHWC)
+  out = None
+  for r in range(s):
+    for c in range(s):
+      phase = z[..., (r * s + c) * cout:(r * s + c + 1) * cout]
+      if s > 1:  # Rows r, r + s, ...: interior padding (a reshape would need an
+        # explicit output sharding under a mesh with explicit axes).
+        phase = jax.lax.pad(phase, jnp.zeros((), phase.dtype), (
+            (0, 0, 0), (r, s - 1 - r, s - 1), (c, s - 1 - c, s - 1), (0, 0, 0)))
+      out = phase if out is None else out + phase
+  return out[:, p:p + oh, p:p + ow]
+
+
 class ConvTranspose2d(nnx.Module):
   """nn.ConvTranspose2d(in, out, k, stride, padding): out = (in - 1) * s - 2p + k.
 
-  kernel is [kh, kw, in, out] (PyTorch's weight [in, out, kh, kw] transposed).
-  Computed as a stride-1 convolution of the input dilated by `stride` with the
-  spatially flipped kernel and padding k - 1 - p, which is PyTorch's definition.
+  kernel is [kh, kw, in, out] (PyTorch's weight [in, out, kh, kw] transposed);
+  computed by `conv_transpose2d` (per-phase stride-1 convolutions).
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
@@ -284,11 +324,7 @@ class ConvTranspose2d(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    pad = self.kernel_size - 1 - self.padding
-    y = jax.lax.conv_general_dilated(
-        x, self.kernel[::-1, ::-1], window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
-        lhs_dilation=(self.stride, self.stride),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv_transpose2d(x, self.kernel[...], self.stride, self.padding)
     if self.bias is not None:
       y = y + self.bias[...]
     return y
