@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from harmonax import torch_import
+from harmonax.models import layers
 
 BN_MOMENTUM = 0.99  # PyTorch momentum 0.01.
 BN_EPSILON = 1e-3
@@ -76,8 +77,11 @@ def _bn(ch: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
 
 def _conv(cin: int, cout: int, k: int, rngs: nnx.Rngs, *, stride: int = 1,
           groups: int = 1, bias: bool = False) -> nnx.Conv:
+  # layers.conv_general_dilated runs the depthwise convs as shifted
+  # multiply-adds (XLA's CPU grouped convolutions are naive loops).
   return nnx.Conv(cin, cout, (k, k), strides=stride, padding="SAME",
-                  feature_group_count=groups, use_bias=bias, rngs=rngs)
+                  feature_group_count=groups, use_bias=bias,
+                  conv_general_dilated=layers.conv_general_dilated, rngs=rngs)
 
 
 class MBConv(nnx.Module):

@@ -4,8 +4,19 @@ Several families import official PyTorch weights, so the ops here reproduce
 PyTorch's behaviour exactly where JAX's differs: transposed convolutions with
 PyTorch's padding convention, bilinear resizing with align_corners=True,
 depthwise Gaussian smoothing stored as a PyTorch-layout buffer.
+
+Depthwise convolutions (`feature_group_count` = channels) are written as
+shifted multiply-adds (`depthwise_conv2d`): XLA's CPU backend runs grouped
+convolutions as naive loops (a 3x3 depthwise conv on 4x64x64x96 took 90 ms
+forward and 250 ms with its gradient, against 2 ms and 45 ms as shifts; see
+BENCHMARKS.md). Transposed convolutions (`conv_transpose2d`) are computed per
+output phase with stride-1 convolutions instead of convolving the input
+dilated by the stride, whose forward and gradients are 10-30x slower there.
+The outputs equal lax's formulations up to float summation order.
 """
 
+from collections.abc import Sequence
+import functools
 import math
 
 from flax import nnx
@@ -168,6 +179,141 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
   return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
+Padding = str | Sequence[tuple[int, int]]
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _explicit_padding(padding: Padding, spatial: Sequence[int], kernel: Sequence[int],
+                      strides: Sequence[int]) -> tuple[tuple[int, int], ...]:
+  """'SAME' / 'VALID' / pairs -> ((top, bottom), (left, right)), as lax computes them."""
+  if isinstance(padding, str):
+    return tuple(jax.lax.padtype_to_pads(spatial, kernel, strides, padding))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _tap(xp: jax.Array, i: int, j: int, out_hw: tuple[int, int], stride: int) -> jax.Array:
+  """xp[:, i::stride, j::stride] cut to out_hw rows/columns ([N,H,W] or [N,H,W,C])."""
+  oh, ow = out_hw
+  start = (0, i, j) + (0,) * (xp.ndim - 3)
+  limit = (xp.shape[0], i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1) + xp.shape[3:]
+  return jax.lax.slice(xp, start, limit, (1, stride, stride) + (1,) * (xp.ndim - 3))
+
+
+def _correlate(xp: jax.Array, kernel: jax.Array, stride: int,
+               out_hw: tuple[int, int]) -> jax.Array:
+  """sum_ij xp[:, s*y + i, s*x + j] * kernel[i, j] over a padded [N,H,W,C] input."""
+  kh, kw, _, c = kernel.shape
+  squeeze = c == 1  # One channel: shift along a contiguous W axis (2x faster).
+  if squeeze:
+    xp, kernel = xp[..., 0], kernel[..., 0]
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      term = _tap(xp, i, j, out_hw, stride) * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out[..., None] if squeeze else out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise(x: jax.Array, kernel: jax.Array, stride: int,
+               padding: tuple[tuple[int, int], ...]) -> jax.Array:
+  (pt, pb), (pl, pr) = padding
+  kh, kw = kernel.shape[:2]
+  out_hw = ((x.shape[1] + pt + pb - kh) // stride + 1,
+            (x.shape[2] + pl + pr - kw) // stride + 1)
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  return _correlate(xp, kernel, stride, out_hw)
+
+
+def _depthwise_fwd(x, kernel, stride, padding):
+  return _depthwise(x, kernel, stride, padding), (x, kernel)
+
+
+def _depthwise_bwd(stride, padding, residuals, g):
+  """Input and kernel gradients, both as shifted multiply-adds and reductions.
+
+  The input gradient is computed per output phase (row % stride, column %
+  stride): each phase is a stride-1 correlation of the cotangent with the
+  kernel's taps of that phase, and the phases are interleaved. Autodiff of
+  the strided slices instead pads every tap's product to full size.
+  """
+  x, kernel = residuals
+  (pt, pb), (pl, pr) = padding
+  kh, kw, _, c = kernel.shape
+  n, h, w, _ = x.shape
+  oh, ow = g.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  d_kernel = jnp.stack([jnp.sum(_tap(xp, i, j, (oh, ow), stride) * g, axis=(0, 1, 2))
+                        for i in range(kh) for j in range(kw)])
+  d_kernel = d_kernel.reshape(kernel.shape).astype(kernel.dtype)
+
+  s = stride
+  taps_h, taps_w = -(-kh // s), -(-kw // s)  # Kernel taps per phase.
+  qh, qw = -(-xp.shape[1] // s), -(-xp.shape[2] // s)  # Phase grid.
+  gp = jnp.pad(g, ((0, 0), (taps_h - 1, qh - oh), (taps_w - 1, qw - ow), (0, 0)))
+  d_xp = None
+  for a in range(s):
+    for b in range(s):
+      sub = kernel[a::s, b::s][::-1, ::-1]  # This phase's taps, flipped.
+      if not (sub.shape[0] and sub.shape[1]):
+        continue
+      start = (taps_h - sub.shape[0], taps_w - sub.shape[1])
+      phase = _correlate(gp[:, start[0]:, start[1]:], sub, 1, (qh, qw))
+      if s > 1:  # Rows a, a + s, ...: interior padding (a reshape would need
+        # an explicit output sharding under a mesh with explicit axes).
+        phase = jax.lax.pad(phase, jnp.zeros((), phase.dtype), (
+            (0, 0, 0), (a, s - 1 - a, s - 1), (b, s - 1 - b, s - 1), (0, 0, 0)))
+      d_xp = phase if d_xp is None else d_xp + phase
+  return d_xp[:, pt:pt + h, pl:pl + w].astype(x.dtype), d_kernel
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1,
+                     padding: Padding = "VALID") -> jax.Array:
+  """Depthwise 2D convolution (channel multiplier 1) as shifted multiply-adds.
+
+  Args:
+    x: [N, H, W, C].
+    kernel: [kh, kw, 1, C] (HWIO with feature_group_count = C, nnx.Conv's layout).
+    strides: an int or (sy, sx) with sy == sx.
+    padding: 'SAME', 'VALID' or ((top, bottom), (left, right)) zero padding.
+  Returns:
+    [N, H', W', C], equal to lax.conv_general_dilated(..., feature_group_count=C).
+  """
+  strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+  if strides[0] != strides[1]:
+    raise ValueError(f"depthwise_conv2d needs equal strides, got {strides}")
+  if kernel.shape[2] != 1 or kernel.shape[3] != x.shape[3]:
+    raise ValueError(f"kernel {kernel.shape} is not depthwise for input {x.shape}")
+  pads = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
+  x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+  return _depthwise(x, kernel.astype(x.dtype), strides[0], pads)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
+                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count: int = 1, **kwargs) -> jax.Array:
+  """lax.conv_general_dilated, with 2D NHWC depthwise convolutions as shifts.
+
+  Pass as `nnx.Conv(..., conv_general_dilated=layers.conv_general_dilated)`;
+  every other convolution goes to lax unchanged.
+  """
+  ones = lambda d: d is None or all(v == 1 for v in d)
+  if (lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count > 1
+      and ones(lhs_dilation) and ones(rhs_dilation)
+      and len(set(window_strides)) == 1 and not any(kwargs.values())
+      and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+      and feature_group_count == lhs.shape[3] and rhs.shape[2:] == (1, lhs.shape[3])):
+    return depthwise_conv2d(lhs, rhs, window_strides, padding)
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, **kwargs)
+
+
 def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
          padding: int = 0, use_bias: bool = True, rngs: nnx.Rngs,
          kernel_init=nnx.initializers.lecun_normal()) -> nnx.Conv:
@@ -186,12 +332,50 @@ def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
   return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
+def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  """PyTorch's ConvTranspose2d(stride, padding) of NHWC x with kernel [k, k, I, O].
+
+  out = (in - 1) * stride - 2 * padding + k, with
+  y[o] = sum_{t, i: o = t * stride + i - padding} x[t] kernel[i] per axis.
+  Computed per output phase r = (o + padding) % stride: every phase is a
+  stride-1 correlation of x with the kernel taps i = stride * m + r, so all
+  phases come from ONE stride-1 convolution with stride**2 * O output
+  channels, interleaved afterwards. The textbook form (a convolution of the
+  input dilated by the stride, `lhs_dilation`) and its gradients run 10-30x
+  slower on XLA's CPU backend (BENCHMARKS.md); this form's gradients are
+  stride-1 convolutions too.
+  """
+  s, p = stride, padding
+  k, _, cin, cout = kernel.shape
+  taps = -(-k // s)  # Kernel taps per phase (zero taps pad k up to taps * s).
+  kernel = jnp.pad(kernel, ((0, taps * s - k), (0, taps * s - k), (0, 0), (0, 0)))
+  n, h, w, _ = x.shape
+  oh, ow = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
+  uh, uw = -(-(oh + p) // s), -(-(ow + p) // s)  # Outputs per phase.
+  xp = jnp.pad(x, ((0, 0), (taps - 1, max(uh - h, 0)), (taps - 1, max(uw - w, 0)), (0, 0)))
+  xp = xp[:, :uh + taps - 1, :uw + taps - 1]
+  # [m, r, m', c, I, O] -> flip m, m' (a correlation) -> [m, m', I, (r, c, O)].
+  sub = kernel.reshape(taps, s, taps, s, cin, cout)[::-1, :, ::-1]
+  sub = sub.transpose(0, 2, 4, 1, 3, 5).reshape(taps, taps, cin, s * s * cout)
+  z = jax.lax.conv_general_dilated(xp, sub.astype(x.dtype), (1, 1), "VALID",
+                                   dimension_numbers=_NHWC)
+  out = None
+  for r in range(s):
+    for c in range(s):
+      phase = z[..., (r * s + c) * cout:(r * s + c + 1) * cout]
+      if s > 1:  # Rows r, r + s, ...: interior padding (a reshape would need an
+        # explicit output sharding under a mesh with explicit axes).
+        phase = jax.lax.pad(phase, jnp.zeros((), phase.dtype), (
+            (0, 0, 0), (r, s - 1 - r, s - 1), (c, s - 1 - c, s - 1), (0, 0, 0)))
+      out = phase if out is None else out + phase
+  return out[:, p:p + oh, p:p + ow]
+
+
 class ConvTranspose2d(nnx.Module):
   """nn.ConvTranspose2d(in, out, k, stride, padding): out = (in - 1) * s - 2p + k.
 
-  kernel is [kh, kw, in, out] (PyTorch's weight [in, out, kh, kw] transposed).
-  Computed as a stride-1 convolution of the input dilated by `stride` with the
-  spatially flipped kernel and padding k - 1 - p, which is PyTorch's definition.
+  kernel is [kh, kw, in, out] (PyTorch's weight [in, out, kh, kw] transposed);
+  computed by `conv_transpose2d` (per-phase stride-1 convolutions).
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
@@ -205,11 +389,7 @@ class ConvTranspose2d(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    pad = self.kernel_size - 1 - self.padding
-    y = jax.lax.conv_general_dilated(
-        x, self.kernel[::-1, ::-1], window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
-        lhs_dilation=(self.stride, self.stride),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv_transpose2d(x, self.kernel[...], self.stride, self.padding)
     if self.bias is not None:
       y = y + self.bias[...]
     return y
@@ -243,6 +423,4 @@ class GaussianSmoothing(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = jnp.transpose(self.weight[...], (2, 3, 1, 0))  # -> [k, k, 1, C]
     p = self.padding
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding=((p, p), (p, p)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.channels)
+    return depthwise_conv2d(x, kernel, 1, ((p, p), (p, p)))

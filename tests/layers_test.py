@@ -1,0 +1,77 @@
+"""layers: depthwise convolutions as shifted multiply-adds equal lax's grouped
+convolution, forward and gradients, for every stride and padding in use."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from harmonax.models import layers
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _lax_depthwise(x, kernel, stride, padding):
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), padding, dimension_numbers=_DN,
+      feature_group_count=x.shape[-1], precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("shape,k,stride,padding", [
+    ((2, 13, 11, 5), 3, 1, "SAME"),
+    ((2, 13, 11, 5), 3, 2, "SAME"),
+    ((2, 9, 10, 3), 5, 2, "SAME"),
+    ((2, 15, 15, 4), 3, 3, "SAME"),
+    ((2, 7, 9, 6), 3, 1, "VALID"),
+    ((1, 8, 8, 1), 7, 1, ((3, 3), (3, 3))),
+    ((2, 9, 9, 2), 4, 2, ((1, 2), (2, 0))),
+])
+def test_depthwise_conv2d_matches_lax_forward_and_gradients(shape, k, stride, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(k, k, 1, shape[-1])), jnp.float32)
+  ours = lambda x, w: layers.depthwise_conv2d(x, w, stride, padding)
+  ref = lambda x, w: _lax_depthwise(x, w, stride, padding)
+  np.testing.assert_allclose(ours(x, kernel), ref(x, kernel), rtol=1e-5, atol=1e-5)
+  grad = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1)))
+  for got, want in zip(grad(ours)(x, kernel), grad(ref)(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_general_dilated_routes_only_depthwise_convs():
+  rngs = nnx.Rngs(0)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 10, 10, 8)), jnp.float32)
+  for groups, out in [(8, 8), (1, 6), (2, 4)]:  # Depthwise, dense, grouped.
+    fast = nnx.Conv(8, out, (3, 3), strides=2, feature_group_count=groups, rngs=rngs,
+                    conv_general_dilated=layers.conv_general_dilated)
+    plain = nnx.Conv(8, out, (3, 3), strides=2, feature_group_count=groups, rngs=rngs)
+    plain.kernel.value, plain.bias.value = fast.kernel.value, fast.bias.value
+    np.testing.assert_allclose(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def _lax_conv_transpose(x, kernel, stride, padding):
+  """PyTorch's definition: the input dilated by the stride, flipped kernel."""
+  pad = kernel.shape[0] - 1 - padding
+  return jax.lax.conv_general_dilated(
+      x, kernel[::-1, ::-1], (1, 1), ((pad, pad), (pad, pad)), lhs_dilation=(stride, stride),
+      dimension_numbers=_DN, precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("shape,k,stride,padding", [
+    ((2, 5, 6, 3), 4, 2, 1),  # iDIH / pix2pix decoders.
+    ((2, 1, 1, 3), 4, 2, 0),  # iDIH's innermost deconvolution.
+    ((2, 5, 4, 3), 3, 2, 1),  # k not a multiple of the stride.
+    ((1, 4, 4, 2), 5, 3, 2),
+    ((2, 4, 5, 3), 3, 1, 1),
+])
+def test_conv_transpose2d_matches_dilated_convolution(shape, k, stride, padding):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(k, k, shape[-1], 4)), jnp.float32)
+  ours = lambda x, w: layers.conv_transpose2d(x, w, stride, padding)
+  ref = lambda x, w: _lax_conv_transpose(x, w, stride, padding)
+  np.testing.assert_allclose(ours(x, kernel), ref(x, kernel), rtol=1e-5, atol=1e-5)
+  grad = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1)))
+  for got, want in zip(grad(ours)(x, kernel), grad(ref)(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
