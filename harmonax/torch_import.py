@@ -15,7 +15,9 @@ rules below then translate parameter names and layouts per layer type:
 | `nnx.Embed` | weight | embedding |
 | any other variable (buffers, lone parameters) | `<path>` | same name, same layout |
 
-`num_batches_tracked` buffers are ignored by default.
+`num_batches_tracked` buffers are optional by default: skipped when the module
+has no such variable, loaded when it has one (`layers.BatchNorm`), and not
+required when the state dict lacks them.
 
 Usage::
 
@@ -158,9 +160,17 @@ class StateDictMismatchError(ValueError):
     super().__init__("\n".join(lines))
 
 
-def expected_shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
-  """PyTorch key -> PyTorch shape that `load_into(module, ...)` expects."""
-  return {k: s.torch_shape() for k, s in sorted(_slots(module).items())}
+def _optional(key: str, ignore: tuple[str, ...]) -> bool:
+  return key.rsplit(".", 1)[-1] in ignore
+
+
+def expected_shapes(module: nnx.Module, *, ignore: Iterable[str] = DEFAULT_IGNORE
+                    ) -> dict[str, tuple[int, ...]]:
+  """PyTorch key -> PyTorch shape that `load_into(module, ...)` requires
+  (optional keys, by their last dotted component in `ignore`, left out)."""
+  ignore = tuple(ignore)
+  return {k: s.torch_shape() for k, s in sorted(_slots(module).items())
+          if not _optional(k, ignore)}
 
 
 def load_into(module: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
@@ -170,7 +180,9 @@ def load_into(module: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
   Args:
     module: an NNX module whose paths equal the PyTorch key prefixes.
     state_dict: PyTorch key -> array in PyTorch layout.
-    ignore: key suffixes (last dotted component) to skip in `state_dict`.
+    ignore: key suffixes (last dotted component) that are optional: skipped in
+      `state_dict` when the module lacks them, kept at their value in the
+      module when `state_dict` lacks them.
     context: named in the error message (e.g. the checkpoint file).
 
   Raises:
@@ -179,9 +191,8 @@ def load_into(module: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
   """
   ignore = tuple(ignore)
   slots = _slots(module)
-  missing = sorted(k for k in slots if k not in state_dict)
-  unexpected = sorted(k for k in state_dict
-                      if k not in slots and k.rsplit(".", 1)[-1] not in ignore)
+  missing = sorted(k for k in slots if k not in state_dict and not _optional(k, ignore))
+  unexpected = sorted(k for k in state_dict if k not in slots and not _optional(k, ignore))
   mismatched, values = [], {}
   for key, slot in sorted(slots.items()):
     if key not in state_dict:

@@ -72,7 +72,9 @@ def round_repeats(repeats: int, depth: float) -> int:
 
 
 def _bn(ch: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-  return nnx.BatchNorm(ch, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+  # Running statistics warm up from the batches (layers.BatchNorm): without it
+  # a briefly trained model collapses in eval mode.
+  return layers.BatchNorm(ch, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
 
 
 def _conv(cin: int, cout: int, k: int, rngs: nnx.Rngs, *, stride: int = 1,
@@ -292,3 +294,9 @@ def load_imagenet(net: EfficientNet, state_dict: Mapping[str, np.ndarray]) -> No
       if key.startswith(("_conv_fg.", "_bn_fg.", "_conv_bg.", "_bn_bg.")):
         weights[key] = current[key]
   torch_import.load_into(net, weights, context="ImageNet EfficientNet-B0")
+  # Pretrained statistics are kept as PyTorch would (an EMA from the first
+  # step) also when the file has no num_batches_tracked; the new stems warm up.
+  for path, bn in nnx.iter_modules(net):
+    if isinstance(bn, layers.BatchNorm) and path[0] not in ("_bn_fg", "_bn_bg"):
+      n = max(int(bn.num_batches_tracked[...]), round(1 / (1 - bn.momentum)))
+      bn.num_batches_tracked[...] = jnp.asarray(n, jnp.int32)

@@ -371,6 +371,45 @@ def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int)
   return out[:, p:p + oh, p:p + ow]
 
 
+class BatchNorm(nnx.BatchNorm):
+  """nnx.BatchNorm whose running statistics start as the plain mean of the batches.
+
+  The running mean and variance are updated with weight max(1 - momentum,
+  1 / (n + 1)) for the n-th batch (n = `num_batches_tracked`, PyTorch's buffer
+  of that name): the first batch replaces the initial (0, 1), the next ones are
+  averaged, and after 1 / (1 - momentum) batches this is the usual moving
+  average. Why: with nnx's (and PyTorch's) update the initial variance of 1
+  keeps a weight momentum**n, 0.99**20 = 82% after 20 steps, while a layer's
+  real variance is often ~0.1. In eval mode every layer then divides by a
+  variance ~10x too large, and the shrinkage compounds layer by layer: a
+  briefly trained EfficientNet gave the same output for every image. Eval mode
+  is unchanged; with an imported `num_batches_tracked` (PyTorch counts it even
+  with a fixed momentum) the updates equal the usual ones.
+  """
+
+  def __init__(self, num_features: int, *, momentum: float, epsilon: float,
+               rngs: nnx.Rngs, **kwargs):
+    super().__init__(num_features, momentum=momentum, epsilon=epsilon, rngs=rngs,
+                     **kwargs)
+    self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+               mask: jax.Array | None = None) -> jax.Array:
+    old_mean, old_var = self.mean[...], self.var[...]
+    y = super().__call__(x, use_running_average, mask=mask)
+    frozen = (use_running_average if use_running_average is not None
+              else self.use_running_average)
+    if not frozen:
+      n = self.num_batches_tracked[...]
+      rate = jnp.maximum(1.0 - self.momentum, 1.0 / (n + 1).astype(jnp.float32))
+      # nnx moved each statistic by (1 - momentum) of the way to the batch's.
+      gain = rate / (1.0 - self.momentum)
+      self.mean[...] = old_mean + gain * (self.mean[...] - old_mean)
+      self.var[...] = old_var + gain * (self.var[...] - old_var)
+      self.num_batches_tracked[...] = n + 1
+    return y
+
+
 class ConvTranspose2d(nnx.Module):
   """nn.ConvTranspose2d(in, out, k, stride, padding): out = (in - 1) * s - 2p + k.
 
