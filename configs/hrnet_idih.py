@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                               small=False)
   config = ml_collections.ConfigDict()
   # Residual blocks a branch and modules of stages 2-4 (hrnet_ocr.py's `small`).
-  blocks, modules = (2, (1, 3, 2)) if arg.small else (4, (1, 4, 3))
+  blocks, modules = (2, [1, 3, 2]) if arg.small else (4, [1, 4, 3])
 
   config.model = dict(
       name="dih",
@@ -76,5 +76,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.update(depth=4 if arg.base == "idih" else 3, ch=8, max_channels=32,
                         attend_from=1)
     # A narrow, shallow HRNet: XLA's CPU compile time grows with its ~300 convs.
-    config.model.backbone.update(width=4, ocr=4, stem=8, blocks=1, modules=(1, 1, 1))
+    config.model.backbone.update(width=4, ocr=4, stem=8, blocks=1, modules=[1, 1, 1])
   return config

@@ -189,7 +189,7 @@ def hrnet_settings(state_dict: Mapping[str, np.ndarray]) -> dict | None:
   ocr = state_dict.get(f"{p}conv3x3_ocr.0.weight")
   return {"width": int(np.shape(state_dict[f"{p}transition1.0.0.weight"])[0]),
           "blocks": count(f"{p}layer1."),
-          "modules": tuple(count(f"{p}stage{s}.") for s in (2, 3, 4)),
+          "modules": [count(f"{p}stage{s}.") for s in (2, 3, 4)],
           "ocr": 0 if ocr is None else int(np.shape(ocr)[0]) // 2,
           "stem": int(np.shape(state_dict[f"{p}conv1.weight"])[0])}
 
