@@ -69,6 +69,8 @@ def flag_supported(flag: str, timeout_s: float = 120.0) -> bool:
 
 
 def _backends_started() -> bool:
+  if "jax" not in sys.modules:
+    return False  # Nothing can have started a backend; and `import harmonax` stays light.
   try:
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
     return xla_bridge.backends_are_initialized()
