@@ -29,6 +29,7 @@ from harmonax import checkpoint
 from harmonax import inference
 from harmonax import model_card
 from harmonax import models
+from harmonax.models import layers
 
 FORMATS = ("onnx", "stablehlo")
 SUFFIXES = {"onnx": ".onnx", "stablehlo": ".stablehlo"}
@@ -92,8 +93,10 @@ def export_onnx(config, networks, height: int | None, width: int | None,
   import jax2onnx  # pylint: disable=g-import-not-at-top
   fn = inference_function(config, networks)
   try:
-    return jax2onnx.to_onnx(fn, _specs(height, width, input_dtype), model_name=model_card.model_name(config),
-                            input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME])
+    with layers.portable_ops():
+      return jax2onnx.to_onnx(fn, _specs(height, width, input_dtype),
+                              model_name=model_card.model_name(config),
+                              input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME])
   except Exception as e:  # pylint: disable=broad-except
     raise _blocked(config, "onnx", height is None, e) from e
 

@@ -34,6 +34,12 @@ def test_depthwise_conv2d_matches_lax_forward_and_gradients(shape, k, stride, pa
   ours = lambda x, w: layers.depthwise_conv2d(x, w, stride, padding)
   ref = lambda x, w: _lax_depthwise(x, w, stride, padding)
   np.testing.assert_allclose(ours(x, kernel), ref(x, kernel), rtol=1e-5, atol=1e-5)
+  with layers.portable_ops():  # The export form: a reshape, no interior padding.
+    eqns = jax.make_jaxpr(ours)(x, kernel).eqns
+    np.testing.assert_allclose(ours(x, kernel), ref(x, kernel), rtol=1e-5, atol=1e-5)
+  interiors = [i for e in eqns if e.primitive.name == "pad"
+               for _, _, i in e.params["padding_config"]]
+  assert not any(interiors), interiors
   grad = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1)))
   for got, want in zip(grad(ours)(x, kernel), grad(ref)(x, kernel)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -16,6 +16,7 @@ The outputs equal lax's formulations up to float summation order.
 """
 
 from collections.abc import Sequence
+import contextlib
 import functools
 import math
 
@@ -181,6 +182,26 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
 
 Padding = str | Sequence[tuple[int, int]]
 _NHWC = ("NHWC", "HWIO", "NHWC")
+
+# Whether ops avoid lax.pad with interior padding (ONNX's Pad has none); see
+# `portable_ops`.
+_PORTABLE = False
+
+
+@contextlib.contextmanager
+def portable_ops():
+  """Traces within use only ops that every export format has (export_lib's ONNX path).
+
+  conv_transpose2d then interleaves its output phases with a reshape instead
+  of interior padding. Same values; the reshape form needs an explicit output
+  sharding under a mesh with explicit axes, so training does not use it.
+  """
+  global _PORTABLE
+  previous, _PORTABLE = _PORTABLE, True
+  try:
+    yield
+  finally:
+    _PORTABLE = previous
 
 
 def _explicit_padding(padding: Padding, spatial: Sequence[int], kernel: Sequence[int],
@@ -359,6 +380,9 @@ def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int)
   sub = sub.transpose(0, 2, 4, 1, 3, 5).reshape(taps, taps, cin, s * s * cout)
   z = jax.lax.conv_general_dilated(xp, sub.astype(x.dtype), (1, 1), "VALID",
                                    dimension_numbers=_NHWC)
+  if _PORTABLE:  # Channels are (r, c, O): move r, c next to the rows and columns.
+    out = z.reshape(n, uh, uw, s, s, cout).transpose(0, 1, 3, 2, 4, 5)
+    return out.reshape(n, uh * s, uw * s, cout)[:, p:p + oh, p:p + ow]
   out = None
   for r in range(s):
     for c in range(s):
