@@ -51,3 +51,31 @@ def mask_to_binary(img: Image.Image) -> np.ndarray:
   else:
     fg = np.asarray(img.convert("RGB")).max(axis=-1) >= 128
   return fg.astype(np.float32)[..., None]
+
+
+def mask_to_alpha(img: Image.Image) -> np.ndarray:
+  """A Pillow mask or matte of any mode as float32 [H,W,1] in [0, 1], soft values kept.
+
+  The modes are read as in mask_to_binary, without the threshold: 8-bit values
+  / 255, 16-bit / 65535, float images clipped (or / 255 above 1), a varying
+  alpha channel is the matte, RGB takes the largest channel.
+  """
+  if img.mode == "P":
+    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+  if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    alpha = np.asarray(img.getchannel("A"))
+    if alpha.min() != alpha.max():
+      return (alpha.astype(np.float32) / 255.0)[..., None]
+    img = img.convert("RGB" if img.mode.startswith("RGB") else "L")
+  if img.mode == "1":
+    a = np.asarray(img, dtype=np.float32)
+  elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    a = np.clip(np.asarray(img, dtype=np.float64) / 65535.0, 0.0, 1.0)
+  elif img.mode == "F":
+    arr = np.asarray(img, dtype=np.float64)
+    a = np.clip(arr if arr.max() <= 1.0 else arr / 255.0, 0.0, 1.0)
+  elif img.mode == "L":
+    a = np.asarray(img, dtype=np.float32) / 255.0
+  else:
+    a = np.asarray(img.convert("RGB")).max(axis=-1).astype(np.float32) / 255.0
+  return a.astype(np.float32)[..., None]

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from harmonax import checkpoint
+from harmonax import image_io
 from harmonax import inference
 from harmonax.models import deep_compositing
 from harmonax.models import layers
@@ -96,3 +97,29 @@ def compose(networks: dict[str, nnx.Module], foreground: np.ndarray, background:
   if background.dtype == np.uint8:
     return np.round(out * 255.0).astype(np.uint8)
   return out.astype(np.float32)
+
+
+def compose_file(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                 foreground_path: str, background_path: str, mask_path: str | None,
+                 output_path: str, max_pixels: int | None = None) -> None:
+  """Reads the photos (and the mask or matte, soft values kept), composes, writes.
+
+  Raises:
+    image_io.ImageError: unreadable, corrupt or too large file.
+    ValueError: the mask's size is not the foreground's (both files named), or
+      no mask for a variant without segmentation networks.
+  """
+  foreground = image_io.read_image(foreground_path, max_pixels=max_pixels)
+  background = image_io.read_image(background_path, max_pixels=max_pixels)
+  mask = None
+  if mask_path:
+    mask = image_io.read_matte(mask_path, max_pixels=max_pixels)
+    if mask.shape[:2] != foreground.shape[:2]:
+      raise ValueError(
+          f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but foreground "
+          f"{foreground_path} is {foreground.shape[1]}x{foreground.shape[0]} (WxH)")
+  elif "refinement" not in networks:
+    raise ValueError(f"variant {config.model.variant!r} has no segmentation network: "
+                     "give --mask")
+  image_io.write_image(output_path, compose(networks, foreground, background, mask,
+                                            config=config))

@@ -7,6 +7,12 @@ A folder (masks matched by file stem; the output is <stem>.png):
   python -m harmonax.harmonize --checkpoint=/tmp/converted/issam \
       --composite=comps/ --mask=masks/ --output=out/
 Video (Harmonizer): --video / --frames are handed to harmonax.video.
+Deep Image Compositing (harmonax.compositing) takes the two photos instead of a
+composite; the mask (or soft matte) of the foreground photo is optional for
+the trained network, which then predicts it:
+  python -m harmonax.harmonize --workdir=./workdirs/deep_compositing_runlocal \
+      --foreground=object.jpg --background=scene.jpg [--mask=object_mask.png] \
+      --output=out.png
 
 Masks are binarized (rules in harmonax.inference.harmonize); the output keeps
 every background pixel's bytes (where mask == 0 the output equals the
@@ -31,6 +37,10 @@ _MASK = flags.DEFINE_string("mask", None, "Mask file, or a folder of masks with 
 _OUTPUT = flags.DEFINE_string("output", None, "Output file, or folder for folder runs.")
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", image_io.DEFAULT_MAX_PIXELS,
                                    "Refuse larger images (decompression bombs).")
+_FOREGROUND = flags.DEFINE_string(
+    "foreground", None, "Deep Image Compositing: the photo holding the object.")
+_BACKGROUND = flags.DEFINE_string(
+    "background", None, "Deep Image Compositing: the photo to put it in.")
 _VIDEO = flags.DEFINE_string("video", None, "Video file to harmonize (harmonax.video).")
 _FRAMES = flags.DEFINE_string("frames", None, "Folder of video frames (harmonax.video).")
 
@@ -44,6 +54,7 @@ def main(argv: list[str]) -> int:
     raise app.UsageError("Give exactly one of --workdir or --checkpoint")
   from harmonax import checkpoint  # pylint: disable=g-import-not-at-top
   from harmonax import inference  # pylint: disable=g-import-not-at-top
+  from harmonax import models  # pylint: disable=g-import-not-at-top
   config, networks = checkpoint.load_networks(_WORKDIR.value or _CHECKPOINT.value)
 
   if _VIDEO.value or _FRAMES.value:
@@ -52,6 +63,9 @@ def main(argv: list[str]) -> int:
                                  frames=_FRAMES.value, mask=_MASK.value,
                                  output=_OUTPUT.value)
 
+  inputs = models.get_family(config.model.name).INPUTS
+  if _FOREGROUND.value or _BACKGROUND.value or "composite" not in inputs:
+    return _compose(config, networks, inputs)
   composite, mask, output = _COMPOSITE.value, _MASK.value, _OUTPUT.value
   if not (composite and mask and output):
     raise app.UsageError("--composite, --mask and --output are required")
@@ -70,6 +84,27 @@ def main(argv: list[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"Wrote {output}")
+  return 0
+
+
+def _compose(config, networks, inputs) -> int:
+  """--foreground/--background: a compositing model (harmonax.compositing)."""
+  if "foreground" not in inputs:
+    raise app.UsageError(f"{config.model.name} harmonizes composites: give --composite and "
+                         "--mask, not --foreground/--background")
+  if _COMPOSITE.value:
+    raise app.UsageError(f"{config.model.name} composes two photos: give --foreground and "
+                         "--background (and optionally --mask), not --composite")
+  if not (_FOREGROUND.value and _BACKGROUND.value and _OUTPUT.value):
+    raise app.UsageError("--foreground, --background and --output are required")
+  from harmonax import compositing  # pylint: disable=g-import-not-at-top
+  try:
+    compositing.compose_file(config, networks, _FOREGROUND.value, _BACKGROUND.value,
+                             _MASK.value, _OUTPUT.value, _MAX_PIXELS.value)
+  except (image_io.ImageError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"Wrote {_OUTPUT.value}")
   return 0
 
 

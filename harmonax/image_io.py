@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from data_builders.image_modes import image_to_rgb
+from data_builders.image_modes import mask_to_alpha
 from data_builders.image_modes import mask_to_binary
 
 # Pillow's own guard (about 89.5 megapixels). Checked here from the header so
@@ -83,6 +84,16 @@ def read_mask(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.n
   """
   with _open(path, max_pixels) as img:
     return mask_to_binary(img)
+
+
+def read_matte(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
+  """Reads a mask or alpha matte as float32 [H,W,1] in [0, 1], soft values kept.
+
+  Raises:
+    ImageError: missing, unreadable, corrupt or too large file.
+  """
+  with _open(path, max_pixels) as img:
+    return mask_to_alpha(img)
 
 
 def _umask() -> int:

@@ -234,3 +234,53 @@ def test_compose_any_size_with_and_without_mask(nets):
   assert lap.dtype == np.float32 and lap.shape == (25, 33, 3)
   with pytest.raises(ValueError, match="does not match"):
     compositing.compose(nets, fg, bg, mask[:10], config=config)
+
+
+def test_harmonize_command_composes_two_photos_with_a_soft_matte(tmp_path):
+  from harmonax import image_io  # pylint: disable=g-import-not-at-top
+  import fake_family  # pylint: disable=g-import-not-at-top
+  config = compositing.baseline_config("laplacian")
+  compositing.save_baseline(str(tmp_path / "laplacian"), config)
+  rng = np.random.default_rng(5)
+  fg = rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)
+  bg = rng.integers(0, 256, (25, 33, 3), dtype=np.uint8)
+  matte = np.zeros((30, 41), np.uint8)
+  matte[5:20, 10:30] = 255
+  matte[5:20, 8:10] = 100  # A soft edge: kept as alpha 100/255, not thresholded.
+  for name, image in (("fg.png", fg), ("bg.png", bg), ("matte.png", matte)):
+    Image.fromarray(image).save(tmp_path / name)
+  args = [f"--checkpoint={tmp_path / 'laplacian'}", f"--foreground={tmp_path / 'fg.png'}",
+          f"--background={tmp_path / 'bg.png'}", f"--output={tmp_path / 'out.png'}"]
+  proc = fake_family.run_cli("harmonize", args + [f"--mask={tmp_path / 'matte.png'}"],
+                             register_fake=False)
+  assert proc.returncode == 0, proc.stderr
+  want = compositing.compose({}, fg, bg, matte.astype(np.float32) / 255.0, config=config)
+  np.testing.assert_array_equal(image_io.read_image(tmp_path / "out.png"), want)
+  assert not np.array_equal(want, compositing.compose({}, fg, bg, matte >= 128, config=config))
+  # A blend has no segmentation network to predict the mask; composites are for
+  # the harmonization families; the mask must be the foreground photo's.
+  proc = fake_family.run_cli("harmonize", args, register_fake=False)
+  assert proc.returncode == 1 and "give --mask" in proc.stderr, proc.stderr
+  proc = fake_family.run_cli("harmonize", args + [f"--composite={tmp_path / 'bg.png'}"],
+                             register_fake=False)
+  assert proc.returncode != 0 and "give --foreground and --background" in proc.stderr
+  Image.fromarray(matte[:20]).save(tmp_path / "small.png")
+  proc = fake_family.run_cli("harmonize", args + [f"--mask={tmp_path / 'small.png'}"],
+                             register_fake=False)
+  assert proc.returncode == 1 and "small.png: mask is 41x20 but foreground" in proc.stderr
+
+
+def test_read_matte_keeps_soft_values_in_every_mode():
+  from data_builders import image_modes  # pylint: disable=g-import-not-at-top
+  a = np.array([[0, 64, 128, 255]], np.uint8)
+  want = (a / 255.0).astype(np.float32)[..., None]
+  np.testing.assert_allclose(image_modes.mask_to_alpha(Image.fromarray(a)), want, atol=1e-6)
+  np.testing.assert_allclose(image_modes.mask_to_alpha(Image.fromarray(a.astype(np.uint16) * 257)),
+                             want, atol=1e-6)
+  rgba = np.zeros((1, 4, 4), np.uint8)
+  rgba[..., 3] = a
+  np.testing.assert_allclose(image_modes.mask_to_alpha(Image.fromarray(rgba)), want, atol=1e-6)
+  np.testing.assert_allclose(image_modes.mask_to_alpha(Image.fromarray(np.stack([a] * 3, -1))),
+                             want, atol=1e-6)
+  np.testing.assert_allclose(
+      image_modes.mask_to_alpha(Image.fromarray(a.astype(np.float32) / 255.0)), want, atol=1e-6)
