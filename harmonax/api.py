@@ -18,6 +18,7 @@ import numpy as np
 from harmonax import checkpoint
 from harmonax import inference
 from harmonax import model_card
+from harmonax import models
 
 
 @dataclasses.dataclass
@@ -60,15 +61,19 @@ def _is_pil(image: Any) -> bool:
   return hasattr(image, "convert") and hasattr(image, "mode")
 
 
-def load(directory: str | os.PathLike) -> Model:
+def load(directory: str | os.PathLike, dtype: str = "float32") -> Model:
   """Loads a `harmonax.convert` / `checkpoint.save_networks` directory or a
   training workdir (its newest restorable step), with its model card as
   `model.info`: model, variant, parameters, source, license.
+
+  `dtype` 'bfloat16' runs the layers in bfloat16 (weights stay float32;
+  outputs are float32 or uint8 as with float32).
 
   Raises:
     FileNotFoundError: no config.json or no weights in `directory`.
   """
   config, networks = checkpoint.load_networks(directory)
+  models.set_compute_dtype(networks, dtype)
   card = model_card.read(directory)
   if card is None:  # A directory written before model cards existed.
     card = {"model": model_card.model_name(config), "family": config.model.name,

@@ -98,6 +98,10 @@ def add_loop_config(config: ml_collections.ConfigDict, runlocal: bool, *,
   """
   config.total_steps = 0  # 0: config.num_epochs decides.
   config.seed = 0
+  # Compute dtype of the networks' layers, 'float32' or 'bfloat16' (mixed
+  # precision: parameters, optimizer state, losses and metrics stay float32).
+  # Training and the trainer's evaluations; evaluate/harmonize take --dtype.
+  config.dtype = "float32"
   config.log_every = 100
   config.eval_every = eval_every
   config.checkpoint_every = checkpoint_every

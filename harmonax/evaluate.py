@@ -45,6 +45,8 @@ _BUCKET = flags.DEFINE_integer("bucket", 0, "Full resolution: pad to multiples o
                                "(metrics ignore the padding) so few shapes compile; 0: exact shapes.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", -1, "Evaluate at most this many; -1: all.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "Batch size; 0: the config's.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "Compute dtype of the layers (bfloat16: mixed precision).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the table and CSV go.")
 
 
@@ -58,12 +60,14 @@ def main(argv: list[str]) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   from harmonax import checkpoint  # pylint: disable=g-import-not-at-top
   from harmonax import evaluation  # pylint: disable=g-import-not-at-top
+  from harmonax import models  # pylint: disable=g-import-not-at-top
   if jax.process_count() > 1:
     raise app.UsageError("harmonax.evaluate runs on one host; use evaluation.evaluate_sets on pods")
   source = _WORKDIR.value or _CHECKPOINT.value
   started = time.monotonic()
   with metric_writers.Phase(f"loading the networks from {source}"):
     config, networks = checkpoint.load_networks(source)
+    models.set_compute_dtype(networks, _DTYPE.value)
   sets = evaluation.eval_sets(config)
   data_config, split, _ = next(iter(sets.values())) if sets else (config.data, None, -1)
   data_config = data_config.copy_and_resolve_references()

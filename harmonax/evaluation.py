@@ -111,7 +111,8 @@ def _scorer(config: ml_collections.FrozenConfigDict, graphdef: nnx.GraphDef,
   def score(state, batch):
     networks = nnx.merge(graphdef, state)
     batch = layers.floats(batch)
-    pred = family.predict(config, networks, {k: batch[k] for k in family.INPUTS})
+    pred = family.predict(config, networks, {k: batch[k] for k in family.INPUTS}
+                          ).astype(jnp.float32)
     pred = jnp.clip(pred, 0.0, 1.0)
     if protocol.background == "pasted" and "composite" in batch:
       pred = layers.blend_background(pred, batch["composite"], batch["mask"])

@@ -41,6 +41,8 @@ _FOREGROUND = flags.DEFINE_string(
     "foreground", None, "Deep Image Compositing: the photo holding the object.")
 _BACKGROUND = flags.DEFINE_string(
     "background", None, "Deep Image Compositing: the photo to put it in.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "Compute dtype of the layers (bfloat16: mixed precision).")
 _VIDEO = flags.DEFINE_string("video", None, "Video file to harmonize (harmonax.video).")
 _FRAMES = flags.DEFINE_string("frames", None, "Folder of video frames (harmonax.video).")
 
@@ -56,6 +58,7 @@ def main(argv: list[str]) -> int:
   from harmonax import inference  # pylint: disable=g-import-not-at-top
   from harmonax import models  # pylint: disable=g-import-not-at-top
   config, networks = checkpoint.load_networks(_WORKDIR.value or _CHECKPOINT.value)
+  models.set_compute_dtype(networks, _DTYPE.value)
 
   if _VIDEO.value or _FRAMES.value:
     from harmonax import video  # pylint: disable=g-import-not-at-top

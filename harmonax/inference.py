@@ -27,7 +27,9 @@ def jitted_predict(config: ml_collections.FrozenConfigDict) -> Callable:
   """nnx.jit((networks, inputs) -> prediction) of config's family; compiled
   shapes are cached by jit (one compilation per image size and batch)."""
   family = models.get_family(config.model.name)
-  return nnx.jit(functools.partial(family.predict, config))
+  # float32 out whatever the compute dtype (models.set_compute_dtype).
+  return nnx.jit(lambda networks, inputs: family.predict(config, networks, inputs
+                                                         ).astype(jnp.float32))
 
 
 def binary_mask(mask: jax.Array) -> jax.Array:
@@ -61,7 +63,8 @@ def harmonize_arrays(config: ml_collections.ConfigDict, networks: dict[str, nnx.
   fg = binary_mask(mask)
   is_uint8 = composite.dtype == jnp.uint8
   comp01 = composite.astype(jnp.float32) / 255.0 if is_uint8 else composite.astype(jnp.float32)
-  pred = family.predict(config, networks, {"composite": comp01, "mask": fg.astype(jnp.float32)})
+  pred = family.predict(config, networks, {"composite": comp01, "mask": fg.astype(jnp.float32)}
+                        ).astype(jnp.float32)
   out = jnp.clip(pred.astype(jnp.float32), 0.0, 1.0)
   if is_uint8:
     out = jnp.round(out * 255.0).astype(jnp.uint8)

@@ -132,8 +132,13 @@ def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> T
             "opt_state": {k: opt.init(params[k]) for k, opt in optimizers.items()},
             "step": jnp.zeros((), jnp.int32)}
 
+  dtype = models.compute_dtype(config)
+
   def merge(params, rest):
-    return {k: nnx.merge(graphdefs[k], params[k], rest[k]) for k in graphdefs}
+    nets = {k: nnx.merge(graphdefs[k], params[k], rest[k]) for k in graphdefs}
+    if dtype != "float32":  # Mixed precision: params and optimizer state stay float32.
+      models.set_compute_dtype(nets, dtype)
+    return nets
 
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 1),
@@ -143,7 +148,11 @@ def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> T
       nets = merge(params, state["rest"])
       models.set_modes(nets, optimizers)
       losses, metrics, _ = family.compute_losses(config, nets, batch, rng)
-      rest = checkpoint.network_states(nets, nnx.Not(nnx.Param))
+      # Losses and metrics in float32 whatever config.dtype; the state keeps its dtypes.
+      f32 = lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
+      losses, metrics = jax.tree.map(f32, losses), jax.tree.map(f32, metrics)
+      rest = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                          checkpoint.network_states(nets, nnx.Not(nnx.Param)), state["rest"])
       return losses, (metrics, rest)
 
     losses, pullback, (metrics, rest) = jax.vjp(loss_fn, state["params"], has_aux=True)

@@ -11,6 +11,9 @@ import importlib
 import pkgutil
 from types import ModuleType
 
+# config.dtype: the compute dtype of the networks' layers (set_compute_dtype).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
 _CONTRACT = ("INPUTS", "PRESERVES_BACKGROUND", "create_networks", "make_optimizers",
              "compute_losses", "predict")
 
@@ -65,3 +68,40 @@ def set_modes(networks: dict, trained: Iterable[str] = ()) -> None:
       net.train()
     else:
       net.eval()
+
+
+def compute_dtype(config) -> str:
+  """config.dtype ('float32' when absent, as in workdirs written before it existed).
+
+  Raises:
+    ValueError: not one of COMPUTE_DTYPES.
+  """
+  name = config.get("dtype", "float32") or "float32"
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"config.dtype={name!r}; expected one of {COMPUTE_DTYPES}")
+  return name
+
+
+def set_compute_dtype(networks: dict, dtype: str) -> int:
+  """Mixed precision: every layer with a computation dtype computes in `dtype`.
+
+  Flax layers (nnx.Conv, ConvTranspose, Linear, BatchNorm, LayerNorm,
+  MultiHeadAttention, ...) cast their inputs and parameters to `.dtype` and
+  keep the parameters themselves in `.param_dtype` (float32); batch-norm
+  statistics are computed in at least float32. Custom ops follow their inputs'
+  dtype (layers.conv_transpose2d, depthwise_conv2d) or promote to float32 where
+  they meet float32 arrays. Returns the number of layers set.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  dtype = jnp.dtype(dtype)
+  if dtype == jnp.float32:
+    return 0  # Layers left as built (dtype None: they follow their inputs).
+  count = 0
+  for net in networks.values():
+    for _, module in nnx.iter_graph(net):
+      if (isinstance(module, nnx.Module) and hasattr(module, "param_dtype")
+          and hasattr(module, "dtype")):
+        module.dtype = dtype
+        count += 1
+  return count

@@ -46,6 +46,9 @@ class PartialConv2d(nnx.Module):
     self.kernel_size = kernel_size
     self.stride = stride
     self.padding = padding
+    # As flax layers: compute dtype (None: the inputs'), parameters in float32.
+    self.dtype = None
+    self.param_dtype = jnp.float32
     self.kernel = nnx.Param(kernel_init(
         rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
@@ -64,6 +67,9 @@ class PartialConv2d(nnx.Module):
                        f"got shape {x.shape}")
     kernel = self.kernel[...] if kernel is None else kernel
     bias = None if self.bias is None else self.bias[...]
+    dtype = self.dtype or jnp.result_type(x, kernel)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    bias = None if bias is None else bias.astype(dtype)
     if mask is None:
       y = _conv(x, kernel, self.stride, self.padding)
       return (y if bias is None else y + bias), None
@@ -71,14 +77,16 @@ class PartialConv2d(nnx.Module):
       raise ValueError(f"PartialConv2d mask must be {x.shape[:3] + (1,)}, got {mask.shape}")
     # The mask carries no gradient in the official code (computed under no_grad).
     mask = jax.lax.stop_gradient(mask)
-    ones = jnp.ones((self.kernel_size, self.kernel_size, 1, 1), x.dtype)
+    # The mask's window sums and ratios in the mask's dtype (float32).
+    ones = jnp.ones((self.kernel_size, self.kernel_size, 1, 1), mask.dtype)
     window_sum = _conv(mask, ones, self.stride, self.padding)
     updated = jnp.clip(window_sum, 0.0, 1.0)
-    ratio = self.kernel_size ** 2 / (window_sum + 1e-8) * updated
-    raw = _conv(x * mask, kernel, self.stride, self.padding)
+    ratio = (self.kernel_size ** 2 / (window_sum + 1e-8) * updated).astype(dtype)
+    updated_x = updated.astype(dtype)
+    raw = _conv(x * mask.astype(dtype), kernel, self.stride, self.padding)
     if bias is None:
       return raw * ratio, updated
-    return (raw * ratio + bias) * updated, updated
+    return (raw * ratio + bias) * updated_x, updated
 
 
 torch_import.register_rules(PartialConv2d, (
