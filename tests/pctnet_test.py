@@ -10,6 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from harmonax import checkpoint
+from harmonax import image_io
+from harmonax import inference
 from harmonax import torch_import
 from harmonax import train
 from harmonax.models import layers
@@ -19,6 +22,7 @@ from harmonax.models import pctnet
 from harmonax.models import vgg
 from convert_test import read_key_list
 from convert_test import torch_ssam
+import fake_family
 from models_dih_test import random_state_dict
 
 torch = pytest.importorskip("torch")
@@ -435,3 +439,30 @@ def test_vit_matches_torch_forward():
     params = model.get_params(encoder.dec(grid))
     theirs = _torch_pct(params, _nchw(mask), _nchw(image), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
   np.testing.assert_allclose(ours, theirs.numpy().transpose(0, 2, 3, 1), atol=2e-5)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_harmonize_command_line_runs_the_full_resolution_path(tmp_path):
+  # 600x400 through the 32 view and the fused full-resolution apply; the 4K
+  # run of the same command is in BENCHMARKS.md.
+  config = _config("vit", low_res=32, dim=16, ffn=16, num_layers=1, chunk_pixels=1 << 15)
+  checkpoint.save_networks(tmp_path / "ckpt", config,
+                           pctnet.create_networks(config, nnx.Rngs(0)))
+  rng = np.random.default_rng(16)
+  composite = rng.integers(0, 256, (400, 600, 3), np.uint8)
+  mask = np.zeros((400, 600), np.uint8)
+  mask[100:300, 150:500] = 255
+  image_io.write_image(tmp_path / "c.png", composite)
+  image_io.write_image(tmp_path / "m.png", mask[..., None].repeat(3, -1))
+  result = fake_family.run_cli("harmonize", [
+      f"--checkpoint={tmp_path / 'ckpt'}", f"--composite={tmp_path / 'c.png'}",
+      f"--mask={tmp_path / 'm.png'}", f"--output={tmp_path / 'out.png'}"], register_fake=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = image_io.read_image(tmp_path / "out.png")
+  loaded_config, nets = checkpoint.load_networks(tmp_path / "ckpt")
+  np.testing.assert_array_equal(out, inference.harmonize(nets, composite, mask,
+                                                         config=loaded_config))
+  np.testing.assert_array_equal(out[mask == 0], composite[mask == 0])
+  assert np.abs(out[mask > 0].astype(int) - composite[mask > 0]).max() > 0
