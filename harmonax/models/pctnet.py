@@ -13,6 +13,9 @@ applied there, then blended:
   transform blends with the soft full-resolution mask.
 The full-resolution output is the official `images_fullres`; at 256 input it
 equals the low-resolution branch (`images`).
+Losses: FN-MSE at full resolution, Sobel smoothness of the map, and (with
+config.init.vgg, a torchvision VGG16 state dict) the official contrastive term
+on the low-resolution branch (`pct_contrastive`).
 """
 
 from absl import logging
