@@ -8,9 +8,16 @@ Full size: the iS2AM U-Net (depth 4, 32 channels, S2AM from level 2) + a 1x1
 conv to a 12-channel affine colour-transform map at 256, upsampled bicubically
 and applied at full resolution, blended with the upsampled attention map:
 2,185,736 parameters. Adam 1e-3 x batch/16, 180 epochs, lr x0.1 at 160 and 175.
+Losses: FN-MSE (min area 1000) at full resolution + 0.1 x mean Sobel magnitude
+of the map + 0.01 x the contrastive SS-CR + CS-CR term on VGG16 relu4_3
+features of the 256 output (harmonax/models/pct_contrastive.py). The last
+needs torchvision VGG16 ImageNet weights (vgg16-397923af.pth, a state dict):
+  --config.init.vgg=/path/to/vgg16-397923af.pth
+without them the term is OFF and the trainer logs a warning.
 Deviations: fixed-size training crops (random 0.49-1 of the area, resized to
-512x512) instead of variable full-resolution crops of 0.7-1 of each side;
-no 0.01 contrastive VGG16 term (loss.contrastive must stay 0).
+512x512) instead of variable full-resolution crops of 0.7-1 of each side
+(batches need one shape); the negatives' luminance curve is fitted by grid
+search instead of Nelder-Mead (pct_contrastive's docstring).
 `runlocal`: a depth-3, 8-channel model on 96x96 crops with a 64x64 view.
 """
 
@@ -33,10 +40,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Pixels per chunk of the fused upsample-and-apply (bounds the full-res map).
       chunk_pixels=1 << 18,
   )
-  # FN-MSE at full resolution + 0.1 x mean Sobel magnitude of the 256 map. The
-  # official 0.01 contrastive term (VGG16 relu4_3) is not implemented: 0 here.
-  config.loss = dict(pixel=1.0, min_area=1000.0, smoothness=0.1, contrastive=0.0)
-  config.init = {}
+  # FN-MSE at full resolution + 0.1 x mean Sobel magnitude of the 256 map +
+  # 0.01 x contrastive (VGG16 relu4_3, min(5, batch - 1) negatives): the last
+  # only with config.init.vgg (torchvision VGG16 weights), else it is off.
+  config.loss = dict(pixel=1.0, min_area=1000.0, smoothness=0.1, contrastive=0.01,
+                     contrastive_negatives=5)
+  config.init = dict(vgg="")
   # Full-resolution training crops (fixed size here: a deviation) from which
   # the family makes the 256 view. The official trainer skips HAdobe5k.
   config.data = config_args.data_config(arg.data, image_size=512)

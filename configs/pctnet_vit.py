@@ -10,7 +10,10 @@ embedding), ConvTranspose2d(256->12, k4 s4) + tanh, 1x1 conv: a 12-channel
 affine colour-transform map applied at full resolution on [0, 1] RGB and
 blended with the soft mask: 4,809,896 parameters. Adam 1e-4 x batch/16,
 50 epochs constant, then linear to 0 over 50 (per epoch).
-Deviations: as configs/pctnet_cnn.py (fixed-size crops, no contrastive term).
+Losses as configs/pctnet_cnn.py (the 0.01 contrastive term needs
+--config.init.vgg=vgg16-397923af.pth; without it the term is OFF, logged).
+Deviations: as configs/pctnet_cnn.py (fixed-size crops instead of variable
+full-resolution crops of 0.7-1 of each side; grid-fitted negatives' tone curve).
 `runlocal`: a 2-layer, 32-wide transformer on 96x96 crops with a 64x64 view.
 """
 
@@ -30,8 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       patch=4, dim=256, heads=2, num_layers=9, ffn=512, dropout=0.1,
       chunk_pixels=1 << 18,  # Pixels per chunk of the fused upsample-and-apply.
   )
-  config.loss = dict(pixel=1.0, min_area=1000.0, smoothness=0.1, contrastive=0.0)
-  config.init = {}
+  config.loss = dict(pixel=1.0, min_area=1000.0, smoothness=0.1, contrastive=0.01,
+                     contrastive_negatives=5)
+  config.init = dict(vgg="")
   config.data = config_args.data_config(arg.data, image_size=512)
   config.data.crop_scale = (0.49, 1.0)
   config.batch_size = 16

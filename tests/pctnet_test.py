@@ -10,12 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from harmonax import checkpoint
+from harmonax import image_io
+from harmonax import inference
 from harmonax import torch_import
+from harmonax import train
 from harmonax.models import layers
+from harmonax.models import pct_contrastive
 from harmonax.models import pct_ops
 from harmonax.models import pctnet
+from harmonax.models import vgg
 from convert_test import read_key_list
 from convert_test import torch_ssam
+import fake_family
 from models_dih_test import random_state_dict
 
 torch = pytest.importorskip("torch")
@@ -172,6 +179,7 @@ def test_compute_losses_is_fn_mse_plus_smoothness():
   np.testing.assert_allclose(metrics["fn_mse"], fn_mse, rtol=1e-5)
   smooth = np.mean(pct_ops.sobel_magnitude(params))
   np.testing.assert_allclose(losses["generator"], fn_mse + 0.1 * smooth, rtol=1e-5)
+  assert "contrastive" not in metrics  # No config.init.vgg: the term is off.
 
 
 def test_vit_schedule_is_constant_then_linear_per_epoch():
@@ -187,11 +195,161 @@ def test_vit_schedule_is_constant_then_linear_per_epoch():
                              [2e-4, 2e-4, 2e-4, 2e-4, 2e-4 * 0.98, 2e-4 * 0.02], rtol=1e-5)
 
 
-def test_contrastive_term_must_stay_off():
+def test_contrastive_term_is_off_without_vgg_weights(caplog):
   config = _config("cnn")
-  config.loss.contrastive = 0.01
-  with pytest.raises(NotImplementedError, match="contrastive"):
-    pctnet.make_optimizers(config, 10)
+  assert config.loss.contrastive == 0.01 and not config.init.vgg
+  assert set(pctnet.make_optimizers(config, 10)) == {"generator"}
+  assert "contrastive term is OFF" in caplog.text
+  assert set(_abstract(config)) == {"generator"}
+
+
+# ----------------------------------------------------------------------------- contrastive
+
+
+def _torch_scs_cr(f, f_plus, f_minus, b_plus):
+  """The official SCS_CR_loss.forward from its features (NCHW), as written."""
+  d = torch.nn.L1Loss()
+
+  def gram(m1, m2):
+    c = m1.shape[1]
+    return torch.stack([a.view(c, -1).T @ b.view(c, -1) for a, b in zip(m1, m2)])
+
+  ss = d(f, f_plus) / (d(f, f_plus) + torch.sum(torch.tensor([d(f, m) for m in f_minus]))
+                       + 1e-8)
+  c, c_plus = gram(f, b_plus), gram(f_plus, b_plus)
+  c_minus = [gram(m, b_plus) for m in f_minus]
+  cs = d(c, c_plus) / (d(c, c_plus) + torch.sum(torch.tensor([d(c, m) for m in c_minus]))
+                       + 1e-8)
+  return ss + cs
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor")  # The official torch.tensor([...]).
+def test_contrastive_from_features_equals_torch_value_and_gradient():
+  rng = np.random.default_rng(11)
+  f, f_plus, b_plus, *f_minus = (rng.standard_normal((2, 3, 4, 8)).astype(np.float32)
+                                 for _ in range(6))
+  value, grad = jax.value_and_grad(pct_contrastive.from_features)(f, f_plus, f_minus, b_plus)
+  tf = _nchw(f).requires_grad_()
+  theirs = _torch_scs_cr(tf, _nchw(f_plus), [_nchw(m) for m in f_minus], _nchw(b_plus))
+  theirs.backward()  # The negatives' distances are detached (torch.tensor).
+  np.testing.assert_allclose(value, theirs.item(), rtol=1e-5)
+  np.testing.assert_allclose(grad, tf.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-9)
+
+
+def _torch_transfer_chrom(inp, src):
+  """color_transfer.transfer_chrom as written (device calls dropped), [3, N]."""
+  m_i, m_s = inp.mean(1), src.mean(1)
+  s_i = torch.maximum(torch.cov(inp), 7.5 * torch.eye(3, dtype=inp.dtype))
+  s_s = torch.maximum(torch.cov(src), 7.5 * torch.eye(3, dtype=inp.dtype))
+  w_i, v_i = torch.linalg.eigh(s_i)
+  w_i[w_i < 0] = 0
+  da = torch.diag(torch.sqrt(w_i + 1e-10))
+  c = da @ v_i.T @ s_s @ v_i @ da
+  w_c, v_c = torch.linalg.eigh(c)
+  w_c[w_c < 0] = 0
+  dc = torch.diag(torch.sqrt(w_c + 1e-10))
+  da_inv = torch.diag(1 / torch.diag(da))
+  t = v_i @ da_inv @ v_c @ dc @ v_c.T @ da_inv @ v_i.T
+  return t @ (inp - m_i[:, None]) + m_s[:, None]
+
+
+def test_negative_colour_transfers_equal_official_definitions():
+  rng = np.random.default_rng(12)
+  rgb = rng.uniform(0, 1, (2, 300, 3)).astype(np.float32)
+  to_lab = jax.jit(pct_contrastive.rgb_to_lab)  # jit: eager dispatch is slower here.
+  lab = np.asarray(to_lab(rgb))
+  np.testing.assert_allclose(jax.jit(pct_contrastive.lab_to_rgb)(lab), rgb, atol=2e-4)
+  np.testing.assert_allclose(to_lab(np.ones((2, 300, 3), np.float32))[0, 0], [100, 0, 0],
+                             atol=1e-2)  # kornia's matrix rows sum to D65 within 5e-3.
+  skimage_color = pytest.importorskip("skimage.color")
+  np.testing.assert_allclose(lab, skimage_color.rgb2lab(rgb.astype(np.float64)), atol=0.05)
+  ours = jax.jit(pct_contrastive.transfer_chrom)(lab[0], lab[1])
+  theirs = _torch_transfer_chrom(torch.from_numpy(lab[0].T.astype(np.float64)),
+                                 torch.from_numpy(lab[1].T.astype(np.float64)))
+  np.testing.assert_allclose(ours, theirs.numpy().T, rtol=1e-3, atol=1e-2)
+  # The grid fit of the tone curve is at least as good as the official Nelder-Mead.
+  scipy_optimize = pytest.importorskip("scipy.optimize")
+  x = np.sort(rng.uniform(0, 1, 32)).astype(np.float32)
+  y = np.clip(x ** 0.6 + 0.02 * rng.standard_normal(32), 0, 1).astype(np.float32)
+  p0, p1 = jax.jit(pct_contrastive.fit_tone_curve)(x, y)
+
+  def objective(p):  # color_transfer.np_transfer_func's least squares.
+    t = np.arctan(p[0] / p[1])
+    curve = (t + np.arctan((x - p[0]) / p[1])) / (t + np.arctan((1 - p[0]) / p[1]))
+    return float(np.sum((curve - y) ** 2))
+
+  official = min(scipy_optimize.minimize(objective, r, method="Nelder-Mead",
+                                         bounds=((0, 1), (1e-10, 1))).fun
+                 for r in np.random.default_rng(0).random((5, 2)))
+  assert objective((p0, p1)) <= official * 1.05 + 1e-6
+
+
+def test_negatives_are_the_composite_then_recoloured_foregrounds():
+  rng = np.random.default_rng(13)
+  real, composite = (rng.uniform(-1, 1, (4, 12, 12, 3)).astype(np.float32) for _ in range(2))
+  mask = np.zeros((4, 12, 12, 1), np.float32)
+  mask[:, 3:9, 2:10] = 1.0
+  negs = np.asarray(jax.jit(pct_contrastive.negatives, static_argnums=4)(
+      real, composite, mask, jax.random.key(0), 3))
+  assert negs.shape == (3, 4, 12, 12, 3) and np.isfinite(negs).all()
+  np.testing.assert_array_equal(negs[0], composite)
+  background = np.broadcast_to(mask == 0, negs[1:].shape)
+  np.testing.assert_allclose(negs[1:][background], np.broadcast_to(real, negs[1:].shape)[
+      background], atol=1e-6)
+  fg = (1 - background).astype(bool)
+  assert np.abs(negs[1:][fg]).max() <= 1.0 + 1e-6  # (rgb - 0.5) / 0.5 of clipped RGB.
+  assert not np.allclose(negs[1:][fg], np.broadcast_to(real, negs[1:].shape)[fg])
+
+
+def _torch_vgg_features(sd, x, last=21):
+  """torchvision vgg16().features[:last + 2] from a state dict (NCHW)."""
+  for i, _, _ in vgg.CONVS:
+    if i > last:
+      break
+    x = F.relu(F.conv2d(x, sd[f"features.{i}.weight"], sd[f"features.{i}.bias"], padding=1))
+    if i in (2, 7, 14):
+      x = F.max_pool2d(x, 2, 2)
+  return x
+
+
+def test_vgg16_relu4_3_loads_torchvision_state_dict_and_matches_torch(tmp_path):
+  config = _config("vit", low_res=16, dim=16, ffn=16, num_layers=1)
+  config.init.vgg = str(tmp_path / "vgg16.pth")
+  nets = pctnet.create_networks(config, nnx.Rngs(0))
+  rng = np.random.default_rng(14)
+  shapes = {f"features.{i}.{k}": (o, c, 3, 3) if k == "weight" else (o,)
+            for i, c, o in vgg.CONVS for k in ("weight", "bias")}  # All 13 convs.
+  state = {k: torch.from_numpy(rng.normal(0, 0.05, s).astype(np.float32))
+           for k, s in shapes.items()}
+  state["classifier.0.weight"] = torch.zeros(4, 4)  # Unused torchvision keys are dropped.
+  torch.save(state, config.init.vgg)
+  pctnet.load_pretrained(config, nets, dict(config.init))
+  assert set(torch_import.expected_shapes(nets["vgg"])) == {
+      k for k in shapes if int(k.split(".")[1]) <= 21}
+  x = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  (ours,) = nets["vgg"](x)
+  theirs = _torch_vgg_features(state, _nchw(x)).numpy().transpose(0, 2, 3, 1)
+  assert ours.shape == (2, 4, 4, 512)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_contrastive_train_step_updates_the_generator_not_vgg():
+  config = _config("vit", low_res=32, dim=16, ffn=16, num_layers=1)
+  config.init.vgg = "vgg16.pth"  # Switches the term on; the file is read by load_pretrained.
+  config.batch_size = 3
+  fns = train.make_train_fns(config, steps_per_epoch=10)
+  assert fns.trained == ["generator"] and "vgg" in fns.networks
+  rng = np.random.default_rng(15)
+  batch = {k: rng.uniform(0, 1, (3, 40, 40, 1 if k == "mask" else 3)).astype(np.float32)
+           for k in ("composite", "mask", "real")}
+  state = jax.jit(fns.init_state)()
+  before = jax.tree.map(np.asarray, state["params"])
+  state, metrics = jax.jit(fns.train_step)(state, batch)
+  assert bool(metrics["finite"]) and 0 < float(metrics["contrastive"]) < 2
+  jax.tree.map(np.testing.assert_array_equal, before["vgg"], state["params"]["vgg"])
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), before["generator"],
+                       state["params"]["generator"])
+  assert any(jax.tree.leaves(moved))
 
 
 # ----------------------------------------------------------------------------- torch parity
@@ -281,3 +439,30 @@ def test_vit_matches_torch_forward():
     params = model.get_params(encoder.dec(grid))
     theirs = _torch_pct(params, _nchw(mask), _nchw(image), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
   np.testing.assert_allclose(ours, theirs.numpy().transpose(0, 2, 3, 1), atol=2e-5)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_harmonize_command_line_runs_the_full_resolution_path(tmp_path):
+  # 600x400 through the 32 view and the fused full-resolution apply; the 4K
+  # run of the same command is in BENCHMARKS.md.
+  config = _config("vit", low_res=32, dim=16, ffn=16, num_layers=1, chunk_pixels=1 << 15)
+  checkpoint.save_networks(tmp_path / "ckpt", config,
+                           pctnet.create_networks(config, nnx.Rngs(0)))
+  rng = np.random.default_rng(16)
+  composite = rng.integers(0, 256, (400, 600, 3), np.uint8)
+  mask = np.zeros((400, 600), np.uint8)
+  mask[100:300, 150:500] = 255
+  image_io.write_image(tmp_path / "c.png", composite)
+  image_io.write_image(tmp_path / "m.png", mask[..., None].repeat(3, -1))
+  result = fake_family.run_cli("harmonize", [
+      f"--checkpoint={tmp_path / 'ckpt'}", f"--composite={tmp_path / 'c.png'}",
+      f"--mask={tmp_path / 'm.png'}", f"--output={tmp_path / 'out.png'}"], register_fake=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = image_io.read_image(tmp_path / "out.png")
+  loaded_config, nets = checkpoint.load_networks(tmp_path / "ckpt")
+  np.testing.assert_array_equal(out, inference.harmonize(nets, composite, mask,
+                                                         config=loaded_config))
+  np.testing.assert_array_equal(out[mask == 0], composite[mask == 0])
+  assert np.abs(out[mask > 0].astype(int) - composite[mask > 0]).max() > 0

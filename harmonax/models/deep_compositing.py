@@ -30,13 +30,14 @@ import optax
 from harmonax import blending
 from harmonax import losses
 from harmonax import optimizers
-from harmonax import torch_import
 from harmonax.models import layers
+from harmonax.models import vgg
 
 INPUTS = ("foreground", "background", "mask")
 PRESERVES_BACKGROUND = False  # The composite's pixels all come from the model.
 VARIANTS = ("network", *blending.BLENDS)
 NETWORKS = ("segmentation", "refinement", "fusion")
+PERCEPTUAL_TAPS = ("relu1_2", "relu2_2", "relu3_3")
 
 
 def _conv_relu(cin: int, cout: int, rngs: nnx.Rngs, stride: int = 1) -> nnx.Conv:
@@ -139,30 +140,6 @@ class FusionNet(nnx.Module):
     return blending.alpha_blend(foreground, background, mask) + residual
 
 
-class VGGFeatures(nnx.Module):
-  """torchvision VGG16 `features` up to relu3_3, paths as its state dict
-  ('features.0.weight', ...), for the perceptual loss (frozen)."""
-
-  LAYERS = ((0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128),
-            (10, 128, 256), (12, 256, 256), (14, 256, 256))
-  TAPS = (2, 7, 14)  # relu1_2, relu2_2, relu3_3.
-  POOL_AFTER = (2, 7)
-
-  def __init__(self, rngs: nnx.Rngs):
-    self.features = nnx.Dict({str(i): layers.conv(cin, cout, 3, padding=1, rngs=rngs)
-                              for i, cin, cout in self.LAYERS})
-
-  def __call__(self, images: jax.Array) -> list[jax.Array]:
-    x, taps = layers.imagenet_normalize(images), []
-    for i, _, _ in self.LAYERS:
-      x = nnx.relu(self.features[str(i)](x))
-      if i in self.TAPS:
-        taps.append(x)
-      if i in self.POOL_AFTER:
-        x = layers.max_pool2x2(x)
-    return taps
-
-
 def _perceptual_on(config: ml_collections.ConfigDict) -> bool:
   return config.loss.get("perceptual", 0.0) > 0 and bool((config.get("init") or {}).get("vgg"))
 
@@ -184,7 +161,7 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
                           zero_heads=m.get("assumption_zero_band_heads", False)),
   }
   if _perceptual_on(config):
-    nets["vgg"] = VGGFeatures(rngs)
+    nets["vgg"] = vgg.VGG16Features(PERCEPTUAL_TAPS, rngs)
   return nets
 
 
@@ -197,10 +174,7 @@ def load_pretrained(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
     if name != "vgg" or name not in networks:
       raise ValueError(f"deep_compositing: config.init names {name!r}; only 'vgg' "
                        "(torchvision VGG16, with config.loss.perceptual > 0) is loadable")
-    state = torch_import.load_state_dict(path)
-    wanted = set(torch_import.expected_shapes(networks["vgg"]))
-    torch_import.load_into(networks["vgg"], {k: v for k, v in state.items() if k in wanted},
-                           context=path)
+    vgg.load_features(networks["vgg"], path)
 
 
 def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int

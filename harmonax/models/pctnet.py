@@ -13,6 +13,9 @@ applied there, then blended:
   transform blends with the soft full-resolution mask.
 The full-resolution output is the official `images_fullres`; at 256 input it
 equals the low-resolution branch (`images`).
+Losses: FN-MSE at full resolution, Sobel smoothness of the map, and (with
+config.init.vgg, a torchvision VGG16 state dict) the official contrastive term
+on the low-resolution branch (`pct_contrastive`).
 """
 
 from absl import logging
@@ -28,8 +31,10 @@ from harmonax import optimizers
 from harmonax import torch_import
 from harmonax.models import dih
 from harmonax.models import layers
+from harmonax.models import pct_contrastive
 from harmonax.models import pct_ops
 from harmonax.models import pctnet_vit
+from harmonax.models import vgg
 
 INPUTS = ("composite", "mask")
 PRESERVES_BACKGROUND = True
@@ -55,20 +60,43 @@ class PCTNetCNN(dih.SSAMImageHarmonization):
     return self.get_params(decoded), attention
 
 
+def contrastive_on(config: ml_collections.ConfigDict) -> bool:
+  """The contrastive term needs loss.contrastive > 0 and VGG16 weights (config.init.vgg)."""
+  return config.loss.contrastive > 0 and bool((config.get("init") or {}).get("vgg"))
+
+
 def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
                     ) -> dict[str, nnx.Module]:
-  """{'generator': PCTNetCNN or PCTNetViT} from config.model."""
+  """{'generator': PCTNetCNN or PCTNetViT} from config.model, + a frozen 'vgg'
+  (VGG16 to relu4_3) when the contrastive term is on (`contrastive_on`)."""
   m = config.model
   if m.variant == "cnn":
-    return {"generator": PCTNetCNN(
+    nets = {"generator": PCTNetCNN(
         depth=m.depth, ch=m.ch, max_channels=m.max_channels, batchnorm_from=m.batchnorm_from,
         attend_from=m.attend_from, attention_mid_k=m.attention_mid_k, image_fusion=True,
         init=m.init_magnitude, rngs=rngs)}
-  if m.variant == "vit":
-    return {"generator": pctnet_vit.PCTNetViT(
+  elif m.variant == "vit":
+    nets = {"generator": pctnet_vit.PCTNetViT(
         patch=m.patch, dim=m.dim, heads=m.heads, num_layers=m.num_layers, ffn=m.ffn,
         dropout=m.dropout, rngs=rngs)}
-  raise ValueError(f"config.model.variant={m.variant!r}; valid: {VARIANTS}")
+  else:
+    raise ValueError(f"config.model.variant={m.variant!r}; valid: {VARIANTS}")
+  if contrastive_on(config):
+    # The official feeds VGG the model's normalised tensors as they are.
+    nets["vgg"] = vgg.VGG16Features(("relu4_3",), rngs, normalize=False)
+  return nets
+
+
+def load_pretrained(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                    paths: dict[str, str]) -> None:
+  """config.init.vgg: a torchvision VGG16 state dict (`features.*` up to
+  relu4_3 are used) for the contrastive term."""
+  del config
+  for name, path in paths.items():
+    if name != "vgg" or name not in networks:
+      raise ValueError(f"pctnet: config.init names {name!r}; only 'vgg' (torchvision "
+                       "VGG16, with config.loss.contrastive > 0) is loadable")
+    vgg.load_features(networks["vgg"], path)
 
 
 def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
@@ -78,11 +106,13 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
   then per-epoch linear decay to 0 over linear_epochs (ViT's SequentialLR of
   ConstantLR and LinearLR, stepped once an epoch)."""
   o = config.optim
-  if config.loss.contrastive > 0:
-    raise NotImplementedError("The contrastive VGG16 term is not implemented; set "
-                              "config.loss.contrastive = 0")
-  logging.info("PCT-Net: training without the 0.01 contrastive VGG16 term (not "
-               "implemented in harmonax; a documented deviation).")
+  if contrastive_on(config):
+    logging.info("pctnet: contrastive VGG16 term ON (x %s, VGG16 from %s).",
+                 config.loss.contrastive, config.init.vgg)
+  elif config.loss.contrastive > 0:
+    logging.warning("pctnet: config.loss.contrastive=%s but config.init.vgg is empty: the "
+                    "contrastive term is OFF (pass torchvision VGG16 weights with "
+                    "--config.init.vgg=PATH).", config.loss.contrastive)
   lr = o.lr * config.batch_size / 16
   if o.schedule == "step":
     scaled = ml_collections.ConfigDict(o.to_dict())
@@ -106,15 +136,21 @@ def _norm(variant: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
   return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
 
+def low_res_view(config: ml_collections.ConfigDict, *images: jax.Array
+                 ) -> list[jax.Array]:
+  """Each image at config.model.low_res: a half-pixel bilinear resize (the
+  official cv2 INTER_LINEAR Resize)."""
+  size = (config.model.low_res, config.model.low_res)
+  return [layers.resize_bilinear(layers.to_float(x), size) for x in images]
+
+
 def parameter_maps(config: ml_collections.ConfigDict, net: nnx.Module, composite: jax.Array,
                    mask: jax.Array, rng: jax.Array | None = None
                    ) -> tuple[jax.Array, jax.Array | None]:
   """(parameter map, CNN attention map or None) at config.model.low_res from
   full-resolution [0, 1] (or uint8) inputs: the low-resolution view is a
   half-pixel bilinear resize (the official cv2 INTER_LINEAR Resize)."""
-  size = (config.model.low_res, config.model.low_res)
-  image = layers.resize_bilinear(layers.to_float(composite), size)
-  mask = layers.resize_bilinear(layers.to_float(mask), size)
+  image, mask = low_res_view(config, composite, mask)
   if config.model.variant == "cnn":
     return net(layers.imagenet_normalize(image), mask)
   return net(image, mask, rng), None
@@ -147,7 +183,9 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
                    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
   """FN-MSE of the full-resolution output (in the variant's normalised space, as
   the official MaskWeightedMSE on images_fullres) + loss.smoothness x the mean
-  Sobel magnitude of the low-resolution parameter map."""
+  Sobel magnitude of the low-resolution parameter map + loss.contrastive x the
+  official SCS_CR_loss on the low-resolution output (`pct_contrastive`), when
+  a 'vgg' network is present."""
   batch = layers.floats(batch)
   composite, mask = batch["composite"], batch["mask"]
   params, attention = parameter_maps(config, networks["generator"], composite, mask, rng)
@@ -157,8 +195,18 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
                         config.loss.min_area)
   smooth = jnp.mean(pct_ops.sobel_magnitude(params))
   loss = config.loss.pixel * pixel + config.loss.smoothness * smooth
-  return ({"generator": loss}, {"fn_mse": pixel, "smoothness": smooth},
-          {"harmonized": jnp.clip(out, 0.0, 1.0)})
+  metrics = {"fn_mse": pixel, "smoothness": smooth}
+  if "vgg" in networks:
+    # The official applies it to the low-resolution branch (`images`), which
+    # is the same transform and blend at the map's own size.
+    image, small_mask, real = low_res_view(config, composite, mask, batch["real"])
+    low = full_resolution(config, params, attention, image, small_mask)
+    c = pct_contrastive.loss(networks["vgg"], (low - mean) / std, (real - mean) / std,
+                             small_mask, (image - mean) / std, jax.random.fold_in(rng, 1),
+                             config.loss.contrastive_negatives)
+    loss = loss + config.loss.contrastive * c
+    metrics["contrastive"] = c
+  return {"generator": loss}, metrics, {"harmonized": jnp.clip(out, 0.0, 1.0)}
 
 
 def predict(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
