@@ -26,7 +26,12 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8.0", "pytest-xdist>=3.5", "imageio>=2.30", "imageio-ffmpeg>=0.4"],
+    "test": ["pytest>=8.0", "pytest-xdist>=3.5", "imageio>=2.30", "imageio-ffmpeg>=0.4",
+             "ruff>=0.6", "onnx>=1.20", "onnxruntime>=1.24", "onnx-ir>=0.2"],
+    # ONNX export (harmonax.export): the runtime and format. The converter, jax2onnx, is
+    # installed with --no-deps (README): its orbax-checkpoint<0.11.37 pin would downgrade
+    # orbax, and its hub/netron/equinox dependencies serve only its own extras.
+    "export": ["onnx>=1.20", "onnxruntime>=1.24", "onnx-ir>=0.2"],
     # Harmonizer on video files (frame folders need only Pillow).
     "video": ["imageio>=2.30", "imageio-ffmpeg>=0.4"],
     # Apache Beam pins protobuf/pyarrow back, so it is optional.
@@ -36,6 +41,8 @@ EXTRAS_REQUIRE = {
     "tpu": ["jax[tpu]>=0.7.0", "gcsfs>=2024.2", "google-cloud-storage>=2.14"],
     # Importing the official PyTorch checkpoints.
     "convert": ["torch>=2.0"],
+    # The `tensorboard --logdir WORKDIR` viewer (the event files need only tensorboardX).
+    "tensorboard": ["tensorboard>=2.14"],
 }
 
 setuptools.setup(

@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> str:
   if args.child:
     _child(args)
     return ""
+  from harmonax import xla_setup  # pylint: disable=g-import-not-at-top
+  xla_setup.configure()  # The CLIs' XLA flags (children inherit them).
   import jax  # pylint: disable=g-import-not-at-top
   start = time.time()
   deadline = start + args.budget_s

@@ -52,12 +52,13 @@ def _time(fn, *args, repeats: int) -> tuple[float, float, list[float]]:
   return compile_s, times[0], times[1:]
 
 
-def bench_inference(networks, repeats: int) -> list[dict]:
+def bench_inference(config, networks, repeats: int) -> list[dict]:
   graphdef, state = nnx.split(networks)
 
   @jax.jit
   def predict(state, composite, mask):
-    return harmonizer.predict(nnx.merge(graphdef, state), composite, mask)
+    return harmonizer.predict(config, nnx.merge(graphdef, state),
+                              {"composite": composite, "mask": mask})
 
   @jax.jit
   def arguments(state, composite, mask):
@@ -83,13 +84,14 @@ def bench_inference(networks, repeats: int) -> list[dict]:
 
 def bench_train(config, networks, batch_size: int, repeats: int) -> dict:
   net = networks["harmonizer"]
+  net.train()
   tx = harmonizer.make_optimizers(config, steps_per_epoch=1000)["harmonizer"]
   optimizer = nnx.Optimizer(net, tx, wrt=nnx.Param)
 
   @nnx.jit
   def step(net, optimizer, batch, key):
     def loss_fn(net):
-      losses, _, _ = harmonizer.compute_losses({"harmonizer": net}, batch, key, train=True)
+      losses, _, _ = harmonizer.compute_losses(config, {"harmonizer": net}, batch, key)
       return losses["harmonizer"]
     loss, grads = nnx.value_and_grad(loss_fn)(net)
     optimizer.update(net, grads)
@@ -120,7 +122,7 @@ def main():
   networks = harmonizer.create_networks(config, nnx.Rngs(0))
   num_params = sum(x.size for x in jax.tree.leaves(nnx.state(networks, nnx.Param)))
   networks["harmonizer"].eval()
-  rows = bench_inference(networks, args.repeats)
+  rows = bench_inference(config, networks, args.repeats)
   networks["harmonizer"].train()
   train = bench_train(config, networks, args.train_batch, args.train_repeats)
   print(train, flush=True)

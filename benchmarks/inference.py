@@ -63,7 +63,8 @@ def measure(config: ml_collections.ConfigDict, size: int, repeats: int, warmup: 
 
   @jax.jit
   def run(state, composite, mask):
-    return family.predict(nnx.merge(graphdef, state), composite, mask)
+    return family.predict(config, nnx.merge(graphdef, state),
+                          {"composite": composite, "mask": mask})
 
   rng = np.random.default_rng(0)
   composite = jnp.asarray(rng.uniform(0, 1, (1, size, size, 3)), jnp.float32)

@@ -77,6 +77,8 @@ def child(args) -> None:
   sys.path.insert(0, ROOT)
   cores = sorted(os.sched_getaffinity(0))[:args.threads]
   os.sched_setaffinity(0, cores)
+  from harmonax import xla_setup  # pylint: disable=g-import-not-at-top
+  xla_setup.configure()  # The CLIs' XLA flags, before JAX starts.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top

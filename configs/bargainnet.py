@@ -32,13 +32,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       ndf=64,            # Domain code extractor channels of the first level.
       code_dim=16,       # Domain code size (--style_dim).
   )
+  # L1 + triplet * (two triplet losses on the domain codes, margin).
+  config.loss = dict(triplet=0.01, margin=0.1)
   config.data = config_args.data_config(arg.data, image_size=256)
   config.batch_size = 1
   config.num_epochs = 200
   config.optim = dict(lr=1e-4, b1=0.9, b2=0.999, decay_epochs=6574200)
   # The official test computes PSNR with data_range = output.max() - output.min().
   config_args.add_loop_config(config, arg.runlocal, eval_every=50000, checkpoint_every=10000,
-                              psnr_peak="pred_range", runlocal_steps=10)
+                              psnr_peak="pred_range", runlocal_steps=10,
+                              eval_metrics=("harmonization", "harmony_score"))
 
   if arg.runlocal:
     config.model.update(num_downs=6, ngf=8, ndf=8)

@@ -27,12 +27,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name="dovenet",
       num_downs=8,        # U-Net levels; inputs are padded to multiples of 2**num_downs.
       ngf=64,             # Generator channels of the first level.
-      norm="instance",    # 'instance' (training recipe, released G) or 'batch'.
+      # 'batch' as the official README says of the released generator; the
+      # released file's keys decide on import (harmonax.convert reads them).
+      norm="batch",
       use_dropout=True,   # Dropout 0.5 in the 512-channel middle levels.
       ndf=64,             # Discriminator channels of the first level.
       d_num_strided=6,    # Stride-2 partial convs before the stride-1 one (needs >= 255 px).
   )
   # DoveNet resizes whole images to 256 (no crop: scale 1) and never flips.
+  config.loss = dict(l1=100.0, gp=10.0)  # lambda_L1; lambda_gp (gp_ratio 1).
   config.data = config_args.data_config(arg.data, image_size=256, hflip=False)
   config.data.crop_scale = (1.0, 1.0)
   config.batch_size = 1

@@ -5,7 +5,7 @@ r"""Harmonizer (Ke et al., ECCV 2022): filter arguments from a cascade regressor
   python -m harmonax.train --config=configs/harmonizer.py:runlocal --workdir=/tmp/harmonizer_local
 
 Paper recipe: EfficientNet-B0 backbone (ImageNet-initialized in the paper: set
-`config.model.imagenet_init` to a local lukemelas/torchvision/timm
+`config.init.harmonizer` to a local lukemelas/torchvision/timm
 EfficientNet-B0 .pth or .npz; nothing is downloaded), 4.73M parameters,
 arguments predicted at 256x256, Adam 3e-4 for 60 epochs with lr x0.1 at epochs
 25 and 50, batches of 16 synthetic pairs (made in the step from the real
@@ -29,9 +29,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       width=1.0,              # EfficientNet width/depth multipliers (B0: 1, 1).
       depth=1.0,
       drop_connect_rate=0.2,
-      real_fraction=1 / 3,    # Last rows of a batch: dataset composites (8 of 24).
-      imagenet_init="",       # Path of an ImageNet EfficientNet-B0 state dict, or ''.
   )
+  config.loss = dict(
+      real_fraction=1 / 3,    # Last rows of a batch: dataset composites (8 of 24).
+      real_weight=10.0,       # Their final-output loss weight.
+      # Official `filter_argument_ranges`: synthetic arguments are U(-1, 1) times these.
+      argument_ranges=(0.3, 0.5, 0.5, 0.6, 0.4, 0.4),
+      # torchvision ColorJitter of the synthetic pairs' real images.
+      color_jitter=dict(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.03),
+  )
+  # Pretrained initialisation, applied by the trainer once before step 1:
+  # the path of an ImageNet EfficientNet-B0 state dict (lukemelas, torchvision
+  # or timm keys), or '' for a random start.
+  config.init = dict(harmonizer="")
   # The official trainer resizes whole images to 256 (no crop); we keep the
   # pipeline's random resized crop (scale 0.5..1) and flips. rot90 and the
   # color jitter of the synthetic pairs' real images happen in the step.
@@ -43,5 +53,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config_args.add_loop_config(config, arg.runlocal)
 
   if arg.runlocal:
-    config.model.update(input_size=64, width=0.25, depth=0.34, real_fraction=0.25)
+    config.model.update(input_size=64, width=0.25, depth=0.34)
+    config.loss.real_fraction = 0.25
   return config

@@ -20,14 +20,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   config.model = dict(
-      name="idih",
+      name="dih",
+      variant="idih",  # harmonax.models.dih network: 'idih' or 'issam'.
       depth=7,            # Encoder/decoder levels; inputs must be multiples of 2**depth.
       ch=64,              # Channels of the first level.
       max_channels=512,
       batchnorm_from=2,   # Batch norm from this encoder level on (decoder: everywhere).
       image_fusion=True,  # Learned blending map with the input image.
+      # Test-time padding: 'centered_zero' is the official predictor's (zeros
+      # around the image to a multiple of 2**(depth + 1)); 'edge' is cheaper.
+      padding="centered_zero",
       init_magnitude=2.0,  # XavierGluon(gaussian, magnitude=2) as the official recipe.
   )
+  # FN-MSE: squared error over all pixels / (3 * max(mask area, min_area)).
+  config.loss = dict(min_area=100.0)
   config.data = config_args.data_config(arg.data, image_size=256)
   config.batch_size = 16
   config.num_epochs = 120

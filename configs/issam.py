@@ -21,7 +21,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   config.model = dict(
-      name="issam",
+      name="dih",
+      variant="issam",  # harmonax.models.dih network: 'idih' or 'issam'.
       depth=4,            # U-Net levels; inputs must be multiples of 2**(depth - 1).
       ch=32,              # Channels of the first level.
       max_channels=512,
@@ -29,8 +30,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       attend_from=2,      # First decoder level with a spatial-separated attention module.
       attention_mid_k=0.5,
       image_fusion=True,  # Learned blending map with the input image.
+      # Test-time padding: 'centered_zero' is the official predictor's (zeros
+      # around the image to a multiple of 2**(depth + 1)); 'edge' is cheaper.
+      padding="centered_zero",
       init_magnitude=1.0,  # XavierGluon(gaussian, magnitude=1) as the official recipe.
   )
+  # FN-MSE: squared error over all pixels / (3 * max(mask area, min_area)).
+  config.loss = dict(min_area=1000.0)
   config.data = config_args.data_config(arg.data, image_size=256)
   config.batch_size = 16
   config.num_epochs = 120

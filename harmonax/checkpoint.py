@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from harmonax import model_card
 from harmonax import models
 
 CONFIG_FILE = "config.json"
@@ -41,12 +42,23 @@ def _path(path: str | os.PathLike) -> epath.Path:
   return epath.Path(path if "://" in path else os.path.abspath(path))
 
 
-def save_config(directory: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
-  """Writes `directory/config.json` (the ConfigDict as JSON)."""
+def save_config(directory: str | os.PathLike, config: ml_collections.ConfigDict,
+                card: dict | None = None) -> None:
+  """Writes `directory/config.json` (the ConfigDict as JSON) and the model card
+  `README.md`: `card` if given (harmonax.model_card.make_card), else a
+  "trained with harmonax" card unless one is there (a resumed run keeps it)."""
   directory = _path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   (directory / CONFIG_FILE).write_text(
       config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  try:
+    if card is None and model_card.read(directory) is None:
+      card = model_card.make_card(config)
+    if card is not None:
+      model_card.write(directory, card)
+  except Exception as e:  # pylint: disable=broad-except
+    # The card documents the weights; it must never stop a training run.
+    logging.warning("Could not write the model card in %s: %s", directory, e)
 
 
 def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -104,13 +116,17 @@ def _materialize(networks: dict[str, nnx.Module], states: dict[str, dict]) -> No
 
 
 def save_networks(directory: str | os.PathLike, config: ml_collections.ConfigDict,
-                  networks: dict[str, nnx.Module]) -> None:
-  """Writes `directory/config.json` and an orbax checkpoint of the networks' full state."""
+                  networks: dict[str, nnx.Module], card: dict | None = None) -> None:
+  """Writes `directory/config.json`, the model card (see save_config) and an
+  orbax checkpoint of the networks' full state."""
   directory = _path(directory)
-  save_config(directory, config)
+  save_config(directory, config, card)
   path = directory / NETWORKS_DIR
   if path.exists():
     path.rmtree()
+  if not networks:  # A parameter-free model (a classical blend): orbax saves no empty tree.
+    path.mkdir(parents=True)
+    return
   with ocp.PyTreeCheckpointer() as checkpointer:
     checkpointer.save(path, network_states(networks))
 
@@ -159,6 +175,8 @@ def load_networks(path: str | os.PathLike
   config = load_config(path)
   networks = abstract_networks(config)
   full = network_states(networks)
+  if not networks and ((path / NETWORKS_DIR).exists() or (path / CHECKPOINT_DIR).exists()):
+    return config, networks  # Parameter-free (save_networks wrote no orbax tree).
   if (path / NETWORKS_DIR).exists():
     with ocp.PyTreeCheckpointer() as checkpointer:
       states = checkpointer.restore(

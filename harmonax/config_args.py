@@ -78,7 +78,8 @@ def data_config(data: str, image_size: int = 256, *, hflip: bool = True,
 
 def add_loop_config(config: ml_collections.ConfigDict, runlocal: bool, *,
                     eval_every: int = 5000, checkpoint_every: int = 5000,
-                    psnr_peak: str = "real_max", runlocal_steps: int = 20) -> None:
+                    psnr_peak: str = "real_max", runlocal_steps: int = 20,
+                    eval_metrics: tuple[str, ...] = ("harmonization",)) -> None:
   """Sets the training-loop fields every config shares, and the `runlocal` loop.
 
   Call after `config.data` and `config.batch_size` are set. `runlocal` shrinks the
@@ -92,6 +93,8 @@ def add_loop_config(config: ml_collections.ConfigDict, runlocal: bool, *,
     checkpoint_every: steps between checkpoints and TensorBoard image grids.
     psnr_peak: the evaluation's PSNR peak, as the model's own paper computed it.
     runlocal_steps: training steps of the runlocal variant.
+    eval_metrics: evaluator modules (harmonax.evaluators.<name>) run on every
+      evaluation set.
   """
   config.total_steps = 0  # 0: config.num_epochs decides.
   config.seed = 0
@@ -100,11 +103,19 @@ def add_loop_config(config: ml_collections.ConfigDict, runlocal: bool, *,
   config.checkpoint_every = checkpoint_every
   config.image_every = checkpoint_every
   config.keep_checkpoints = 3
-  config.eval = dict(psnr_peak=psnr_peak, ssim="gaussian11")
+  # The evaluation protocol. background 'output' scores the model's image as
+  # the official evaluation does; 'pasted' puts the composite's background back.
+  config.eval = dict(psnr_peak=psnr_peak, ssim="gaussian11", background="output",
+                     metrics=eval_metrics)
+  # Evaluation sets run every eval_every steps, by name: dataset '' is
+  # config.data.name, split '' its eval_split, image_size -1 its image_size
+  # (0: full resolution), max_examples -1 every example.
+  config.evals = dict(val=dict(dataset="", split="", image_size=-1, max_examples=-1))
   if runlocal:
     config.data.image_size = 64
     config.data.num_workers = 0
     config.data.max_eval_examples = 16
+    config.evals.val.max_examples = 16
     config.batch_size = 8
     config.total_steps = runlocal_steps
     config.log_every = 5

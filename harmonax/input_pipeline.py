@@ -7,13 +7,13 @@ global_batch_size // process_count. Evaluation: per-host shard -> deterministic 
 """
 
 import dataclasses
-import glob
-import importlib
+import functools
 import io
 import math
 import os
-import re
 import signal
+import threading
+import time
 from typing import Any, Iterator
 
 import grain
@@ -23,68 +23,37 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-# The one dataset that is built automatically on first use: its photos ship in the repo.
-AUTO_BUILD = "harmonization_composites/sample"
+from data_builders import datasets
+from data_builders.harmonization_composites import record
+
+# The datasets that are built automatically on first use: their photos ship in the repo.
+AUTO_BUILD = datasets.SAMPLE
+AUTO_BUILDS = (AUTO_BUILD, "compositing_triplets/sample")
 # Random resized crop: aspect ratios as in the papers (torchvision / albumentations default).
 _CROP_RATIO = (3 / 4, 4 / 3)
 _CROP_TRIES = 10
 # How many crops are drawn before an empty-mask crop is accepted anyway.
 _MASK_TRIES = 10
+# RGB images read besides the mask, unless data_config.image_keys says otherwise
+# (compositing datasets: ('foreground', 'background', 'real'), the family's
+# INPUTS plus the target).
+IMAGE_KEYS = ("composite", "real")
 
 
-def resolve_data_dir(data_dir: str | None) -> str:
-  """The TFDS data dir: `data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  if data_dir:
-    return os.path.expanduser(data_dir)
-  env = os.environ.get("TFDS_DATA_DIR")
-  if env:
-    return os.path.expanduser(env)
-  return os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
+def image_keys(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The RGB image keys a batch carries: data_config.image_keys, else IMAGE_KEYS."""
+  return tuple(data_config.get("image_keys", None) or IMAGE_KEYS)
 
 
-def build_command(name: str, data_dir: str) -> str:
-  """The shell command that builds dataset `name` into `data_dir`."""
-  command = f"python -m data_builders.build {name} --data_dir={data_dir}"
-  module = _builder_module(name.split("/")[0])
-  builder_cls = getattr(module, "Builder", None) if module else None
-  if getattr(builder_cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
-    command += " --manual_dir=<folder of the manual download>"
-  return command
-
-
-def _builder_module(dataset: str):
-  try:
-    return importlib.import_module(f"data_builders.{dataset}")
-  except ImportError:
-    return None
-
-
-def _known_datasets() -> list[str]:
-  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "data_builders")
-  return sorted(os.path.basename(os.path.dirname(p))
-                for p in glob.glob(os.path.join(root, "*", "*_dataset_builder.py")))
-
-
-def _find_built(name: str, data_dir: str) -> str | None:
-  """The newest complete version directory of `name` (`dataset/config[:version]`)."""
-  name, _, version = name.partition(":")
-  base = os.path.join(data_dir, *name.split("/"))
-  # Only finished versions: TFDS writes into `incomplete.*` folders and renames them.
-  versions = [version] if version else sorted(
-      (v for v in (os.listdir(base) if os.path.isdir(base) else [])
-       if re.fullmatch(r"\d+\.\d+\.\d+", v)),
-      key=lambda v: tuple(map(int, v.split("."))))
-  for v in reversed(versions):
-    if os.path.exists(os.path.join(base, v, "dataset_info.json")):
-      return os.path.join(base, v)
-  return None
+# Where built datasets live and how a missing one is built: data_builders' rules.
+resolve_data_dir = datasets.resolve_data_dir
+build_command = datasets.build_command
 
 
 def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """The built TFDS dataset `name` ('dataset/config') in the data dir.
 
-  `harmonization_composites/sample` is built on first use; any other dataset must
+  The AUTO_BUILDS samples are built on first use; any other dataset must
   have been built with `python -m data_builders.build`.
 
   Raises:
@@ -92,33 +61,33 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     FileNotFoundError: missing data dir or dataset not built (prints the build command).
   """
   data_dir = resolve_data_dir(data_dir)
-  path = _find_built(name, data_dir)
-  if path is None and name.partition(":")[0] == AUTO_BUILD:
-    build = importlib.import_module("data_builders.build")
-    build.build(AUTO_BUILD, data_dir)
-    path = _find_built(name, data_dir)
+  path = datasets.find_built(name, data_dir)
+  if path is None and name.partition(":")[0] in AUTO_BUILDS:
+    datasets.build(name.partition(":")[0], data_dir)
+    path = datasets.find_built(name, data_dir)
   if path is not None:
     return tfds.builder_from_directory(path)
-  dataset, _, config = name.partition(":")[0].partition("/")
-  known = _known_datasets()
+  dataset, config = datasets.split_name(name)
+  known = datasets.known_datasets()
   if dataset not in known:
     raise ValueError(f"Unknown dataset {name!r}: not built in {data_dir!r} and not one "
                      f"of the builders in data_builders/: {known}")
-  builder_cls = getattr(_builder_module(dataset), "Builder", None)
-  configs = [c.name for c in getattr(builder_cls, "BUILDER_CONFIGS", [])]
+  configs = [c.name for c in getattr(datasets.builder_class(dataset), "BUILDER_CONFIGS", [])]
   if configs and config not in configs:
     raise ValueError(f"Unknown config {config!r} of dataset {dataset!r} in {name!r}; "
                      f"valid: {configs}")
   where = (f"is not built in {data_dir!r}" if os.path.isdir(data_dir)
            else f"is not built: the data dir {data_dir!r} does not exist")
-  raise FileNotFoundError(
-      f"Dataset {name!r} {where}. Build it with:\n  {build_command(name, data_dir)}")
+  raise FileNotFoundError(f"Dataset {name!r} {where}; build it with: "
+                          f"{build_command(name, data_dir)}")
 
 
 def _data_source(data_config: ml_collections.ConfigDict, split: str):
-  """The split's records with images left encoded: the transforms decode them."""
+  """The split's records with images left encoded: the transforms decode them
+  (every Image feature is skipped, also those no batch reads)."""
   builder = get_builder(data_config.name, data_config.data_dir)
-  skip = {k: tfds.decode.SkipDecoding() for k in ("composite", "real", "mask")}
+  skip = {k: tfds.decode.SkipDecoding() for k, feature in builder.info.features.items()
+          if isinstance(feature, tfds.features.Image)}
   return builder.as_data_source(split=split, decoders=skip)
 
 
@@ -182,30 +151,81 @@ def _check_size(key: str, img: Image.Image, mask: np.ndarray, name: Any) -> None
                      f"is {mask.shape[1]}x{mask.shape[0]} (width x height)")
 
 
+def _open_images(example: dict[str, Any], mask: np.ndarray,
+                 keys: tuple[str, ...] = ("composite", "real")) -> dict[str, Image.Image]:
+  """The images `keys` of an example, size-checked against the mask.
 
-def _leave_stop_signals_to_the_trainer(worker_index: int, worker_count: int) -> None:
-  """Grain worker init: ignore SIGTERM and SIGINT.
+  Opened lazily (JPEGs can still be draft-decoded) where the record stores them;
+  where it stores the composite as its foreground's box (harmonization_composites
+  2.0.0), the composite is rebuilt on the decoded real image, so its background
+  is the real image's exactly.
+  """
+  if record.CROP not in example:
+    images = {key: _open(example[key], key) for key in keys}
+    for key, img in images.items():
+      _check_size(key, img, mask, example.get("name"))
+    return images
+  real = _open(example["real"], "real")
+  _check_size("real", real, mask, example.get("name"))
+  real = np.asarray(real.convert("RGB"))
+  crop = np.asarray(_open(example[record.CROP], "composite crop").convert("RGB"))
+  try:
+    composite = record.rebuild_composite(real, crop, example[record.BOX], mask)
+  except ValueError as e:
+    raise ValueError(f"example {example.get('name')!r}: {e}") from None
+  return {"composite": Image.fromarray(composite), "real": Image.fromarray(real)}
+
+
+
+# How often a worker checks that the trainer is still alive.
+_PARENT_POLL_SECONDS = 0.5
+
+
+def _watch_parent(parent_pid: int) -> None:
+  """Ends this worker process as soon as `parent_pid` is no longer its parent."""
+  while os.getppid() == parent_pid:
+    time.sleep(_PARENT_POLL_SECONDS)
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def _init_worker(parent_pid: int, worker_index: int, worker_count: int) -> None:
+  """Grain worker init: ignore SIGTERM and SIGINT, and die with the trainer.
 
   A signal sent to the whole process group (`timeout`, Ctrl-C, many launchers)
   would otherwise kill the workers, and the trainer's next batch would fail
   before it could save its preemption checkpoint. The main process handles the
   signal and shuts the workers down itself.
+
+  A trainer killed with SIGKILL cannot shut them down, and workers ignoring
+  SIGTERM would live on (hundreds of MB each): a thread here exits the worker
+  once its parent is gone (it is re-parented). prctl(PR_SET_PDEATHSIG) is not
+  used: it fires when the *thread* that started the worker ends, and grain
+  starts workers from its own threads.
   """
   del worker_index, worker_count
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  if os.getppid() != parent_pid:  # The trainer died before this worker started.
+    os._exit(1)  # pylint: disable=protected-access
+  threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
+                   name="harmonax-watch-parent").start()
 
 
-def _prefetch_in_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
-  """`ds` made in `num_workers` processes (0: in this process)."""
+def prefetch_in_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+  """`ds` made in `num_workers` worker processes (0: in this process).
+
+  The workers ignore SIGTERM/SIGINT (the trainer stops them after saving) and
+  exit within a second of the trainer's death, however it dies.
+  """
   if num_workers <= 0:
     return ds
   return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                        worker_init_fn=_leave_stop_signals_to_the_trainer)
+                        worker_init_fn=functools.partial(_init_worker, os.getpid()))
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-  """Decodes and random-resized-crops + flips composite, real and mask identically.
+  """Decodes and random-resized-crops + flips the images (image_keys) and mask identically.
 
   Takes encoded images (PNG/JPEG bytes); returns uint8 arrays of image_size x image_size
   (composite, real: x3; mask: x1, soft at the edges after bilinear resizing). Crops whose mask is empty are redrawn, except
@@ -217,6 +237,7 @@ class TrainTransform:
   crop_scale: tuple[float, float] = (0.5, 1.0)
   hflip: bool = True
   keep_empty_mask_prob: float = 0.05
+  image_keys: tuple[str, ...] = IMAGE_KEYS
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator
                ) -> dict[str, np.ndarray]:
@@ -229,9 +250,7 @@ class TrainTransform:
     flip = bool(self.hflip and rng.random() < 0.5)
     size = (self.image_size, self.image_size)
     out = {}
-    for key in ("composite", "real"):
-      img = _open(example[key], key)
-      _check_size(key, img, mask, example.get("name"))
+    for key, img in _open_images(example, mask, self.image_keys).items():
       scale = 1.0
       if img.format == "JPEG":
         # The smallest 1/2^k decode that still gives the crop >= image_size pixels.
@@ -257,10 +276,7 @@ class TrainTransform:
 
 
 def _to_float(batch: dict[str, Any]) -> dict[str, Any]:
-  """uint8 arrays -> float32 in [0, 1]; the rest unchanged.
-
-  Workers ship uint8 (a quarter of the bytes); the conversion happens after batching.
-  """
+  """uint8 arrays -> float32 in [0, 1]; the rest unchanged (host side)."""
   return {k: v.astype(np.float32) / 255.0 if getattr(v, "dtype", None) == np.uint8 else v
           for k, v in batch.items()}
 
@@ -276,7 +292,8 @@ def _seeds(seed: int, data_config: ml_collections.ConfigDict, process_index: int
 def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_size: int,
                         seed: int, *, process_index: int | None = None,
                         process_count: int | None = None) -> grain.DatasetIterator:
-  """Endless iterator of training batches {composite, real, mask} for this host.
+  """Endless iterator of training batches {composite, real, mask} for this host
+  (the images: data_config.image_keys, default composite and real).
 
   Deterministic given the seed and position; its state is checkpointable with
   `get_state`/`set_state` or orbax `grain.checkpoint.CheckpointSave/Restore`.
@@ -295,12 +312,15 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_siz
       image_size=data_config.image_size,
       crop_scale=tuple(data_config.crop_scale),
       hflip=data_config.hflip,
-      keep_empty_mask_prob=data_config.keep_empty_mask_prob), seed=augment_seed)
+      keep_empty_mask_prob=data_config.keep_empty_mask_prob,
+      image_keys=image_keys(data_config)), seed=augment_seed)
   # Workers make single examples and the batch is formed here, so the batches do not
   # depend on the number of workers.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=4 * batch_size))
-  ds = _prefetch_in_workers(ds, data_config.num_workers)
-  return iter(ds.batch(batch_size, drop_remainder=True).map(_to_float))
+  ds = prefetch_in_workers(ds, data_config.num_workers)
+  # uint8 all the way to the device (a quarter of float32's bytes); the
+  # families convert with layers.to_float inside jit.
+  return iter(ds.batch(batch_size, drop_remainder=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,13 +333,12 @@ class EvalTransform:
   """
   image_size: int | None
   binary_mask: bool = False
+  image_keys: tuple[str, ...] = IMAGE_KEYS
 
   def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
     mask = _decode_mask(example["mask"])
     out = {}
-    for key in ("composite", "real"):
-      img = _open(example[key], key)
-      _check_size(key, img, mask, example.get("name"))
+    for key, img in _open_images(example, mask, self.image_keys).items():
       if img.mode != "RGB":
         img = img.convert("RGB")
       if self.image_size is not None:
@@ -350,8 +369,10 @@ def _eval_batches(ds: grain.IterDataset, count: int, batch_size: int,
       rows = [next(it) for _ in range(max(0, min(batch_size, count - b * batch_size)))]
       valid = np.array([True] * len(rows) + [False] * (batch_size - len(rows)))
       rows += [pad] * (batch_size - len(rows))
-      batch = _to_float({k: np.stack([r[k] for r in rows])
-                         for k in ("composite", "real", "mask")})
+      # Images stay uint8 (converted on the device); the mask is float when
+      # resized (soft edges), uint8 0/255 at full resolution.
+      batch = {k: np.stack([r[k] for r in rows]) for k in template
+               if isinstance(template[k], np.ndarray)}
       batch["valid"] = valid
       for key in ("name", "subset"):
         batch[key] = np.array([r[key] for r in rows], dtype=object)
@@ -382,7 +403,8 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, global_batch_size
     batch_size = _local_batch_size(global_batch_size, process_count)
   count = len(range(process_index, total, process_count))
   num_batches = math.ceil(math.ceil(total / process_count) / batch_size)
-  transform = EvalTransform(data_config.image_size, data_config.get("binary_eval_mask", False))
+  transform = EvalTransform(data_config.image_size, data_config.get("binary_eval_mask", False),
+                            image_keys(data_config))
   ds = grain.MapDataset.source(source)[:total][process_index::process_count].map(transform)
   # Padding rows copy the shapes of a real example (zeros).
   template = transform(source[min(process_index, total - 1)]) if total else None
@@ -391,5 +413,5 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, global_batch_size
   full_res = data_config.image_size is None
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=2 if full_res else 4, prefetch_buffer_size=4 if full_res else 4 * batch_size))
-  ds = _prefetch_in_workers(ds, data_config.num_workers)
+  ds = prefetch_in_workers(ds, data_config.num_workers)
   return _eval_batches(ds, count, batch_size, num_batches, template)

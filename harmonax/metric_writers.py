@@ -7,6 +7,7 @@ trainer can call it unconditionally.
 import json
 import logging as pylogging
 import os
+import threading
 import time
 from typing import Mapping
 
@@ -49,10 +50,70 @@ def quiet_library_logs(packages: tuple[str, ...] = ("orbax",)) -> None:
   if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
     handler.addFilter(_LibraryInfoFilter(packages))
 
-class MetricWriter:
-  """Scalars -> TensorBoard + metrics.jsonl; images -> TensorBoard."""
 
-  def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+class Phase:
+  """Says what a long silent stretch is doing, with the elapsed time.
+
+  Logs '<what> ...' on entry (or `start()`), '<what> ... (N s)' every `every` s while it
+  runs (a heartbeat: a minute-long compilation otherwise looks like a hang), and
+  '<what>: done in N s' on exit or on `done()`, whichever comes first. A no-op
+  when not enabled (e.g. on processes other than 0).
+
+    with metric_writers.Phase("compiling the update step"):
+      state = train_step(state, batch)
+  """
+
+  def __init__(self, what: str, every: float = 30.0, enabled: bool = True):
+    self._what = what
+    self._every = every
+    self._enabled = enabled
+    self._stop = threading.Event()
+    self._thread = None
+    self._start = None
+
+  def start(self) -> "Phase":
+    """Starts the phase (as entering the `with` block); returns self."""
+    if self._enabled and self._thread is None:
+      self._start = time.monotonic()
+      logging.info("%s ...", self._what)
+      self._thread = threading.Thread(target=self._heartbeat, daemon=True,
+                                      name="harmonax-phase")
+      self._thread.start()
+    return self
+
+  def __enter__(self) -> "Phase":
+    return self.start()
+
+  def _heartbeat(self) -> None:
+    while not self._stop.wait(self._every):
+      logging.info("%s ... (%.0f s)", self._what, time.monotonic() - self._start)
+
+  def done(self) -> None:
+    """Ends the phase (idempotent): stops the heartbeat, logs the duration."""
+    if self._thread is None or self._stop.is_set():
+      return
+    self._stop.set()
+    self._thread.join()
+    logging.info("%s: done in %.1f s", self._what, time.monotonic() - self._start)
+
+  def __exit__(self, *exc) -> None:
+    if exc[0] is not None and self._thread is not None:
+      self._stop.set()  # Failed: the error says what happened.
+      return
+    self.done()
+
+
+class MetricWriter:
+  """Scalars -> TensorBoard + metrics.jsonl; images -> TensorBoard.
+
+  A run resumed from step `resume_step` first drops the metrics.jsonl lines of
+  later steps (written by the previous run after its last checkpoint, and about
+  to be written again) and a truncated last line, so each step appears once;
+  TensorBoard is told to purge those steps from the older event files too.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, enabled: bool = True,
+               resume_step: int | None = None):
     self._enabled = enabled
     self._tb = None
     self._path = epath.Path(workdir) / METRICS_FILE
@@ -62,8 +123,36 @@ class MetricWriter:
     if not enabled:
       return
     self._path.parent.mkdir(parents=True, exist_ok=True)
+    if resume_step is not None:
+      self._drop_steps_after(resume_step)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._tb = SummaryWriter(logdir=os.fspath(workdir), flush_secs=30)
+    self._tb = SummaryWriter(
+        logdir=os.fspath(workdir), flush_secs=30,
+        purge_step=None if resume_step is None else resume_step + 1)
+
+  def _drop_steps_after(self, step: int) -> None:
+    """Rewrites metrics.jsonl without lines of steps > `step` or unreadable lines."""
+    if not self._path.exists():
+      return
+    lines = self._path.read_text().splitlines()
+    kept = []
+    for line in lines:
+      try:
+        if int(json.loads(line)["step"]) <= step:
+          kept.append(line)
+      except (ValueError, KeyError, TypeError):
+        pass  # A line cut off by a killed run.
+    if len(kept) == len(lines):
+      return
+    text = "".join(line + "\n" for line in kept)
+    if self._remote:
+      self._path.write_text(text)
+    else:
+      tmp = self._path.parent / (self._path.name + ".tmp")
+      tmp.write_text(text)
+      tmp.replace(self._path)  # Atomic: a kill now leaves the old file.
+    logging.info("Resuming at step %d: dropped %d lines of later steps from %s",
+                 step, len(lines) - len(kept), self._path)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     """One JSON line {"step": step, **scalars} and one TensorBoard scalar each."""

@@ -55,9 +55,17 @@ _C2 = (0.03 * 255.0) ** 2
 _SHIFT = 127.5
 
 
-def mse(pred: jax.Array, real: jax.Array) -> jax.Array:
-  """Mean squared error per image [B]."""
-  return jnp.mean(jnp.square(pred - real), axis=(1, 2, 3))
+def _mean(x: jax.Array, valid: jax.Array | None) -> jax.Array:
+  """Mean over H, W, C per image, over `valid` pixels ([B,H,W,1]) only if given."""
+  if valid is None:
+    return jnp.mean(x, axis=(1, 2, 3))
+  valid = valid.astype(x.dtype)
+  return jnp.sum(x * valid, axis=(1, 2, 3)) / (jnp.sum(valid, axis=(1, 2, 3)) * x.shape[-1])
+
+
+def mse(pred: jax.Array, real: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Mean squared error per image [B] (over `valid` pixels if given)."""
+  return _mean(jnp.square(pred - real), valid)
 
 
 def fmse(pred: jax.Array, real: jax.Array, mask: jax.Array) -> jax.Array:
@@ -68,12 +76,16 @@ def fmse(pred: jax.Array, real: jax.Array, mask: jax.Array) -> jax.Array:
   return err / (area + EPS)
 
 
-def psnr_peak_value(pred: jax.Array, real: jax.Array, psnr_peak: str) -> jax.Array:
+def psnr_peak_value(pred: jax.Array, real: jax.Array, psnr_peak: str,
+                    valid: jax.Array | None = None) -> jax.Array:
   """The PSNR peak per image [B] for a `psnr_peak` name (see module docstring)."""
+  def vmax(x):
+    return jnp.max(x if valid is None else jnp.where(valid > 0, x, -jnp.inf), axis=(1, 2, 3))
+
   if psnr_peak == "real_max":
-    return jnp.max(real, axis=(1, 2, 3))
+    return vmax(real)
   if psnr_peak == "pred_range":
-    return jnp.max(pred, axis=(1, 2, 3)) - jnp.min(pred, axis=(1, 2, 3))
+    return vmax(pred) + vmax(-pred)
   if psnr_peak == "255":
     return jnp.full(pred.shape[:1], 255.0, pred.dtype)
   raise ValueError(f"Unknown psnr_peak {psnr_peak!r}; expected one of {PSNR_PEAKS}")
@@ -122,8 +134,13 @@ def _filter_valid(x: jax.Array, window: np.ndarray) -> jax.Array:
   return conv(x, jnp.tile(w.reshape(1, k, 1, 1), (1, 1, 1, channels)))
 
 
-def ssim(pred: jax.Array, real: jax.Array, ssim_variant: str = "gaussian11") -> jax.Array:
+def ssim(pred: jax.Array, real: jax.Array, ssim_variant: str = "gaussian11",
+         valid: jax.Array | None = None) -> jax.Array:
   """SSIM per image [B] for an `ssim_variant` (see module docstring).
+
+  With `valid` ([B,H,W,1], 1 on the image, 0 on padding), the map is averaged
+  over the window positions that lie entirely on valid pixels: a padded image
+  scores as the unpadded one.
 
   Raises:
     ValueError: on an unknown variant or an image smaller than the window.
@@ -145,12 +162,18 @@ def ssim(pred: jax.Array, real: jax.Array, ssim_variant: str = "gaussian11") -> 
   mx, my = mx + _SHIFT, my + _SHIFT
   num = (2 * mx * my + _C1) * (2 * vxy + _C2)
   den = (mx * mx + my * my + _C1) * (vx + vy + _C2)
-  return jnp.mean(num / den, axis=(1, 2, 3))
+  if valid is None:
+    return jnp.mean(num / den, axis=(1, 2, 3))
+  box = np.ones(k) / k
+  inside = _filter_valid(valid.astype(jnp.float32), box) > 1.0 - 1e-4  # [B,h,w,1]
+  inside = jnp.broadcast_to(inside, num.shape)
+  return (jnp.sum(jnp.where(inside, num / den, 0.0), axis=(1, 2, 3))
+          / jnp.sum(inside, axis=(1, 2, 3)))
 
 
 def compute_all(pred: jax.Array, real: jax.Array, mask: jax.Array,
-                psnr_peak: str = "real_max", ssim_variant: str = "gaussian11"
-                ) -> dict[str, jax.Array]:
+                psnr_peak: str = "real_max", ssim_variant: str = "gaussian11",
+                valid: jax.Array | None = None) -> dict[str, jax.Array]:
   """All iHarmony4 metrics per image: {'mse','psnr','fmse','fpsnr','ssim'} -> [B].
 
   Args:
@@ -159,6 +182,8 @@ def compute_all(pred: jax.Array, real: jax.Array, mask: jax.Array,
     mask: foreground [B,H,W,1] in [0, 1].
     psnr_peak: one of PSNR_PEAKS.
     ssim_variant: one of SSIM_VARIANTS.
+    valid: optional [B,H,W,1], 1 on image pixels and 0 on padding (size-bucketed
+      full-resolution evaluation): every metric then equals the unpadded one.
   """
   if pred.shape != real.shape or mask.shape != pred.shape[:-1] + (1,):
     raise ValueError(
@@ -167,12 +192,14 @@ def compute_all(pred: jax.Array, real: jax.Array, mask: jax.Array,
   pred = pred.astype(jnp.float32)
   real = real.astype(jnp.float32)
   mask = mask.astype(jnp.float32)
-  peak = psnr_peak_value(pred, real, psnr_peak)
-  m, fm = mse(pred, real), fmse(pred, real, mask)
+  if valid is not None:
+    mask = mask * valid
+  peak = psnr_peak_value(pred, real, psnr_peak, valid)
+  m, fm = mse(pred, real, valid), fmse(pred, real, mask)
   return {
       "mse": m,
       "psnr": psnr_from_mse(m, peak),
       "fmse": fm,
       "fpsnr": psnr_from_mse(fm, peak),
-      "ssim": ssim(pred, real, ssim_variant),
+      "ssim": ssim(pred, real, ssim_variant, valid),
   }

@@ -5,6 +5,7 @@ feeds its own rows (its shard of the input pipeline); `global_batch` turns
 them into global `jax.Array`s.
 """
 
+import math
 from typing import Any
 
 from absl import logging
@@ -56,13 +57,34 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-  """Raises ValueError unless the batch splits evenly over devices and hosts."""
+def fit_batch_size(batch_size: int, mesh: Mesh) -> int:
+  """The global batch to train with: `batch_size`, rounded up to split evenly.
+
+  Every device must get the same number of rows, and every host too. A config's
+  batch_size is the paper's global batch (1 for DoveNet and BargainNet); when it
+  does not divide over the devices (e.g. batch 1 on a TPU VM's 4 or 8 chips) it
+  is rounded up to the next multiple of the device count, with a warning naming
+  both numbers: the run takes more examples per step, fewer steps per epoch,
+  and batch statistics over the larger batch. Run on fewer devices to keep the
+  exact batch (docs/architecture.md).
+
+  Raises:
+    ValueError: if batch_size is not positive.
+  """
+  if batch_size <= 0:
+    raise ValueError(f"config.batch_size={batch_size} must be positive")
   devices, hosts = mesh.size, jax.process_count()
-  if global_batch_size % devices or global_batch_size % hosts:
-    raise ValueError(
-        f"config.batch_size={global_batch_size} must be a multiple of the device "
-        f"count ({devices}) and of the process count ({hosts})")
+  multiple = math.lcm(devices, hosts)
+  fitted = -(-batch_size // multiple) * multiple
+  if fitted != batch_size:
+    logging.warning(
+        "config.batch_size=%d does not split evenly over %d devices: training with "
+        "a global batch of %d (%d per device) instead, so with fewer steps per "
+        "epoch and batch statistics over %d examples. To train with batch %d "
+        "exactly, make fewer devices visible (a count that divides it, e.g. "
+        "CUDA_VISIBLE_DEVICES=0 for one GPU).",
+        batch_size, devices, fitted, fitted // devices, fitted, batch_size)
+  return fitted
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -32,6 +32,9 @@ conv) registers its name/layout rules once with `register_rules(cls, rules)`.
 from collections.abc import Callable, Iterable, Mapping
 import dataclasses
 import os
+import pickle
+import re
+import warnings
 import zipfile
 
 from flax import nnx
@@ -202,6 +205,25 @@ def to_state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
           for k, s in sorted(_slots(module).items())}
 
 
+class CheckpointFileError(ValueError):
+  """A weights file that cannot be read safely or holds no state dict; names the file."""
+
+
+def _refuse_code(path: str, error: pickle.UnpicklingError) -> CheckpointFileError:
+  """The error for a file the weights-only unpickler refused.
+
+  torch's own message recommends the unsafe way out; it is not passed on, only
+  the name of the offending object when torch gives one.
+  """
+  found = re.search(r"GLOBAL ([\w.]+)", str(error))
+  what = f" ({found.group(1)})" if found else ""
+  return CheckpointFileError(
+      f"{path}: refused to load: the file contains pickled code objects{what}, not "
+      "only tensors, and loading it could run arbitrary code. harmonax reads weights "
+      "only: get a plain state dict (tensors only) or an .npz of the "
+      "weights from a source you trust.")
+
+
 def load_state_dict(path: str, *, strip_prefix: str = "module.") -> dict[str, np.ndarray]:
   """Reads a PyTorch checkpoint (`.pth`, `.pt`, `.bin`) or an `.npz` file.
 
@@ -210,9 +232,13 @@ def load_state_dict(path: str, *, strip_prefix: str = "module.") -> dict[str, np
   removed from keys that all carry it. torch is imported only here: it is the
   optional `convert` extra.
 
+  The file is read with torch's weights-only unpickler: a file holding other
+  pickled objects (code) is refused, never executed.
+
   Raises:
     FileNotFoundError: if `path` does not exist.
-    ValueError: if the file holds no mapping of names to tensors.
+    CheckpointFileError (a ValueError): if the file is unreadable, holds pickled
+      code, or holds no mapping of names to tensors.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"Checkpoint file not found: {path}")
@@ -227,9 +253,14 @@ def load_state_dict(path: str, *, strip_prefix: str = "module.") -> dict[str, np
           "Reading PyTorch checkpoints needs torch: pip install 'harmonax[convert]' "
           "(or convert to .npz elsewhere)") from e
     try:
-      raw = torch.load(path, map_location="cpu", weights_only=True)
+      with warnings.catch_warnings():
+        # Old pickle protocols make torch warn; the result is checked below.
+        warnings.simplefilter("ignore", UserWarning)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+      raise _refuse_code(path, e) from None
     except (RuntimeError, zipfile.BadZipFile, EOFError) as e:
-      raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+      raise CheckpointFileError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
     raw = _unwrap(raw, path)
     state = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
              for k, v in raw.items()}
@@ -245,6 +276,24 @@ def _unwrap(raw, path: str) -> Mapping:
     for name in ("state_dict", "model", "net", "params"):
       if isinstance(raw.get(name), Mapping):
         return _unwrap(raw[name], path)
-  raise ValueError(
+  raise CheckpointFileError(
       f"{path} holds no state dict (a mapping of names to tensors); top-level "
       f"keys: {sorted(raw)[:20] if isinstance(raw, Mapping) else type(raw).__name__}")
+
+
+def convert_single(state_dicts: Mapping[str, Mapping[str, np.ndarray]], config,
+                   create_networks: Callable, network: str) -> dict[str, nnx.State]:
+  """The one-checkpoint case of a family's `convert_torch`.
+
+  state_dicts holds one state dict under the role 'default' (harmonax.convert
+  with a single file) or `network`; it is loaded into that network of
+  `create_networks(config, ...)`, built abstractly (every variable must come
+  from the file, which `load_into` enforces), and its state returned.
+  """
+  if len(state_dicts) != 1 or not set(state_dicts) <= {"default", network}:
+    raise ValueError(f"{config.model.name} takes one checkpoint (role 'default' or "
+                     f"{network!r}); got roles {sorted(state_dicts)}")
+  (state_dict,) = state_dicts.values()
+  net = nnx.eval_shape(lambda: create_networks(config, nnx.Rngs(0)))[network]
+  load_into(net, state_dict, context=f"model {config.model.name}")
+  return {network: nnx.state(net)}

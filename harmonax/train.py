@@ -13,13 +13,18 @@ Multi-host (TPU pod slice): run the same command on every host with
 `--distributed` (all arguments detected); elsewhere pass
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each.
 Each host reads its own shard of the data; the global batch is
-config.batch_size. SIGTERM (preemption) saves a checkpoint and exits cleanly.
+config.batch_size, rounded up to a multiple of the device count (with a
+warning) when it does not split evenly. SIGTERM (preemption) and a first
+Ctrl-C save a checkpoint and exit cleanly; a second Ctrl-C aborts. A second
+trainer on a workdir in use refuses to start.
 """
 
+import contextlib
+import copy
 import os
 import signal
-import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from absl import app
 from absl import flags
@@ -34,11 +39,15 @@ import numpy as np
 import optax
 
 from harmonax import checkpoint
-from harmonax import evaluate
+from harmonax import cli
+from harmonax import evaluation
+from harmonax import inference
 from harmonax import input_pipeline
 from harmonax import metric_writers
 from harmonax import models
 from harmonax import sharding
+from harmonax import workdir_lock
+from harmonax.models import layers
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/issam.py:runlocal.",
@@ -91,10 +100,12 @@ def _all_finite(tree) -> jax.Array:
 class TrainFns(NamedTuple):
   """The trainer's pure functions for one config."""
   init_state: Callable[[], dict]  # () -> state; jit with out_shardings.
-  # (state, batch) -> (state, metrics, finite, harmonized).
-  train_step: Callable[[dict, dict], tuple]
+  # (state, batch) -> (state, metrics); metrics['finite'] says whether the
+  # new state's losses and variables are all finite.
+  train_step: Callable[[dict, dict], tuple[dict, dict]]
   merge: Callable[[dict, dict], dict[str, nnx.Module]]  # (params, rest) -> networks.
   networks: list[str]
+  trained: list[str]  # The networks make_optimizers trains (the rest are frozen).
 
 
 def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> TrainFns:
@@ -102,6 +113,7 @@ def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> T
 
   The state is `{'params', 'rest', 'opt_state': {network: ...}, 'step'}`; the step
   makes one forward pass and pulls back a one-hot cotangent per trained network.
+  Batches may hold uint8 images: families convert them on the device.
   """
   # Networks -> (graphdef, Param state, other state) per network.
   family = models.get_family(config.model.name)
@@ -129,12 +141,12 @@ def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> T
 
     def loss_fn(params):
       nets = merge(params, state["rest"])
-      losses, metrics, outputs = family.compute_losses(nets, batch, rng, train=True)
+      models.set_modes(nets, optimizers)
+      losses, metrics, _ = family.compute_losses(config, nets, batch, rng)
       rest = checkpoint.network_states(nets, nnx.Not(nnx.Param))
-      return losses, (metrics, outputs["harmonized"], rest)
+      return losses, (metrics, rest)
 
-    losses, pullback, (metrics, harmonized, rest) = jax.vjp(
-        loss_fn, state["params"], has_aux=True)
+    losses, pullback, (metrics, rest) = jax.vjp(loss_fn, state["params"], has_aux=True)
     if missing := set(optimizers) - set(losses):
       raise ValueError(f"compute_losses returned no loss for trained networks "
                        f"{sorted(missing)} (losses: {sorted(losses)})")
@@ -154,51 +166,128 @@ def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> T
     new_state = {"params": params, "rest": rest, "opt_state": opt_state,
                  "step": state["step"] + 1}
     # Checked before every save, so a diverged state is never written.
-    finite = _all_finite(losses) & _all_finite(params) & _all_finite(rest)
-    return new_state, metrics, finite, harmonized
+    metrics["finite"] = _all_finite(losses) & _all_finite(params) & _all_finite(rest)
+    return new_state, metrics
 
-  return TrainFns(init_state, train_step, merge, sorted(graphdefs))
+  return TrainFns(init_state, train_step, merge, sorted(graphdefs), sorted(optimizers))
+
+
+def apply_pretrained(config: ml_collections.ConfigDict, fns: TrainFns, state: dict,
+                     sharding: jax.sharding.Sharding) -> dict:
+  """config.init = {network: path} loaded by the family's `load_pretrained`,
+  outside jit, into a freshly initialised state; empty paths are skipped.
+
+  Runs once, before step 1 (a resumed run has the weights in its checkpoint),
+  so a trained workdir never needs the pretrained files again.
+  """
+  paths = {k: v for k, v in (config.get("init") or {}).items() if v}
+  if not paths:
+    return state
+  family = models.get_family(config.model.name)
+  if not hasattr(family, "load_pretrained"):
+    raise ValueError(f"config.init names {sorted(paths)} but model {config.model.name!r} "
+                     "has no load_pretrained")
+  if unknown := set(paths) - set(fns.networks):
+    raise ValueError(f"config.init names networks {sorted(unknown)}; {config.model.name} "
+                     f"has {fns.networks}")
+  host = jax.tree.map(evaluation.host_local, {"params": state["params"], "rest": state["rest"]})
+  nets = fns.merge(host["params"], host["rest"])
+  family.load_pretrained(config, nets, paths)
+  for name, path in paths.items():
+    logging.info("Initialised %s from %s", name, path)
+  loaded = {"params": checkpoint.network_states(nets, nnx.Param),
+            "rest": checkpoint.network_states(nets, nnx.Not(nnx.Param))}
+  loaded = jax.tree.map(
+      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
+                                             lambda idx, x=np.asarray(x): x[idx]), loaded)
+  return {**state, **loaded}
+
+
+def predict_images(config: ml_collections.ConfigDict, fns: TrainFns, state: dict,
+                   batch: dict[str, np.ndarray], max_rows: int = 4, max_size: int = 256
+                   ) -> np.ndarray:
+  """An image grid (composite | output | real | mask) of a few training rows,
+  predicted in eval mode, at most `max_size` pixels a tile."""
+  family = models.get_family(config.model.name)
+  rows = {k: np.asarray(v[:max_rows]) for k, v in batch.items()}
+  size = min(max_size, rows["real"].shape[1])
+  if rows["real"].shape[1] > size:
+    rows = {k: np.asarray(jax.image.resize(layers.to_float(jnp.asarray(v)),
+                                           v.shape[:1] + (size, size) + v.shape[3:],
+                                           "bilinear")) for k, v in rows.items()}
+  host = jax.tree.map(evaluation.host_local, {"params": state["params"], "rest": state["rest"]})
+  nets = fns.merge(host["params"], host["rest"])
+  models.set_modes(nets)
+  pred = inference.jitted_predict(ml_collections.FrozenConfigDict(config))(
+      nets, {k: jnp.asarray(rows[k]) for k in family.INPUTS})
+  floats = {k: np.asarray(layers.to_float(jnp.asarray(v))) for k, v in rows.items()}
+  shown = floats.get("composite", floats.get(family.INPUTS[0]))
+  return metric_writers.image_grid(shown, np.asarray(pred), floats["real"], floats["mask"])
 
 
 class _Preemption:
-  """Sets a flag on SIGTERM (single process); multi-host uses JAX's sync points."""
+  """Sets a flag on SIGTERM or a first Ctrl-C (single process); multi-host uses
+  JAX's sync points. A second Ctrl-C raises KeyboardInterrupt (abort)."""
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
     # With several processes, each host must stop at the same step: JAX's
     # preemption sync manager (started by jax.distributed) agrees on it, and a
     # Python handler here would replace its signal handler.
     if jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
+    if signum == signal.SIGINT:
+      if self.requested:
+        raise KeyboardInterrupt
+      logging.warning("Ctrl-C: saving a checkpoint after this step and stopping "
+                      "(press Ctrl-C again to abort without saving).")
+    else:
+      logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from workdir's checkpoints) and returns the final train state."""
+  """Trains (resuming from workdir's checkpoints) and returns the final train state.
+
+  Raises:
+    workdir_lock.WorkdirBusyError: another live trainer holds workdir.
+  """
+  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_writer = jax.process_index() == 0
-  if is_writer:
-    checkpoint.save_config(workdir, config)
-  writer = metric_writers.MetricWriter(workdir, enabled=is_writer)
+
+  def phase(what: str) -> metric_writers.Phase:
+    return metric_writers.Phase(what, enabled=is_writer)
 
   # ---- Mesh: data parallelism, batch split over 'data', state replicated.
   mesh = sharding.make_mesh()
   replicated = sharding.replicated(mesh)
-  sharding.check_batch_size(config.batch_size, mesh)
+  batch_size = sharding.fit_batch_size(config.batch_size, mesh)
+  if batch_size != config.batch_size:
+    config = copy.deepcopy(config)  # config.json records the batch trained with.
+    config.batch_size = batch_size
+  if is_writer:
+    checkpoint.save_config(workdir, config)
 
   # ---- Input: this host's shard; epochs -> steps.
-  train_examples = input_pipeline.num_examples(config.data, config.data.train_split)
+  first_use = " (built on first use)" if config.data.name == input_pipeline.AUTO_BUILD else ""
+  with phase(f"reading dataset {config.data.name}{first_use}"):
+    train_examples = input_pipeline.num_examples(config.data, config.data.train_split)
   steps_per_epoch = train_examples // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(
@@ -214,39 +303,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Checkpoint: resume from the newest restorable step, else initialize.
   manager = checkpoint.make_manager(workdir, config.get("keep_checkpoints", 3))
   abstract_state = sharding.abstract_like(jax.eval_shape(fns.init_state), replicated)
-  restored = checkpoint.restore_train_state(manager, abstract_state, train_iter)
-  if restored is not None:
-    state, start_step = restored
-    logging.info("Resumed from step %d of %s", start_step, manager.directory)
-  else:
-    state, start_step = jax.jit(fns.init_state, out_shardings=replicated)(), 0
+  with phase("initialising the model (or restoring the newest checkpoint)"):
+    restored = checkpoint.restore_train_state(manager, abstract_state, train_iter)
+    if restored is not None:
+      state, start_step = restored
+      logging.info("Resumed from step %d of %s", start_step, manager.directory)
+    else:
+      state, start_step = jax.jit(fns.init_state, out_shardings=replicated)(), 0
+      state = apply_pretrained(config, fns, state, replicated)
+  # Lines of steps after start_step (a killed run's) are dropped: each step once.
+  writer = metric_writers.MetricWriter(workdir, enabled=is_writer, resume_step=start_step)
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   logging.info("%s: %d parameters in %s; %d steps (%d per epoch), global batch %d on "
                "%d devices, %d processes", config.model.name, num_params,
                fns.networks, num_steps, steps_per_epoch, config.batch_size,
                jax.device_count(), jax.process_count())
 
-  # ---- Evals: averaged metrics on config.data.eval_split.
+  # ---- Evals: each set of config.evals (dataset, split, size), averaged metrics.
   def run_eval(step):
-    nets = fns.merge(state["params"], state["rest"])
-    for net in nets.values():
-      net.eval()
-    results = evaluate.evaluate_networks(
-        config, nets, config.data, config.data.eval_split,
-        config.data.get("max_eval_examples", -1))
-    scalars = {f"eval/{k}": v for k, v in results.items()}
+    host = jax.tree.map(evaluation.host_local,
+                        {"params": state["params"], "rest": state["rest"]})
+    nets = fns.merge(host["params"], host["rest"])
+    models.set_modes(nets)
+    scalars = {}
+    with phase(f"evaluating {', '.join(config.get('evals', {}))}"):
+      for name, results in evaluation.evaluate_sets(config, nets).items():
+        scalars.update({f"eval/{name}/{k}": v for k, v in results.items()})
     writer.write_scalars(step, scalars)
     metric_writers.log_console(step, num_steps, scalars, is_writer)
 
   # Device metrics of steps not yet checked for NaN/Inf.
-  pending: list[tuple[int, dict, jax.Array]] = []
+  pending: list[tuple[int, dict]] = []
 
   def check_pending() -> dict[str, float]:
     """Fetches pending metrics, stops on a non-finite step, returns their mean."""
-    fetched = jax.device_get([(s, m, f) for s, m, f in pending])
+    fetched = jax.device_get(pending)
     pending.clear()
-    for step, metrics, finite in fetched:
-      if not finite:
+    for step, metrics in fetched:
+      if not metrics.pop("finite"):
         losses = ", ".join(f"{k}={float(v):.6g}" for k, v in sorted(metrics.items()))
         good = manager.latest_step()
         kept = (f"the last good checkpoint is step {good} in {manager.directory}"
@@ -256,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"stopped, {kept}.")
     if not fetched:
       return {}
-    return {k: float(np.mean([m[k] for _, m, _ in fetched])) for k in fetched[-1][1]}
+    return {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
 
   # ---- Loop.
   every = lambda n, step: n > 0 and step % n == 0
@@ -276,14 +370,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with _Preemption() as preemption, jax.set_mesh(mesh):
       for step in range(start_step + 1, num_steps + 1):
         local = next(train_iter)
-        started = time.monotonic()
-        state, metrics, finite, harmonized = train_step(
-            state, sharding.global_batch(local, mesh))
-        pending.append((step, metrics, finite))
-        if step == start_step + 1:
-          jax.block_until_ready(state)
-          logging.info("First step (compilation included) took %.1f s",
-                       time.monotonic() - started)
+        first = step == start_step + 1
+        compiling = (phase(f"compiling the update step and running step {step}")
+                     if first else contextlib.nullcontext())
+        with compiling:
+          state, metrics = train_step(state, sharding.global_batch(local, mesh))
+          if first:
+            jax.block_until_ready(state)
+        pending.append((step, metrics))
+        if first:
           progress.reset(step)
         last = step == num_steps
         stop = preemption.requested or manager.reached_preemption(step)
@@ -293,9 +388,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.write_scalars(step, scalars)
           metric_writers.log_console(step, num_steps, scalars, is_writer)
         if is_writer and every(config.get("image_every", 0), step):
-          # Process 0's own rows: no cross-host transfer needed.
-          grid = metric_writers.image_grid(local["composite"], sharding.local_rows(harmonized),
-                                           local["real"], local["mask"])
+          # Process 0's own rows, predicted in eval mode by a small separate call.
+          grid = predict_images(config, fns, state, local)
           writer.write_images(step, {"train/composite|output|real|mask": grid})
         if every(config.get("checkpoint_every", 0), step) or last or stop:
           check_pending()
@@ -306,13 +400,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if should_log(step):
           writer.flush()
         if stop:
-          logging.warning("Stopped at step %d for preemption; checkpoint saved.", step)
+          logging.warning("Stopped at step %d; checkpoint saved (run the same command to "
+                          "resume).", step)
           break
   finally:
     # In-flight saves are of checked states: let them finish even on errors.
     manager.wait_until_finished()
     manager.close()
     writer.close()
+    # Stops grain's worker processes now, not at interpreter exit.
+    if hasattr(train_iter, "close"):
+      train_iter.close()
   return state
 
 
@@ -333,4 +431,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Routine failures (missing dataset, busy workdir, NaN) as one line; --verbose
+  # for their traceback.
+  cli.run(main, user_errors=(FileNotFoundError, FloatingPointError))

@@ -54,8 +54,8 @@ def test_save_and_load_networks_round_trip(tmp_path):
   assert loaded["generator"].dropout.deterministic
   networks["generator"].eval()
   np.testing.assert_allclose(
-      fake_family.predict(loaded, example["composite"], example["mask"]),
-      fake_family.predict(networks, example["composite"], example["mask"]), atol=1e-6)
+      fake_family.predict(None, loaded, example),
+      fake_family.predict(None, networks, example), atol=1e-6)
 
 
 def test_save_networks_overwrites(tmp_path):

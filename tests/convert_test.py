@@ -4,13 +4,12 @@ import importlib
 import os
 
 from flax import nnx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from harmonax import checkpoint
-from harmonax import convert
+from harmonax import conversion
 from harmonax import torch_import
 from harmonax.models import get_family
 from harmonax.models import layers
@@ -48,7 +47,7 @@ def _official_state_dict(name, seed):
 
 @pytest.mark.parametrize("name", ["idih", "issam"])
 def test_module_tree_equals_official_keys(name):
-  net = nnx.eval_shape(lambda: get_family(name).create_networks(_config(name), nnx.Rngs(0)))
+  net = nnx.eval_shape(lambda: get_family("dih").create_networks(_config(name), nnx.Rngs(0)))
   official = {k: s for k, s in read_key_list(name).items()
               if not k.endswith("num_batches_tracked")}
   assert torch_import.expected_shapes(net["generator"]) == official
@@ -60,9 +59,9 @@ def test_convert_cli_round_trip_full_size(name, tmp_path):
   path = tmp_path / f"{name}.pth"
   torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, path)
   out = tmp_path / "converted"
-  convert.convert(name, convert.parse_checkpoint_arg(str(path)), str(out))
+  conversion.convert(name, conversion.parse_checkpoint_arg(str(path)), str(out))
   config, networks = checkpoint.load_networks(out)
-  assert config.model.name == name
+  assert (config.model.name, config.model.variant) == ("dih", name)
   back = torch_import.to_state_dict(networks["generator"])
   expected = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
   assert sorted(back) == sorted(expected)
@@ -114,12 +113,15 @@ def _t_fusion(sd, x, image):
   return a * image + (1 - a) * F.conv2d(x, sd["decoder.to_rgb.weight"], sd["decoder.to_rgb.bias"])
 
 
-def torch_dih(sd, image, mask):
+def torch_dih(sd, image, mask, backbone=None):
+  """backbone: {encoder level: features} concatenated to that level's input ('cat')."""
   depth = sum(k.endswith(".block.0.weight") and k.startswith("encoder") for k in sd)
   names = ["encoder.block0", "encoder.block1"] + [
       f"encoder.blocks_connected.block{i}" for i in range(2, depth)]
   outs, x = [], torch.cat([image, mask], 1)
   for i, name in enumerate(names):
+    if i in (backbone or {}):
+      x = torch.cat([x, backbone[i]], 1)
     x = _t_block(sd, f"{name}.block", x, 2, int(i < depth - 1), F.elu)
     outs.append(x)
   outs = outs[::-1]
@@ -144,12 +146,16 @@ def _t_double(sd, prefix, x):
   return x
 
 
-def torch_ssam(sd, image, mask):
+def torch_ssam(sd, image, mask, features=False, backbone=None):
+  """The iS2AM output, or with `features` its last decoder features (PCT-Net);
+  backbone: {encoder level: features} concatenated to that level's input ('cat')."""
   depth = 2 + len({k.split(".")[2] for k in sd if k.startswith("encoder.blocks_connected")})
   names = ["encoder.block0", "encoder.block1"] + [
       f"encoder.blocks_connected.block{i}" for i in range(2, depth)]
   outs, x = [], torch.cat([image, mask], 1)
   for i, name in enumerate(names):
+    if i in (backbone or {}):
+      x = torch.cat([x, backbone[i]], 1)
     y = _t_double(sd, f"{name}.convs", x)
     outs.append(y)
     x = F.max_pool2d(y, 2) if i < depth - 1 else y
@@ -169,17 +175,17 @@ def torch_ssam(sd, image, mask):
       bg = _t_gate(sd, f"{a}.background_gate.attention_transform", x)
       x = m * (fg + mix) + (1 - m) * bg
     x = _t_double(sd, f"{p}.convs", x)
-  return _t_fusion(sd, x, image)
+  return x if features else _t_fusion(sd, x, image)
 
 
 @pytest.mark.parametrize("name, torch_forward, size", [
     ("idih", torch_dih, 64), ("issam", torch_ssam, 32)])
 def test_converted_network_matches_torch_forward(name, torch_forward, size, tmp_path):
   config = _config(name, "runlocal")
-  abstract = nnx.eval_shape(lambda: get_family(name).create_networks(config, nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: get_family("dih").create_networks(config, nnx.Rngs(0)))
   state = random_state_dict(torch_import.expected_shapes(abstract["generator"]), seed=3)
   np.savez(tmp_path / "w.npz", **state)
-  networks = convert.convert(name, {"default": str(tmp_path / "w.npz")}, None, config)
+  _, networks = conversion.convert(name, {"default": str(tmp_path / "w.npz")}, None, config)
   rng = np.random.default_rng(4)
   image = rng.standard_normal((2, size, size, 3)).astype(np.float32)
   mask = np.zeros((2, size, size, 1), np.float32)
@@ -200,7 +206,7 @@ def test_mismatches_give_clear_errors(tmp_path):
   path = tmp_path / "bad.npz"
   np.savez(path, **state)
   with pytest.raises(torch_import.StateDictMismatchError) as info:
-    convert.convert("issam", {"default": str(path)}, None)
+    conversion.convert("issam", {"default": str(path)}, None)
   message = str(info.value)
   assert "missing keys (1): decoder.to_rgb.bias" in message
   assert "unexpected keys (1): decoder.extra.weight" in message
@@ -208,24 +214,45 @@ def test_mismatches_give_clear_errors(tmp_path):
 
 
 def test_bad_arguments_give_clear_errors(tmp_path):
-  assert convert.parse_checkpoint_arg("a.pth") == {"default": "a.pth"}
-  assert convert.parse_checkpoint_arg("g=a.pth,d=b.pth") == {"g": "a.pth", "d": "b.pth"}
+  assert conversion.parse_checkpoint_arg("a.pth") == {"default": "a.pth"}
+  assert conversion.parse_checkpoint_arg("g=a.pth,d=b.pth") == {"g": "a.pth", "d": "b.pth"}
   with pytest.raises(ValueError, match="twice"):
-    convert.parse_checkpoint_arg("g=a.pth,g=b.pth")
+    conversion.parse_checkpoint_arg("g=a.pth,g=b.pth")
   with pytest.raises(ValueError, match="not role=PATH"):
-    convert.parse_checkpoint_arg("g=a.pth,b.pth")
+    conversion.parse_checkpoint_arg("g=a.pth,b.pth")
   with pytest.raises(FileNotFoundError, match="not found"):
-    convert.convert("idih", {"default": str(tmp_path / "none.pth")}, None)
+    conversion.convert("idih", {"default": str(tmp_path / "none.pth")}, None)
   with pytest.raises(ValueError, match="takes one checkpoint"):
     state = _official_state_dict("idih", seed=0)
     np.savez(tmp_path / "a.npz", **state)
-    convert.convert("idih", {"g": str(tmp_path / "a.npz"), "d": str(tmp_path / "a.npz")}, None)
-  with pytest.raises(ValueError, match="not --model"):
-    convert.convert("idih", {"default": "x.pth"}, None, _config("issam"))
+    conversion.convert("idih", {"g": str(tmp_path / "a.npz"), "d": str(tmp_path / "a.npz")}, None)
+  with pytest.raises(ValueError, match="No recipe configs/nope.py; valid --model values"):
+    conversion.convert("nope", {"default": "x.pth"}, None)
   not_a_state = tmp_path / "list.pth"
   torch.save([1, 2], not_a_state)
   with pytest.raises(ValueError, match="holds no state dict"):
     torch_import.load_state_dict(str(not_a_state))
+
+
+class _Payload:
+  """Pickles as a call of os.system: what a malicious checkpoint holds."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pth_holding_code_is_refused_plainly(tmp_path):
+  path, marker = tmp_path / "evil.pth", tmp_path / "pwned"
+  torch.save({"weight": torch.zeros(2), "x": _Payload(marker)}, path)
+  with pytest.raises(torch_import.CheckpointFileError) as info:
+    torch_import.load_state_dict(str(path))
+  message = str(info.value)
+  assert message.startswith(f"{path}: refused to load: the file contains pickled code")
+  assert "system" in message and "weights_only" not in message
+  assert not marker.exists()
 
 
 def test_load_state_dict_unwraps_and_strips_prefix(tmp_path):

@@ -5,7 +5,6 @@ import os
 import sys
 import types
 
-from absl.testing import flagsaver
 from flax import nnx
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +14,7 @@ import tensorflow_datasets as tfds
 from data_builders.iharmony4 import iharmony4_dataset_builder as ihd
 from harmonax import checkpoint
 from harmonax import config_args
-from harmonax import evaluate
+from harmonax import evaluation
 from harmonax import image_io
 from harmonax import input_pipeline
 from harmonax import metrics
@@ -30,20 +29,22 @@ TEST_COUNTS = {"HCOCO": 2, "HAdobe5k": 1, "HFlickr": 1, "Hday2night": 1, "All": 
 def _record(subset, value, name="x"):
   rec = {"name": name, "subset": subset}
   rec.update({k: value for k in metrics.METRIC_NAMES})
-  rec.update({evaluate.COMPOSITE_PREFIX + k: 2 * value for k in metrics.METRIC_NAMES})
+  rec.update({evaluation.COMPOSITE_PREFIX + k: 2 * value for k in metrics.METRIC_NAMES})
   return rec
 
 
 def test_summary_all_is_image_weighted_and_subsets_ordered():
   records = ([_record("HFlickr", 10.0)] + [_record("HCOCO", 1.0)] * 3
              + [_record("Zeta", 4.0), _record("", 7.0)])
-  summary = evaluate.summarize(records)
+  summary = evaluation.summarize(records)
   assert list(summary) == ["HCOCO", "HFlickr", "Zeta", "All"]
   assert summary["HCOCO"] == {"n": 3, **{k: 1.0 for k in metrics.METRIC_NAMES}}
   # Image-weighted: (10 + 3 + 4 + 7) / 6, not the mean of the subset means.
   assert summary["All"]["n"] == 6
   assert summary["All"]["mse"] == pytest.approx(24 / 6)
-  table = evaluate.format_table(records, "pred_range", "uniform7", title="t")
+  table = evaluation.format_table(
+      records, evaluation.Protocol("pred_range", "uniform7", "pasted"), title="t")
+  assert "Background: pasted" in table
   assert "pred_range (peak = pred.max() - pred.min()" in table
   assert "uniform7 (7x7 mean filter" in table
   assert "| model | All | 4.00 | 4.00 | 4.00 | 4.00 | 4.0000 | 6 |" in table
@@ -76,61 +77,115 @@ def _identity_model(data_dir, image_size=32):
 
 def test_evaluate_networks_identity_equals_composite(dataset):
   config, networks = _identity_model(dataset)
-  result = evaluate.evaluate_networks(config, networks, config.data, "test")
+  result = evaluation.evaluate_networks(config, networks, config.data, "test")
   for key in metrics.METRIC_NAMES:
     np.testing.assert_allclose(result[key], result["composite_" + key], rtol=1e-5)
   # Independent numpy computation of the composite's MSE over the 5 examples.
   mses = []
   for batch in input_pipeline.make_eval_iterator(config.data, 4, "test"):
-    diff = (batch["composite"] - batch["real"]).astype(np.float64) * 255
+    assert batch["composite"].dtype == np.uint8  # Images cross to the device as uint8.
+    diff = batch["composite"].astype(np.float64) - batch["real"].astype(np.float64)
     mses += list((diff**2).mean(axis=(1, 2, 3))[batch["valid"]])
   assert len(mses) == 5
   np.testing.assert_allclose(result["composite_mse"], np.mean(mses), rtol=1e-4)
   assert result["composite_mse"] > 1.0  # The dummy composites differ from the reals.
   # max_examples limits the count.
-  two = evaluate.evaluate_networks(config, networks, config.data, "test", max_examples=2)
+  two = evaluation.evaluate_networks(config, networks, config.data, "test", max_examples=2)
   np.testing.assert_allclose(two["composite_mse"], np.mean(mses[:2]), rtol=1e-4)
 
 
-def test_extra_eval_metrics_become_columns(dataset):
+def test_evaluators_from_config_become_columns(dataset):
   config, networks = _identity_model(dataset)
-  extra = types.ModuleType("harmonax.models.fake_extra")
-  extra.__dict__.update({k: getattr(fake_family, k) for k in
-                         ("create_networks", "make_optimizers", "compute_losses", "predict")})
-  extra.extra_eval_metrics = lambda nets, batch: {
+  extra = types.ModuleType("harmonax.evaluators.fake_extra")
+  extra.score = lambda config, nets, batch, pred, protocol: {
       "mean_mask": batch["mask"].mean(axis=(1, 2, 3)),
-      "pred_minus_composite": jnp.abs(batch["harmonized"] - batch["composite"]).max((1, 2, 3))}
-  sys.modules["harmonax.models.fake_extra"] = extra
+      "pred_minus_composite": jnp.abs(pred - batch["composite"]).max((1, 2, 3))}
+  sys.modules["harmonax.evaluators.fake_extra"] = extra
   try:
-    config.model.name = "fake_extra"
-    records = list(evaluate.iterate_records(config, networks, config.data, "test", 4,
-                                            "real_max", "gaussian7"))
+    protocol = evaluation.Protocol("real_max", "gaussian7",
+                                   metrics=("harmonization", "fake_extra"))
+    records = list(evaluation.iterate_records(config, networks, config.data, "test", 4,
+                                              protocol))
   finally:
-    del sys.modules["harmonax.models.fake_extra"]
+    del sys.modules["harmonax.evaluators.fake_extra"]
   assert len(records) == 5
   assert all(0 < r["mean_mask"] < 1 for r in records)
   assert all(r["pred_minus_composite"] < 1e-6 for r in records)  # Identity model.
-  table = evaluate.format_table(records, "real_max", "gaussian7", extra_keys=("mean_mask",))
+  table = evaluation.format_table(records, protocol, extra_keys=("mean_mask",))
   assert "| method | subset | MSE | PSNR | fMSE | fPSNR | SSIM | mean_mask | N |" in table
+  with pytest.raises(ValueError, match="Unknown evaluator 'nope'.*harmonization"):
+    evaluation.Protocol(metrics=("nope",))
+
+
+def test_background_protocol_scores_raw_output_or_pasted(dataset):
+  """A model that paints everything grey: 'output' scores the grey background,
+  'pasted' puts the composite's back, so only the foreground differs."""
+  config, networks = _identity_model(dataset)
+  config.data.binary_eval_mask = True
+  grey = types.ModuleType("harmonax.models.fake_grey")
+  grey.__dict__.update(vars(fake_family))
+  grey.predict = lambda config, nets, inputs: jnp.clip(inputs["composite"] + 0.1, 0, 1)
+  sys.modules["harmonax.models.fake_grey"] = grey
+  config.model.name = "fake_grey"
+  try:
+    raw = evaluation.evaluate_networks(config, networks, config.data, "test",
+                                       protocol=evaluation.Protocol(background="output"))
+    pasted = evaluation.evaluate_networks(config, networks, config.data, "test",
+                                          protocol=evaluation.Protocol(background="pasted"))
+  finally:
+    del sys.modules["harmonax.models.fake_grey"]
+  assert raw["mse"] > pasted["mse"] > 0
+  # The foreground error is the same either way.
+  np.testing.assert_allclose(raw["fmse"], pasted["fmse"], rtol=1e-5)
+
+
+def test_full_resolution_buckets_score_as_exact_shapes(dataset):
+  """Padding to size buckets with a valid-pixel mask gives the per-shape scores."""
+  config, networks = _identity_model(dataset)
+  config.data.image_size = None
+  protocol = evaluation.Protocol("pred_range", "gaussian7")
+  exact = list(evaluation.iterate_records(config, networks, config.data, "test", 1, protocol))
+  bucketed = list(evaluation.iterate_records(config, networks, config.data, "test", 1,
+                                             protocol, bucket=64))
+  assert [r["name"] for r in exact] == [r["name"] for r in bucketed]
+  for a, b in zip(exact, bucketed):
+    for key in metrics.METRIC_NAMES:
+      np.testing.assert_allclose(a["composite_" + key], b["composite_" + key],
+                                 rtol=2e-4, err_msg=f"{a['name']} {key}")
+
+
+def test_valid_pixel_metrics_equal_the_unpadded_image():
+  rng = np.random.default_rng(0)
+  pred = rng.uniform(0, 255, (2, 20, 27, 3)).astype(np.float32)
+  real = rng.uniform(0, 255, (2, 20, 27, 3)).astype(np.float32)
+  mask = (rng.uniform(size=(2, 20, 27, 1)) > 0.5).astype(np.float32)
+  pad = ((0, 0), (0, 12), (0, 5), (0, 0))
+  valid = np.pad(np.ones_like(mask), pad)
+  for peak in metrics.PSNR_PEAKS:
+    want = metrics.compute_all(pred, real, mask, peak, "gaussian7")
+    got = metrics.compute_all(np.pad(pred, pad, constant_values=255.0), np.pad(real, pad),
+                              np.pad(mask, pad), peak, "gaussian7", valid=valid)
+    for key in metrics.METRIC_NAMES:
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=f"{peak} {key}")
 
 
 def test_command_line_table_csv_and_images(dataset, tmp_path):
   config, networks = _identity_model(dataset)
   checkpoint.save_networks(tmp_path / "ckpt", config, networks)
-  evaluate.define_flags()
-  with flagsaver.flagsaver(checkpoint=str(tmp_path / "ckpt"), dataset="iharmony4/all",
-                           data_dir=dataset, image_size=0, psnr_peak="255",
-                           ssim="gaussian7", output_dir=str(tmp_path / "out"),
-                           save_images=str(tmp_path / "images")):
-    assert evaluate.main(["evaluate"]) == 0
-  table = (tmp_path / "out" / "eval_iharmony4_all_test.md").read_text()
+  result = fake_family.run_cli("evaluate", [
+      f"--checkpoint={tmp_path / 'ckpt'}", "--dataset=iharmony4/all", f"--data_dir={dataset}",
+      "--image_size=0", "--psnr_peak=255", "--ssim=gaussian7",
+      f"--output_dir={tmp_path / 'out'}", f"--save_images={tmp_path / 'images'}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = (tmp_path / "out" / "eval_iharmony4_all_test_full.md").read_text()
   assert "full resolution" in table and "255 (peak = 255" in table and "gaussian7" in table
+  assert "Background: model output" in table
   for subset, n in TEST_COUNTS.items():
     assert f"| model | {subset} |" in table and f"| composite | {subset} |" in table
     assert table.count(f"| {subset} |") == 2
     row = next(l for l in table.splitlines() if l.startswith(f"| model | {subset} |"))
     assert row.endswith(f"| {n} |")
-  with open(tmp_path / "out" / "eval_iharmony4_all_test.csv", encoding="utf-8") as f:
+  with open(tmp_path / "out" / "eval_iharmony4_all_test_full.csv", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   assert sorted(r["subset"] for r in rows) == sorted(
       [s for s, n in TEST_COUNTS.items() if s != "All" for _ in range(n)])
@@ -146,15 +201,17 @@ def test_command_line_table_csv_and_images(dataset, tmp_path):
 
 
 def test_image_path_keeps_names_unique_and_inside():
-  assert evaluate.image_path("/o", "c101_2_3.jpg", "HCOCO") == "/o/HCOCO/c101_2_3.png"
-  assert evaluate.image_path("/o", "coffee/cup/v00") == "/o/coffee/cup/v00.png"
-  assert evaluate.image_path("/o", "../../etc/x.jpg") == "/o/etc/x.png"
+  assert evaluation.image_path("/o", "c101_2_3.jpg", "HCOCO") == "/o/HCOCO/c101_2_3.png"
+  assert evaluation.image_path("/o", "coffee/cup/v00") == "/o/coffee/cup/v00.png"
+  assert evaluation.image_path("/o", "../../etc/x.jpg") == "/o/etc/x.png"
   with pytest.raises(ValueError, match="usable name"):
-    evaluate.image_path("/o", "..")
+    evaluation.image_path("/o", "..")
 
 
 def test_bad_settings_raise():
   config = fake_family.get_config()
   config.eval.psnr_peak = "max"
-  with pytest.raises(ValueError, match="config.eval.psnr_peak='max'"):
-    evaluate.eval_settings(config)
+  with pytest.raises(ValueError, match="psnr_peak='max'"):
+    evaluation.protocol_of(config)
+  with pytest.raises(ValueError, match="background='none'"):
+    evaluation.protocol_of(fake_family.get_config(), background="none")

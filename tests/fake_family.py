@@ -12,6 +12,7 @@ the step rng) and optionally a discriminator (`config.model.gan`), whose
 generator loss depends on the discriminator.
 """
 
+import functools
 import os
 import sys
 import tempfile
@@ -25,6 +26,8 @@ import numpy as np
 import optax
 
 NAME = "fake"
+INPUTS = ("composite", "mask")
+PRESERVES_BACKGROUND = True
 
 
 class Generator(nnx.Module):
@@ -84,14 +87,13 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
           for name in names}
 
 
-def compute_losses(networks, batch, rng, train):
+def compute_losses(config, networks, batch, rng):
   """MSE on the foreground (+ a non-saturating GAN loss when there is a discriminator)."""
+  del config
+  batch = {k: v.astype(jnp.float32) / 255.0 if v.dtype == jnp.uint8 else v
+           for k, v in batch.items()}
   gen = networks["generator"]
-  if train:
-    gen.train()
-  else:
-    gen.eval()
-  out = gen(batch["composite"], batch["mask"], rng if train else None)
+  out = gen(batch["composite"], batch["mask"], rng)
   mse = jnp.mean((out - batch["real"]) ** 2)
   losses = {"generator": mse}
   metrics = {"mse": mse}
@@ -106,9 +108,10 @@ def compute_losses(networks, batch, rng, train):
   return losses, metrics, {"harmonized": out}
 
 
-def predict(networks, composite, mask):
+def predict(config, networks, inputs):
   """Harmonized images (eval mode, no dropout)."""
-  return networks["generator"](composite, mask)
+  del config
+  return networks["generator"](inputs["composite"], inputs["mask"])
 
 
 def get_config(gan: bool = False) -> ml_collections.ConfigDict:
@@ -129,7 +132,11 @@ def get_config(gan: bool = False) -> ml_collections.ConfigDict:
   config.checkpoint_every = 2
   config.image_every = 2
   config.keep_checkpoints = 3
-  config.eval = ml_collections.ConfigDict({"psnr_peak": "real_max", "ssim": "gaussian11"})
+  config.eval = ml_collections.ConfigDict({"psnr_peak": "real_max", "ssim": "gaussian11",
+                                           "background": "output",
+                                           "metrics": ("harmonization",)})
+  config.evals = ml_collections.ConfigDict(
+      {"val": {"dataset": "", "split": "", "image_size": -1, "max_examples": 16}})
   return config
 
 
@@ -164,13 +171,21 @@ def _example(index: int, size: int) -> dict[str, np.ndarray]:
   y, x = rng.integers(0, size // 2, 2)
   mask[y:y + size // 2, x:x + size // 2] = 1.0
   shift = rng.uniform(-0.2, 0.2, 3).astype(np.float32)
-  composite = np.where(mask > 0, np.clip(real + shift, 0, 1), real)
-  return {"composite": composite, "mask": mask, "real": real}
+  foreground = np.clip(real + shift, 0, 1)
+  composite = np.where(mask > 0, foreground, real)
+  # foreground/background: the inputs of compositing families (INPUTS).
+  return {"composite": composite, "mask": mask, "real": real,
+          "foreground": foreground, "background": real}
 
 
 def make_train_iterator(data_config, global_batch_size: int, seed: int
                         ) -> grain.DatasetIterator:
-  """Shuffled, repeated global batches; this process gets its rows, in order."""
+  """Shuffled, repeated global batches; this process gets its rows, in order.
+
+  With data_config.num_workers > 0 the batches are made in grain worker
+  processes set up as the real pipeline's (input_pipeline.prefetch_in_workers).
+  """
+  from harmonax import input_pipeline  # pylint: disable=g-import-not-at-top
   count, index = jax.process_count(), jax.process_index()
   local = global_batch_size // count
   size = data_config.image_size
@@ -178,9 +193,13 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int
         .shuffle(seed=seed).repeat()
         .batch(global_batch_size)
         .map(lambda ids: ids[index * local:(index + 1) * local])
-        .map(lambda ids: {k: np.stack([_example(int(i), size)[k] for i in ids])
-                          for k in ("composite", "mask", "real")}))
-  return iter(ds.to_iter_dataset())
+        # uint8, as the real pipeline's batches (converted on the device).
+        .map(lambda ids: {k: np.round(255 * np.stack([_example(int(i), size)[k]
+                                                      for i in ids])).astype(np.uint8)
+                          for k in ("composite", "mask", "real", "foreground",
+                                    "background")}))
+  return iter(input_pipeline.prefetch_in_workers(ds.to_iter_dataset(),
+                                                 data_config.get("num_workers", 0)))
 
 
 def num_examples(data_config, split: str) -> int:
@@ -189,16 +208,14 @@ def num_examples(data_config, split: str) -> int:
   return data_config.num_examples
 
 
-def fake_evaluate_networks(config, networks, data_config, split, max_examples):
-  """Mean MSE of the family's `predict` over `max_examples` synthetic examples."""
-  del split
+def fake_evaluate_sets(config, networks):
+  """{'val': mean MSE of the family's `predict`} over 16 synthetic examples."""
   from harmonax import models  # pylint: disable=g-import-not-at-top
-  family_predict = models.get_family(config.model.name).predict
-  n = max_examples if max_examples > 0 else 16
-  batch = [_example(10_000 + i, data_config.image_size) for i in range(n)]
+  family = models.get_family(config.model.name)
+  batch = [_example(10_000 + i, config.data.image_size) for i in range(16)]
   stack = {k: jnp.asarray(np.stack([b[k] for b in batch])) for k in batch[0]}
-  out = nnx.jit(family_predict)(networks, stack["composite"], stack["mask"])
-  return {"mse": float(jnp.mean((out - stack["real"]) ** 2))}
+  out = nnx.jit(functools.partial(family.predict, config))(networks, stack)
+  return {"val": {"mse": float(jnp.mean((out - stack["real"]) ** 2))}}
 
 
 def install_synthetic_data(patch) -> None:
@@ -208,8 +225,27 @@ def install_synthetic_data(patch) -> None:
     patch: a `setattr(obj, name, value)`-like callable, e.g. pytest's
       `monkeypatch.setattr`, or plain `setattr` in a subprocess.
   """
-  from harmonax import evaluate  # pylint: disable=g-import-not-at-top
+  from harmonax import evaluation  # pylint: disable=g-import-not-at-top
   from harmonax import input_pipeline  # pylint: disable=g-import-not-at-top
   patch(input_pipeline, "make_train_iterator", make_train_iterator)
   patch(input_pipeline, "num_examples", num_examples)
-  patch(evaluate, "evaluate_networks", fake_evaluate_networks)
+  patch(evaluation, "evaluate_sets", fake_evaluate_sets)
+
+
+def run_cli(module: str, args: list[str], register_fake: bool = True,
+            timeout: float = 600, prelude: str = ""):
+  """Runs `python -m harmonax.<module> ARGS` in a subprocess, as a user would
+  (absl flags of different CLIs cannot share one process), with this fake
+  family importable when register_fake and `prelude` (Python code) run first.
+  Returns the completed process."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  code = ("import runpy, sys, fake_family\n"
+          + ("fake_family.register()\n" if register_fake else "") + prelude + "\n"
+          f"sys.argv = ['{module}'] + sys.argv[1:]\n"
+          f"runpy.run_module('harmonax.{module}', run_name='__main__', alter_sys=True)\n")
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  root = os.path.dirname(tests_dir)
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([tests_dir, root, env.get("PYTHONPATH", "")])
+  return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                        env=env, timeout=timeout, cwd=root)

@@ -166,3 +166,21 @@ def test_bad_inputs_name_the_problem():
     filters.apply_filter("shadow", np.zeros((4, 4)), np.ones((4, 4, 1)), 0.0)
   with pytest.raises(ValueError, match="args must end in 6"):
     filters.apply_filters(image, _ones(image), np.zeros(5))
+
+
+def test_builder_numpy_filters_equal_these():
+  # data_builders keeps a numpy copy of the forward filters (the builders do
+  # not import harmonax): it must stay equal to these.
+  from data_builders.harmonization_composites import white_box  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(7)
+  image = rng.uniform(0.05, 0.95, (24, 30, 3)).astype(np.float32)
+  mask = np.zeros((24, 30), bool)
+  mask[5:20, 8:25] = True
+  for name in filters.FILTER_NAMES:
+    for arg in (-0.45, -0.1, 0.2, 0.5):
+      chain = [(name, arg), ("contrast", 0.3), ("temperature", -0.25)]
+      expected = image
+      for n, a in chain:
+        expected = np.asarray(filters.apply_filter(n, expected, mask[..., None].astype(np.float32), a))
+      np.testing.assert_allclose(white_box.apply_filters(image, mask, chain), expected[mask],
+                                 atol=2e-6, err_msg=f"{name} {arg}")

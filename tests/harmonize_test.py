@@ -1,22 +1,19 @@
 """harmonize() on arrays, files and folders; image_io's mode handling and refusals."""
 
 import io
+import json
 import os
 import struct
-import sys
-import types
 import zlib
 
-from absl.testing import flagsaver
 from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
 
-import harmonax
 from harmonax import checkpoint
-from harmonax import harmonize as harmonize_lib
+from harmonax import inference as harmonize_lib
 from harmonax import image_io
 import fake_family
 
@@ -24,7 +21,6 @@ import fake_family
 @pytest.fixture(scope="module")
 def model():
   fake_family.register()
-  harmonize_lib.define_flags()
   config = fake_family.get_config()
   networks = fake_family.create_networks(config, nnx.Rngs(0))
   for net in networks.values():
@@ -50,8 +46,9 @@ def test_any_size_keeps_background_bytes(model, h, w):
   np.testing.assert_array_equal(out[bg], composite[bg])
   assert np.any(out[~bg] != composite[~bg])  # The foreground was harmonized.
   # The foreground is the family's prediction, quantized.
-  want = fake_family.predict(networks, jnp.asarray(composite[None] / 255.0, jnp.float32),
-                             jnp.asarray((mask > 0)[None, ..., None], jnp.float32))
+  want = fake_family.predict(
+      config, networks, {"composite": jnp.asarray(composite[None] / 255.0, jnp.float32),
+                         "mask": jnp.asarray((mask > 0)[None, ..., None], jnp.float32)})
   want = np.round(np.clip(np.asarray(want[0]), 0, 1) * 255)
   np.testing.assert_allclose(out[~bg], want[~bg], atol=1)
 
@@ -174,6 +171,16 @@ def test_write_image_round_trip_and_errors(tmp_path):
     image_io.write_image(tmp_path / "y.png", image[..., 0])
 
 
+def test_written_images_follow_the_umask(tmp_path):
+  image = np.zeros((4, 4, 3), np.uint8)
+  previous = os.umask(0o027)
+  try:
+    image_io.write_image(tmp_path / "a.png", image)
+  finally:
+    os.umask(previous)
+  assert os.stat(tmp_path / "a.png").st_mode & 0o777 == 0o640
+
+
 # --- files, folders and the command line --------------------------------------
 
 
@@ -221,42 +228,61 @@ def test_command_line_single_file_and_folder(model, tmp_path):
   config, networks = model
   checkpoint.save_networks(tmp_path / "ckpt", config, networks)
   composite, mask = _write_pair(tmp_path, "x", 21, 19, 5)
-  with flagsaver.flagsaver(checkpoint=str(tmp_path / "ckpt"),
-                           composite=str(tmp_path / "comp" / "x.png"),
-                           mask=str(tmp_path / "mask" / "x.png"),
-                           output=str(tmp_path / "x_out.png")):
-    assert harmonize_lib.main(["harmonize"]) == 0
+  ckpt = f"--checkpoint={tmp_path / 'ckpt'}"
+  result = fake_family.run_cli("harmonize", [
+      ckpt, f"--composite={tmp_path / 'comp' / 'x.png'}", f"--mask={tmp_path / 'mask' / 'x.png'}",
+      f"--output={tmp_path / 'x_out.png'}"])
+  assert result.returncode == 0, result.stderr[-3000:]
   out = image_io.read_image(tmp_path / "x_out.png")
   np.testing.assert_array_equal(
       out, harmonize_lib.harmonize(networks, composite, mask, config=config))
   (tmp_path / "comp" / "bad.png").write_bytes(b"junk")
-  with flagsaver.flagsaver(checkpoint=str(tmp_path / "ckpt"),
-                           composite=str(tmp_path / "comp"), mask=str(tmp_path / "mask"),
-                           output=str(tmp_path / "out")):
-    assert harmonize_lib.main(["harmonize"]) == 1  # One file skipped.
+  result = fake_family.run_cli("harmonize", [
+      ckpt, f"--composite={tmp_path / 'comp'}", f"--mask={tmp_path / 'mask'}",
+      f"--output={tmp_path / 'out'}"])
+  assert result.returncode == 1, result.stderr[-3000:]  # One file skipped.
+  assert "skipped" in result.stdout and "bad.png" in result.stdout
   assert os.listdir(tmp_path / "out") == ["x.png"]
-  with flagsaver.flagsaver(checkpoint=str(tmp_path / "ckpt"),
-                           composite=str(tmp_path / "comp" / "bad.png"),
-                           mask=str(tmp_path / "mask" / "x.png"),
-                           output=str(tmp_path / "bad_out.png")):
-    assert harmonize_lib.main(["harmonize"]) == 1
-  assert not (tmp_path / "bad_out.png").exists()
 
 
-def test_video_flags_dispatch_to_harmonax_video(model, tmp_path, monkeypatch):
+def test_all_background_or_all_foreground_masks_warn(model, tmp_path, caplog):
+  config, networks = model
+  composite, _ = _write_pair(tmp_path, "x", 12, 10, 6)
+  for name, value in (("black", 0), ("white", 255)):
+    Image.fromarray(np.full((12, 10), value, np.uint8)).save(tmp_path / f"{name}.png")
+    with caplog.at_level("WARNING"):
+      harmonize_lib.harmonize_file(config, networks, str(tmp_path / "comp" / "x.png"),
+                                   str(tmp_path / f"{name}.png"), str(tmp_path / "o.png"))
+  assert f"{tmp_path / 'black.png'}: the mask is all background" in caplog.text
+  assert f"{tmp_path / 'white.png'}: the mask is all foreground" in caplog.text
+
+
+def test_command_line_bad_file_and_video_dispatch(model, tmp_path):
   config, networks = model
   checkpoint.save_networks(tmp_path / "ckpt", config, networks)
-  calls = []
-  video = types.ModuleType("harmonax.video")
-  video.harmonize_video = lambda cfg, nets, **kwargs: calls.append((cfg, nets, kwargs)) or 0
-  monkeypatch.setitem(sys.modules, "harmonax.video", video)
-  # `from harmonax import video` reads the package attribute once the real module
-  # was imported (by another test in the same run): replace that too.
-  monkeypatch.setattr(harmonax, "video", video, raising=False)
-  with flagsaver.flagsaver(checkpoint=str(tmp_path / "ckpt"), frames=str(tmp_path / "frames"),
-                           mask=str(tmp_path / "masks"), output=str(tmp_path / "out")):
-    assert harmonize_lib.main(["harmonize"]) == 0
-  (cfg, nets, kwargs), = calls
-  assert cfg.model.name == "fake" and set(nets) == {"generator"}
+  _write_pair(tmp_path, "x", 21, 19, 5)
+  (tmp_path / "comp" / "bad.png").write_bytes(b"junk")
+  ckpt = f"--checkpoint={tmp_path / 'ckpt'}"
+  result = fake_family.run_cli("harmonize", [
+      ckpt, f"--composite={tmp_path / 'comp' / 'bad.png'}",
+      f"--mask={tmp_path / 'mask' / 'x.png'}", f"--output={tmp_path / 'bad_out.png'}"])
+  assert result.returncode == 1 and "not a readable image" in result.stderr
+  assert not (tmp_path / "bad_out.png").exists()
+  # --frames/--video go to harmonax.video (replaced here by a recorder).
+  prelude = ("import types, json, harmonax\n"
+             "video = types.ModuleType('harmonax.video')\n"
+             "def _record(cfg, nets, **kw):\n"
+             "  print('VIDEO', json.dumps([cfg.model.name, sorted(nets), kw]))\n"
+             "  return 0\n"
+             "video.harmonize_video = _record\n"
+             "sys.modules['harmonax.video'] = video\n"
+             "harmonax.video = video\n")
+  result = fake_family.run_cli("harmonize", [
+      ckpt, f"--frames={tmp_path / 'frames'}", f"--mask={tmp_path / 'masks'}",
+      f"--output={tmp_path / 'out'}"], prelude=prelude)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = next(l for l in result.stdout.splitlines() if l.startswith("VIDEO "))
+  name, nets, kwargs = json.loads(line[len("VIDEO "):])
+  assert name == "fake" and nets == ["generator"]
   assert kwargs == {"video": None, "frames": str(tmp_path / "frames"),
                     "mask": str(tmp_path / "masks"), "output": str(tmp_path / "out")}

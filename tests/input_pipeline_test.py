@@ -5,9 +5,7 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import time
-import types
 
 import grain
 import numpy as np
@@ -16,6 +14,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from data_builders import datasets
 from data_builders.iharmony4 import iharmony4_dataset_builder as ihd
 from harmonax import config_args
 from harmonax import input_pipeline
@@ -74,7 +73,7 @@ def _config(data_dir, name="iharmony4/all", image_size=32, **overrides):
 
 def _ids(batch):
   """The example id of each row, from the constant B channel of the pattern set."""
-  blue = batch["composite"][..., 2].mean(axis=(1, 2)) * 255
+  blue = batch["composite"][..., 2].astype(np.float64).mean(axis=(1, 2))  # uint8 batches.
   return [_IDS[int(np.argmin(np.abs(np.array(_IDS) - b)))] for b in blue]
 
 
@@ -107,8 +106,8 @@ def test_train_batch_contract(data_dir):
     assert sorted(batch) == ["composite", "mask", "real"]
     assert batch["composite"].shape == batch["real"].shape == (4, 32, 32, 3)
     assert batch["mask"].shape == (4, 32, 32, 1)
-    for value in batch.values():
-      assert value.dtype == np.float32 and value.min() >= 0 and value.max() <= 1
+    for value in batch.values():  # uint8 to the device; families convert there.
+      assert value.dtype == np.uint8
   with pytest.raises(ValueError, match="global batch size 6 .* process count 4"):
     input_pipeline.make_train_iterator(_config(data_dir), 6, seed=0,
                                        process_index=0, process_count=4)
@@ -122,7 +121,7 @@ def test_crops_align_composite_real_and_mask(data_dir, hflip, image_size):
   it = input_pipeline.make_train_iterator(config, 8, seed=3)
   directions = []
   for _ in range(2):
-    batch = next(it)
+    batch = input_pipeline._to_float(next(it))  # pylint: disable=protected-access
     comp, real, mask = batch["composite"], batch["real"], batch["mask"][..., 0]
     # The real image is the negative of the composite: same crop, same flip.
     np.testing.assert_allclose(comp + real, 1.0, atol=0.08)
@@ -304,7 +303,7 @@ def test_eval_resize_masks_and_full_resolution(data_dir):
   for batch in full:
     subset, name = batch["subset"][0], batch["name"][0]
     path = os.path.join(DUMMY, subset, "composite_images", name)
-    original = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
+    original = np.asarray(Image.open(path).convert("RGB"))
     np.testing.assert_array_equal(batch["composite"][0], original)
 
 
@@ -321,6 +320,7 @@ def test_unknown_or_unbuilt_datasets_say_what_to_do(data_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"'iharmony4/hcoco' is not built in") as err:
     input_pipeline.get_builder("iharmony4/hcoco", data_dir)
   assert f"--data_dir={data_dir}" in str(err.value)
+  assert "\n" not in str(err.value)  # One line, the fix included.
   with pytest.raises(FileNotFoundError, match="is not built"):
     input_pipeline.make_train_iterator(_config(data_dir, "iharmony4/hcoco"), 4, seed=0)
   assert input_pipeline.get_builder("iharmony4/all", data_dir).info.splits["test"].num_examples == 5
@@ -330,16 +330,53 @@ def test_sample_is_built_on_first_use(data_dir, tmp_path, monkeypatch):
   calls = []
 
   def fake_build(name, target_dir):
-    # Stands in for data_builders.build: puts a built dataset where TFDS would.
+    # Stands in for data_builders.datasets.build: puts a built dataset where TFDS would.
     calls.append((name, target_dir))
     shutil.copytree(os.path.join(data_dir, "iharmony4", "hflickr", "1.0.0"),
                     os.path.join(target_dir, "harmonization_composites", "sample", "1.0.0"))
 
-  monkeypatch.setitem(sys.modules, "data_builders.build",
-                      types.SimpleNamespace(build=fake_build))
+  monkeypatch.setattr(datasets, "build", fake_build)
   target = os.fspath(tmp_path / "fresh")
   builder = input_pipeline.get_builder("harmonization_composites/sample", target)
   assert calls == [("harmonization_composites/sample", target)]
   assert builder.info.splits["train"].num_examples == _N
   input_pipeline.get_builder("harmonization_composites/sample", target)
   assert len(calls) == 1  # Built once, then found.
+
+
+@pytest.fixture(scope="module")
+def composites_dir(tmp_path_factory):
+  """harmonization_composites/folder from its dummy data: composites stored as boxes."""
+  root = tmp_path_factory.mktemp("composites")
+  manual = os.path.join(os.path.dirname(DUMMY), "..", "harmonization_composites", "dummy_data")
+  datasets.build("harmonization_composites/folder", os.fspath(root), manual)
+  return os.fspath(root)
+
+
+def test_composites_stored_as_boxes_are_rebuilt_for_every_reader(composites_dir):
+  name = "harmonization_composites/folder"
+  builder = tfds.builder_from_directory(datasets.find_built(name, composites_dir))
+  assert "composite_crop" in builder.info.features  # Stored as the foreground's box ...
+  decoded = {ex["name"].decode(): ex for ex in builder.as_data_source(split="test")}
+  config = _config(composites_dir, name, image_size=None)
+  batches = list(input_pipeline.make_eval_iterator(config, 4, "test"))
+  assert len(batches) == len(decoded) == 1
+  for batch in batches:
+    ex = decoded[batch["name"][0]]
+    assert "composite_crop" not in ex  # ... and decoded by TFDS as the whole composite.
+    np.testing.assert_array_equal(batch["composite"][0], ex["composite"])
+    np.testing.assert_array_equal(batch["real"][0], ex["real"])
+    background = ex["mask"][..., 0] == 0
+    np.testing.assert_array_equal(ex["composite"][background], ex["real"][background])
+    assert np.any(ex["composite"][~background] != ex["real"][~background])
+
+
+def test_train_crops_of_rebuilt_composites_keep_the_background(composites_dir):
+  config = _config(composites_dir, "harmonization_composites/folder", image_size=24,
+                   crop_scale=(0.5, 1.0))
+  batch = next(input_pipeline.make_train_iterator(config, 4, seed=0))
+  assert batch["composite"].shape == (4, 24, 24, 3)
+  background = batch["mask"][..., 0] == 0
+  assert background.any() and (~background).any()
+  np.testing.assert_array_equal(batch["composite"][background], batch["real"][background])
+  assert np.any(batch["composite"] != batch["real"])

@@ -35,3 +35,17 @@ def test_quiet_library_logs_drops_only_orbax_info():
       handler.removeFilter(f)
     for f in installed:
       handler.addFilter(f)
+
+
+def test_phase_says_what_runs_with_a_heartbeat_and_the_duration(caplog):
+  import time  # pylint: disable=g-import-not-at-top
+  with caplog.at_level(pylogging.INFO):
+    with metric_writers.Phase("compiling the update step", every=0.05):
+      time.sleep(0.3)
+    with metric_writers.Phase("hidden", enabled=False):
+      pass
+  messages = [r.getMessage() for r in caplog.records]
+  assert messages[0] == "compiling the update step ..."
+  assert any(m.startswith("compiling the update step ... (") for m in messages[1:-1])
+  assert messages[-1].startswith("compiling the update step: done in ")
+  assert not any("hidden" in m for m in messages)

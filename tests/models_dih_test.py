@@ -1,4 +1,5 @@
-"""Tests of the iDIH and iS2AM families: sizes, parameter counts, blending, losses."""
+"""Tests of the dih family (iDIH and iS2AM variants): sizes, parameter counts,
+the official test-time padding, losses."""
 
 import importlib
 
@@ -10,10 +11,11 @@ import pytest
 
 from harmonax import torch_import
 from harmonax.models import dih
+from harmonax import models
 from harmonax.models import get_family
 from harmonax.models import layers
 
-FAMILIES = ("idih", "issam")
+FAMILIES = ("idih", "issam")  # Recipes (configs/<name>.py) of the dih family.
 
 
 def _config(name, arg="runlocal"):
@@ -56,7 +58,7 @@ def random_network(make, seed: int):
 
 def _family_nets(name, seed, arg="runlocal"):
   config = _config(name, arg)
-  family = get_family(name)
+  family = get_family("dih")
   return {"generator": random_network(
       lambda: family.create_networks(config, nnx.Rngs(0))["generator"], seed)}
 
@@ -83,7 +85,8 @@ def _batch(h, w, b=2, seed=0):
 @pytest.mark.parametrize("name, official", [("idih", 8_301_284), ("issam", 2_185_340)])
 def test_full_size_parameter_counts_match_official(name, official):
   config = _config(name, "")
-  nets = nnx.eval_shape(lambda: get_family(name).create_networks(config, nnx.Rngs(0)))
+  assert (config.model.name, config.model.variant) == ("dih", name)
+  nets = nnx.eval_shape(lambda: get_family("dih").create_networks(config, nnx.Rngs(0)))
   count = _params(nets["generator"])
   # The paper rounds to 8.30M / 2.19M; our module tree reproduces the checkpoints exactly.
   assert abs(count - official) / official < 0.01
@@ -118,40 +121,75 @@ def test_initialization_like_official():
   assert weight[3, 3] / weight[3, 4] == pytest.approx(np.exp(0.5), rel=1e-5)  # sigma 1.
 
 
+def _official_padding_reference(net, composite, mask):
+  """The official predictor in numpy terms: PadToDivisor(2**(depth + 1), zeros,
+  the smaller half first) on the 0..1 image and the mask, normalize, run, crop."""
+  divisor = 2 ** (net.depth + 1)
+  _, h, w, _ = composite.shape
+  ph, pw = -h % divisor, -w % divisor
+  pads = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+  out = _apply(net, layers.imagenet_normalize(np.pad(composite, pads)), np.pad(mask, pads))
+  out = np.asarray(out)[:, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+  return np.clip(np.asarray(layers.imagenet_denormalize(out)), 0, 1)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("hw", [(37, 50), (64, 64), (20, 9)])
-def test_predict_any_size_keeps_background_exact(name, hw):
-  family = get_family(name)
+def test_predict_any_size_pads_as_the_official_predictor(name, hw):
+  config = _config(name)
   nets = _family_nets(name, 1)
   batch = _batch(*hw)
-  out = np.asarray(jax.jit(family.predict)(nets, batch["composite"], batch["mask"]))
+  inputs = {k: batch[k] for k in ("composite", "mask")}
+  out = np.asarray(jax.jit(lambda n, i: get_family("dih").predict(config, n, i))(nets, inputs))
   assert out.shape == batch["composite"].shape
   assert out.min() >= 0.0 and out.max() <= 1.0
+  want = _official_padding_reference(nets["generator"], batch["composite"], batch["mask"])
+  np.testing.assert_allclose(out, want, atol=1e-5)
+  # The raw output is scored: the background is the network's, not the input's.
   bg = np.broadcast_to(batch["mask"] == 0, out.shape)
-  np.testing.assert_array_equal(out[bg], batch["composite"][bg])
-  assert not np.allclose(out[~bg], batch["composite"][~bg])
+  assert not np.array_equal(out[bg], batch["composite"][bg])
+  # uint8 inputs give the same result (converted on the device).
+  as_uint8 = {"composite": np.round(batch["composite"] * 255).astype(np.uint8),
+              "mask": batch["mask"]}
+  out8 = get_family("dih").predict(config, nets, as_uint8)
+  want8 = _official_padding_reference(nets["generator"], as_uint8["composite"] / 255.0,
+                                      batch["mask"])
+  np.testing.assert_allclose(out8, want8, atol=1e-5)
+
+
+def test_edge_padding_option_differs_for_idih():
+  """iDIH's deepest block sees the whole image: the padding choice matters."""
+  config = _config("idih")
+  nets = _family_nets("idih", 1)
+  batch = {k: v for k, v in _batch(37, 50).items() if k != "real"}
+  official = get_family("dih").predict(config, nets, batch)
+  config.model.padding = "edge"
+  edge = get_family("dih").predict(config, nets, batch)
+  assert edge.shape == official.shape
+  assert not np.allclose(edge, official, atol=1e-3)
 
 
 def test_predict_crop_equals_network_on_fitting_size():
   # On an input that already fits, predict is the network's output,
-  # denormalized, clipped and blended: no padding effects.
-  family = get_family("issam")
+  # denormalized and clipped: no padding effects, no background pasting.
+  config = _config("issam")
   nets = _family_nets("issam", 2)
   batch = _batch(32, 32)
-  out = family.predict(nets, batch["composite"], batch["mask"])
+  out = get_family("dih").predict(config, nets, batch)
   raw = _apply(nets["generator"], layers.imagenet_normalize(batch["composite"]), batch["mask"])
-  expected = layers.blend_background(
-      jnp.clip(layers.imagenet_denormalize(raw), 0, 1), batch["composite"], batch["mask"])
+  expected = jnp.clip(layers.imagenet_denormalize(raw), 0, 1)
   np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("name, min_area", [("idih", 100.0), ("issam", 1000.0)])
 def test_compute_losses_is_fn_mse_of_normalized_output(name, min_area):
-  family = get_family(name)
+  config = _config(name)
+  assert config.loss.min_area == min_area
   nets = _family_nets(name, 3)
   batch = _batch(32, 32)
-  losses, metrics, outputs = nnx.jit(family.compute_losses, static_argnums=3)(
-      nets, batch, jax.random.key(0), False)
+  losses, metrics, outputs = nnx.jit(
+      lambda n, b, k: get_family("dih").compute_losses(config, n, b, k))(
+          nets, batch, jax.random.key(0))
   raw = _apply(nets["generator"], layers.imagenet_normalize(batch["composite"]), batch["mask"])
   target = layers.imagenet_normalize(batch["real"])
   area = np.maximum(batch["mask"].sum(axis=(1, 2, 3)), min_area)
@@ -163,14 +201,15 @@ def test_compute_losses_is_fn_mse_of_normalized_output(name, min_area):
 
 
 def test_train_mode_updates_batch_stats_and_gradients_flow():
-  family = get_family("idih")
+  config = _config("idih")
   net = _family_nets("idih", 4)["generator"]
+  models.set_modes({"generator": net}, ["generator"])  # As the trainer does.
   batch = _batch(32, 32)
   before = np.asarray(net.encoder.blocks_connected["block2"].block[1].mean[...])
 
   def loss_fn(model):
-    return family.compute_losses({"generator": model}, batch, jax.random.key(0), True)[0][
-        "generator"]
+    return get_family("dih").compute_losses(config, {"generator": model}, batch,
+                                            jax.random.key(0))[0]["generator"]
 
   grads = nnx.jit(nnx.grad(loss_fn))(net)
   after = np.asarray(net.encoder.blocks_connected["block2"].block[1].mean[...])
@@ -194,7 +233,7 @@ def test_make_optimizers_decays_at_epochs():
   config = _config("idih", "")
   assert tuple(config.optim.decay_epochs) == (105, 115)
   config.optim.decay_epochs = (3, 5)
-  opt = get_family("idih").make_optimizers(config, steps_per_epoch=10)["generator"]
+  opt = get_family("dih").make_optimizers(config, steps_per_epoch=10)["generator"]
   expected = [1e-3] * 30 + [1e-4] * 20 + [1e-5] * 10
   np.testing.assert_allclose(_adam_steps(opt, 60), expected, rtol=1e-3)
 
@@ -202,7 +241,7 @@ def test_make_optimizers_decays_at_epochs():
 def test_schedule_boundaries_on_the_same_step_both_apply():
   config = _config("issam", "")
   config.optim.decay_epochs = (1.0, 1.2)
-  opt = get_family("issam").make_optimizers(config, steps_per_epoch=2)["generator"]
+  opt = get_family("dih").make_optimizers(config, steps_per_epoch=2)["generator"]
   # Epochs 1.0 and 1.2 both land on step 2.
   np.testing.assert_allclose(_adam_steps(opt, 4), [1e-3, 1e-3, 1e-5, 1e-5], rtol=1e-3)
 
@@ -224,3 +263,17 @@ def test_spatial_separated_attention_blends_gates_by_blurred_mask():
   # centre, 3+ pixels from the border, sees a mask of exactly 1.
   np.testing.assert_allclose(all_fg[:, 3:-3, 3:-3], foreground[:, 3:-3, 3:-3], atol=1e-5)
   assert not np.allclose(all_fg[:, 0], foreground[:, 0], atol=1e-3)  # Blurred border.
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_features_expose_encoder_and_decoder(name):
+  """CDTNet and PCT-Net read the deepest encoder and last decoder features."""
+  net = _family_nets(name, 6)["generator"]
+  batch = _batch(32, 32)
+  image = layers.imagenet_normalize(batch["composite"])
+  out = nnx.jit(lambda n, x, m: n.features(x, m))(net, image, batch["mask"])
+  np.testing.assert_allclose(out["images"], _apply(net, image, batch["mask"]), atol=1e-5)
+  assert out["decoder"].shape[:3] == (2, 32, 32)
+  assert out["encoder"][0].shape[-1] == net.encoder.channels[-1]  # Deepest first.
+  with pytest.raises(ValueError, match="no backbone connectors"):
+    net.features(image, batch["mask"], backbone_features=[image])

@@ -21,10 +21,13 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.
 TIMEOUT = 300
 
 
-def _worker(workdir, total_steps, devices, **kwargs):
+def _worker(workdir, total_steps, devices, slurm_env=None, **kwargs):
   command = [sys.executable, WORKER, os.fspath(workdir), f"--total_steps={total_steps}",
              f"--devices={devices}"] + [f"--{k}={v}" for k, v in kwargs.items()]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if slurm_env:
+    command.append("--slurm")
+    env.update(slurm_env)
   return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
@@ -71,10 +74,20 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _slurm_task(index: int, port: int) -> dict[str, str]:
+  """The variables srun sets for task `index` of 2 on one node (launch/slurm)."""
+  return {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+          "SLURM_PROCID": str(index), "SLURM_LOCALID": str(index),
+          "JAX_COORDINATOR_PORT": str(port)}
+
+
 def test_two_processes_match_one(reference, tmp_path):
+  # Started as Slurm tasks: jax.distributed.initialize() detects the coordinator,
+  # process count and index (launch/slurm's path; the SIGTERM test below passes
+  # them explicitly).
   port = _free_port()
-  workers = [_worker(tmp_path, total_steps=4, devices=4, num_processes=2,
-                     process_id=i, port=port) for i in range(2)]
+  workers = [_worker(tmp_path, total_steps=4, devices=4, slurm_env=_slurm_task(i, port))
+             for i in range(2)]
   for process in workers:
     _wait(process)
   steps = checkpoint.good_steps(tmp_path / "checkpoints")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from harmonax import summary
+from harmonax import model_info as summary
 from harmonax.models import get_family
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(

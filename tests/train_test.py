@@ -118,7 +118,7 @@ def test_runlocal_smoke_writes_checkpoints_events_and_metrics(straight):
     assert all(np.isfinite(l[key]) for l in train_lines), key
   assert train_lines[-1]["lr/generator"] == pytest.approx(1e-2)
   assert "images_per_sec" in train_lines[-1]
-  assert [l["step"] for l in lines if "eval/mse" in l] == [2, 4]
+  assert [l["step"] for l in lines if "eval/val/mse" in l] == [2, 4]
 
   events = _read_events(workdir)
   images = [(e.step, v.image) for e in events for v in e.summary.value
@@ -127,7 +127,7 @@ def test_runlocal_smoke_writes_checkpoints_events_and_metrics(straight):
   # 4 rows (examples) of composite | output | real | mask, 16x16 each.
   assert (images[0][1].height, images[0][1].width) == (4 * 16, 4 * 16)
   scalar_tags = {v.tag for e in events for v in e.summary.value if not v.HasField("image")}
-  assert {"loss/generator", "eval/mse", "steps_per_sec"} <= scalar_tags
+  assert {"loss/generator", "eval/val/mse", "steps_per_sec"} <= scalar_tags
 
   # The checkpoint holds the returned state; load_networks reads it for inference.
   _, networks = checkpoint.load_networks(workdir)
@@ -139,7 +139,13 @@ def test_resume_matches_an_uninterrupted_run(straight, tmp_path, monkeypatch):
   _, straight_state, straight_fingerprints, _ = straight
   first, seen_first = _run(monkeypatch.setattr, tmp_path, _gan_config(total_steps=2))
   assert int(first["step"]) == 2
+  # As a run killed after step 3 leaves metrics.jsonl: a line past the
+  # checkpoint and half a line.
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 3, "loss/generator": 1.0}) + '\n{"step": 4, "lo')
   resumed, seen_second = _run(monkeypatch.setattr, tmp_path, _gan_config())
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines if "loss/generator" in l] == [1, 2, 3, 4]
   # Same data order across the restart, and bit-identical parameters.
   assert seen_first + seen_second == straight_fingerprints
   _assert_trees_equal(resumed["params"], straight_state["params"])
@@ -210,20 +216,6 @@ def test_progress_lines_come_early_when_log_every_is_far(tmp_path, monkeypatch):
   assert [l["step"] for l in lines if "loss/generator" in l] == [2, 4, 8, 9]
 
 
-def test_issam_runlocal_config_trains(tmp_path, monkeypatch):
-  from configs import issam  # pylint: disable=g-import-not-at-top
-  config = issam.get_config("runlocal")
-  config.data.num_examples = 16  # Synthetic data at the config's 64x64.
-  config.total_steps = 2
-  config.eval_every = config.image_every = config.checkpoint_every = 2
-  state, _ = _run(monkeypatch.setattr, tmp_path, config)
-  assert int(state["step"]) == 2
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert np.isfinite(lines[-2]["loss/generator"]) and np.isfinite(lines[-1]["eval/mse"])
-  _, networks = checkpoint.load_networks(tmp_path)
-  _assert_trees_equal(checkpoint.network_states(networks, nnx.Param), state["params"])
-
-
 def test_total_steps_and_default_workdir():
   config = fake_family.get_config()
   assert train.total_steps(config, steps_per_epoch=100) == 4
@@ -235,11 +227,47 @@ def test_total_steps_and_default_workdir():
   assert train.default_workdir("configs/idih.py") == os.path.join(".", "workdirs", "idih")
 
 
-def test_batch_size_must_split_over_devices(tmp_path, monkeypatch):
-  config = fake_family.get_config()
-  config.batch_size = 12
-  with pytest.raises(ValueError, match="batch_size=12 must be a multiple of the device"):
-    _run(monkeypatch.setattr, tmp_path, config)
+def test_batch_size_is_rounded_up_to_split_over_devices(caplog):
+  mesh = sharding.make_mesh()
+  assert mesh.size == 8
+  assert sharding.fit_batch_size(16, mesh) == 16
+  with caplog.at_level(logging.WARNING):
+    assert sharding.fit_batch_size(12, mesh) == 16
+  assert "config.batch_size=12" in caplog.text and "global batch of 16" in caplog.text
+  with pytest.raises(ValueError, match="positive"):
+    sharding.fit_batch_size(0, mesh)
+
+
+class _Started(Exception):
+  """Raised where a test has seen enough of a run's start."""
+
+
+def test_full_bargainnet_config_starts_on_8_devices(tmp_path, monkeypatch, caplog):
+  # The README's headline command (batch 1, as the paper) on a host with 8
+  # devices: the batch is rounded up to 8 with a warning, and the run goes on
+  # to initialise the model (stopped there: the full model is slow on a CPU).
+  from configs import bargainnet  # pylint: disable=g-import-not-at-top
+  from harmonax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = bargainnet.get_config("")
+  assert config.batch_size == 1
+  iterators = []
+  monkeypatch.setattr(input_pipeline, "num_examples", lambda data, split: 306)
+  monkeypatch.setattr(input_pipeline, "make_train_iterator",
+                      lambda data, batch, seed: iterators.append(batch) or iter([]))
+
+  def restore(manager, abstract_state, data_iter):
+    del manager, data_iter
+    assert abstract_state["params"]["generator"]  # The full model's state, traced.
+    raise _Started
+
+  monkeypatch.setattr(checkpoint, "restore_train_state", restore)
+  with caplog.at_level(logging.WARNING), pytest.raises(_Started):
+    train.train_and_evaluate(config, os.fspath(tmp_path))
+  assert iterators == [8]
+  assert ("config.batch_size=1 does not split evenly over 8 devices: training with a "
+          "global batch of 8") in caplog.text
+  assert checkpoint.load_config(tmp_path).batch_size == 8  # What was trained with.
+  assert config.batch_size == 1  # The caller's config is left alone.
 
 
 LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")

@@ -244,18 +244,16 @@ class SSAMImageHarmonization(nn.Module):
 
 
 def build(config) -> nn.Module:
-  """The config's generator (config.model.name 'idih' or 'issam')."""
+  """The config's generator (config.model.variant 'idih' or 'issam')."""
   m = config.model
-  if m.name == "idih":
-    return DeepImageHarmonization(m.depth, m.ch, m.max_channels, m.batchnorm_from,
-                                  m.image_fusion)
-  return SSAMImageHarmonization(m.depth, m.ch, m.max_channels, m.batchnorm_from,
-                                m.attend_from, m.attention_mid_k, m.image_fusion)
-
-
-def _min_area(model: nn.Module) -> float:
-  # As harmonax's idih.MIN_AREA / issam.MIN_AREA (the official recipes).
-  return 100.0 if isinstance(model, DeepImageHarmonization) else 1000.0
+  if m.variant == "idih":
+    model = DeepImageHarmonization(m.depth, m.ch, m.max_channels, m.batchnorm_from,
+                                   m.image_fusion)
+  else:
+    model = SSAMImageHarmonization(m.depth, m.ch, m.max_channels, m.batchnorm_from,
+                                   m.attend_from, m.attention_mid_k, m.image_fusion)
+  model.min_area = config.loss.min_area
+  return model
 
 
 def train_loss(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -263,12 +261,10 @@ def train_loss(model: nn.Module, batch: dict, generator: torch.Generator) -> tor
   del generator
   out = model(normalize(batch["composite"]), batch["mask"])
   error = ((out - normalize(batch["real"])) ** 2).sum((1, 2, 3))
-  area = batch["mask"].sum((1, 2, 3)).clamp_min(_min_area(model))
+  area = batch["mask"].sum((1, 2, 3)).clamp_min(model.min_area)
   return (error / (3 * area)).mean()
 
 
 def predict(model: nn.Module, composite: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-  """Sizes that fit the network (as the official code); blended with the background."""
-  out = model(normalize(composite), mask) * _STD + _MEAN
-  out = out.clamp(0, 1)
-  return torch.where(mask > 0, mask * out + (1 - mask) * composite, composite)
+  """The network's image clipped to [0, 1] (sizes that fit the network)."""
+  return (model(normalize(composite), mask) * _STD + _MEAN).clamp(0, 1)

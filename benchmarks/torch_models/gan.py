@@ -11,9 +11,6 @@ import torch.nn.functional as F
 
 from harmonax.models import dovenet as jax_dovenet
 
-LAMBDA_L1, LAMBDA_GP, LAMBDA_TRIPLET = 100.0, 10.0, 0.01
-
-
 def _norm(kind: str, ch: int) -> nn.Module:
   return nn.InstanceNorm2d(ch) if kind == "instance" else nn.BatchNorm2d(ch)
 
@@ -155,15 +152,20 @@ class DomainEncoder(nn.Module):
 
 
 def build(config) -> nn.Module:
+  """{'generator', 'discriminator'} (DoveNet) or {'generator', 'encoder'}; the
+  loss weights (config.loss) ride along as `model.loss`."""
   m = config.model
   if m.name == "dovenet":
-    return nn.ModuleDict({
+    model = nn.ModuleDict({
         "generator": AttentionUNet(4, m.num_downs, m.ngf, m.norm, m.use_dropout),
         "discriminator": Discriminator(m.ndf, m.d_num_strided, m.norm)})
-  return nn.ModuleDict({
-      "generator": AttentionUNet(4 + m.code_dim, m.num_downs, m.ngf, m.norm, m.use_dropout,
-                                 m.code_dim),
-      "encoder": DomainEncoder(m.ndf, m.code_dim)})
+  else:
+    model = nn.ModuleDict({
+        "generator": AttentionUNet(4 + m.code_dim, m.num_downs, m.ngf, m.norm, m.use_dropout,
+                                   m.code_dim),
+        "encoder": DomainEncoder(m.ndf, m.code_dim)})
+  model.loss = config.loss.to_dict()
+  return model
 
 
 def load(model: nn.Module, nets: dict) -> None:
@@ -204,13 +206,13 @@ def _dovenet_step(model, optimizers, batch, gen):
   grads = torch.autograd.grad(score.sum(), interp, create_graph=True)[0]
   norms = (grads + 1e-16).flatten(1).norm(dim=1)
   d_loss = (_hinge(real_g, fake_g) + _hinge(real_v, fake_v)
-            + LAMBDA_GP * ((norms - 1) ** 2).mean())
+            + model.loss["gp"] * ((norms - 1) ** 2).mean())
   d_loss.backward()
   opt_d.step()
   d.requires_grad_(False)
   opt_g.zero_grad(set_to_none=True)
   fake_g, fake_v = d(output, mask)
-  g_loss = -fake_g.mean() - fake_v.mean() + LAMBDA_L1 * (output - real).abs().mean()
+  g_loss = -fake_g.mean() - fake_v.mean() + model.loss["l1"] * (output - real).abs().mean()
   g_loss.backward()
   opt_g.step()
 
@@ -219,8 +221,8 @@ def _code_map(comp, mask, code):
   return torch.cat([comp, mask, code[:, :, None, None].expand(-1, -1, *comp.shape[2:])], 1)
 
 
-def _triplet(a, p, n):
-  return F.triplet_margin_loss(a[..., None], p[..., None], n[..., None], margin=0.1)
+def _triplet(a, p, n, margin):
+  return F.triplet_margin_loss(a[..., None], p[..., None], n[..., None], margin=margin)
 
 
 def _bargainnet_step(model, optimizers, batch, gen):
@@ -232,8 +234,9 @@ def _bargainnet_step(model, optimizers, batch, gen):
   z_bg, z_real = e(real, 1 - mask), e(real, mask)
   harm = g(_code_map(comp, mask, z_bg))
   z_harm, z_comp = e(harm, mask), e(comp, mask)
-  loss = ((harm - real).abs().mean()
-          + LAMBDA_TRIPLET * (_triplet(z_real, z_harm, z_comp) + _triplet(z_harm, z_bg, z_comp)))
+  margin = model.loss["margin"]
+  loss = ((harm - real).abs().mean() + model.loss["triplet"] * (
+      _triplet(z_real, z_harm, z_comp, margin) + _triplet(z_harm, z_bg, z_comp, margin)))
   loss.backward()
   opt.step()
 
@@ -246,11 +249,10 @@ def train_step(twin, model, optimizers, batch, gen) -> None:
 
 
 def predict(model, composite, mask):
-  """Sizes that are multiples of 2**num_downs; blended with the background."""
+  """The generator's image in [0, 1] (sizes that are multiples of 2**num_downs)."""
   comp = composite * 2 - 1
   if "encoder" in model:
     x = _code_map(comp, mask, model["encoder"](comp, 1 - mask))
   else:
     x = torch.cat([comp, mask], 1)
-  out = model["generator"](x)
-  return mask * (out + 1) * 0.5 + (1 - mask) * composite
+  return ((model["generator"](x) + 1) * 0.5).clamp(0, 1)

@@ -9,8 +9,6 @@ import torch.nn.functional as F
 from harmonax.models import efficientnet as jax_efficientnet
 
 EPS, POW_EPS = 1e-6, 1e-9
-ARGUMENT_RANGES = (0.3, 0.5, 0.5, 0.6, 0.4, 0.4)
-REAL_LOSS_WEIGHT = 10.0
 
 
 class SameConv(nn.Conv2d):
@@ -117,10 +115,9 @@ class Regressor(nn.Module):
 
 class Harmonizer(nn.Module):
 
-  def __init__(self, input_size=256, width=1.0, depth=1.0, drop_connect_rate=0.2,
-               real_fraction=1 / 3):
+  def __init__(self, input_size=256, width=1.0, depth=1.0, drop_connect_rate=0.2):
     super().__init__()
-    self.input_size, self.real_fraction = input_size, real_fraction
+    self.input_size = input_size
     self.backbone = EfficientNet(width, depth, drop_connect_rate)
     self.regressor = Regressor(self.backbone.out_channels)
 
@@ -213,17 +210,17 @@ def _hsv_to_rgb(x):
   return torch.stack([f(5), f(3), f(1)], 1)
 
 
-def color_jitter(image, gen):
+def color_jitter(image, gen, jitter):
   b = image.shape[0]
   factor = lambda s: 1 - s + 2 * s * torch.rand(b, 1, 1, 1, generator=gen)
   gray = lambda x: (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, True)
-  x = (image * factor(0.1)).clamp(0, 1)
-  f = factor(0.1)
+  x = (image * factor(jitter["brightness"])).clamp(0, 1)
+  f = factor(jitter["contrast"])
   x = (f * x + (1 - f) * gray(x).mean((1, 2, 3), keepdim=True)).clamp(0, 1)
-  f = factor(0.1)
+  f = factor(jitter["saturation"])
   x = (f * x + (1 - f) * gray(x)).clamp(0, 1)
   hsv = _rgb_to_hsv(x)
-  shift = (torch.rand(b, 1, 1, generator=gen) * 2 - 1) * 0.03
+  shift = (torch.rand(b, 1, 1, generator=gen) * 2 - 1) * jitter["hue"]
   hsv = torch.stack([(hsv[:, 0] + shift) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
   return _hsv_to_rgb(hsv).clamp(0, 1)
 
@@ -255,19 +252,22 @@ def dynamic_weighted(stage):
 
 def build(config) -> nn.Module:
   m = config.model
-  return Harmonizer(m.input_size, m.width, m.depth, m.drop_connect_rate, m.real_fraction)
+  model = Harmonizer(m.input_size, m.width, m.depth, m.drop_connect_rate)
+  model.loss = config.loss.to_dict()
+  return model
 
 
 def train_loss(model, batch, gen):
-  """harmonax.models.harmonizer.compute_losses(train=True), in PyTorch."""
+  """harmonax.models.harmonizer.compute_losses, in PyTorch (weights from config.loss)."""
+  cl = model.loss
   composite, mask, real = random_rot90([batch["composite"], batch["mask"], batch["real"]], gen)
   b = composite.shape[0]
-  num_real = int(round(b * model.real_fraction))
+  num_real = int(round(b * cl["real_fraction"]))
   synthetic = torch.arange(b) < b - num_real
   row = synthetic[:, None, None, None]
-  jittered = torch.where(row, color_jitter(real, gen), real)
+  jittered = torch.where(row, color_jitter(real, gen, cl["color_jitter"]), real)
   args = torch.rand(b, len(FILTERS), generator=gen) * 2 - 1
-  made, targets = synthesize(jittered, mask, args * torch.tensor(ARGUMENT_RANGES))
+  made, targets = synthesize(jittered, mask, args * torch.tensor(cl["argument_ranges"]))
   inputs = torch.where(row, made, composite)
   targets = [torch.where(row, t, real) for t in targets[:-1]] + [jittered]
   _, outputs = apply_filters(inputs, mask, model(inputs, mask))
@@ -275,7 +275,7 @@ def train_loss(model, batch, gen):
   syn = synthetic.float()
   terms = (dynamic_weighted(stage) * syn).sum(1) / syn.sum().clamp_min(1)
   real_loss = (stage[-1] * (1 - syn)).sum() / max(num_real, 1)
-  return terms.sum() + REAL_LOSS_WEIGHT * real_loss
+  return terms.sum() + cl["real_weight"] * real_loss
 
 
 def predict(model, composite, mask):

@@ -1,6 +1,7 @@
 """Tests of `python -m data_builders.build` and its `build()` function (incl. the Beam path)."""
 
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -10,16 +11,18 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from data_builders import build as build_lib
+from data_builders import datasets as build_lib
+from data_builders.harmonization_composites import harmonization_composites_dataset_builder as hcb
 
 HERE = os.path.dirname(__file__)
 DUMMY = os.path.join(HERE, "dummy_data")
 REPO = os.path.dirname(os.path.dirname(HERE))
+VERSION = str(hcb.Builder.VERSION)
 
 
 def _examples(data_dir, name):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder_from_directory(os.path.join(data_dir, name, "1.0.0"))
+  builder = tfds.builder_from_directory(os.path.join(data_dir, name, VERSION))
   return {split: {ex["name"].decode(): ex for ex in builder.as_data_source(split=split)}
           for split in ("train", "test")}
 
@@ -35,7 +38,7 @@ def test_build_returns_summary_then_reuses_the_dataset(tmp_path):
 def test_data_dir_defaults_to_tfds_data_dir(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", os.fspath(tmp_path))
   build_lib.build("harmonization_composites/folder", None, DUMMY)
-  assert (tmp_path / "harmonization_composites" / "folder" / "1.0.0" /
+  assert (tmp_path / "harmonization_composites" / "folder" / VERSION /
           "dataset_info.json").exists()
 
 
@@ -111,6 +114,56 @@ def test_beam_build_equals_the_plain_build(tmp_path):
   assert not list((tmp_path / "beam").glob(".issues_*"))  # Cleaned up.
   # Byte-identical records, whatever the runner and the number of workers.
   def records(root):
-    folder = root / "harmonization_composites" / "folder" / "1.0.0"
+    folder = root / "harmonization_composites" / "folder" / VERSION
     return {p.name: p.read_bytes() for p in folder.iterdir() if ".array_record" in p.name}
   assert records(tmp_path / "plain") == records(tmp_path / "beam")
+
+
+def test_build_says_what_it_builds_in_one_line_and_the_summary_once(tmp_path, caplog, capsys):
+  caplog.set_level(logging.INFO)
+  build_lib.build("harmonization_composites/folder", os.fspath(tmp_path), DUMMY)
+  out = capsys.readouterr()
+  logged = "\n".join(r.getMessage() for r in caplog.records)
+  text = out.out + out.err + logged
+  # TFDS' "Downloading and preparing dataset Unknown size ..." and its chatter are gone.
+  assert "Downloading" not in text and "Unknown size" not in text
+  assert "downloaded and prepared" not in text and "Generating dataset" not in text
+  assert text.count(f"Building harmonization_composites/folder from {DUMMY} into") == 1
+  assert text.count("examples: test=1, train=4") == 1
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "data_builders.build", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def _last_line(text):
+  return text.strip().splitlines()[-1]
+
+
+def test_cli_user_errors_are_one_line_with_the_fix_and_exit_code_1(tmp_path):
+  data_dir = f"--data_dir={tmp_path / 'data'}"
+  result = _cli("iharmony4/all", data_dir)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert _last_line(result.stderr).startswith("error: Cannot build iharmony4/all: it needs "
+                                              "--manual_dir. Download iHarmony4 from")
+  result = _cli("harmonization_composites/coco", data_dir, f"--manual_dir={tmp_path / 'nope'}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert "does not exist" in _last_line(result.stderr)
+  result = _cli("harmonization_composites/bogus", data_dir)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert _last_line(result.stderr) == (
+      "error: Unknown config 'bogus' of dataset 'harmonization_composites'; "
+      "valid: ['sample', 'coco', 'folder']")
+  manual = tmp_path / "iHarmony4"
+  shutil.copytree(os.path.join(REPO, "data_builders", "iharmony4", "dummy_data"), manual)
+  os.remove(manual / "HCOCO" / "masks" / "c101_1.png")
+  result = _cli("iharmony4/all", data_dir, f"--manual_dir={manual}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  line = _last_line(result.stderr)
+  assert "is incomplete: 1 file(s)" in line and "HCOCO/masks/c101_1.png" in line
+  assert "Unpack the complete download there" in line
+  # --verbose: the same line, after the traceback.
+  result = _cli("iharmony4/all", data_dir, f"--manual_dir={manual}", "--verbose")
+  assert result.returncode == 1 and "Traceback" in result.stderr
+  assert _last_line(result.stderr) == line

@@ -2,7 +2,7 @@
 
 Each example recolors the masked foreground of a real photo with the color
 statistics of another object (same category where categories exist) using
-one of harmonax.color_transfer's methods; the background stays byte-identical
+one of color_transfer's methods; the background stays byte-identical
 to the real photo. Configs:
 
 - `sample`: photos and hand-made polygons shipped in `sample/` (no download).
@@ -10,26 +10,28 @@ to the real photo. Configs:
   `annotations/instances_{train,val}2017.json`; train2017 -> train, val2017 -> test.
 - `folder`: manual dir with `images/` and `masks/` of matching stems.
 
-No TensorFlow needed: images are passed as PNG bytes (Pillow) and written as
-ArrayRecord. Examples are seeded from their key, so a build is byte-identical
-whatever the order or the number of Beam workers.
+No TensorFlow needed: images are passed as PNG/JPEG bytes (Pillow) and written
+as ArrayRecord; the composite is stored as its foreground's box (record.py).
+Examples are seeded from their key, so a build is byte-identical whatever the
+order or the number of Beam workers.
 """
 
 import concurrent.futures
 import dataclasses
 import json
-import logging
 import os
 from typing import Any, Iterator
 
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
+from data_builders.harmonization_composites import color_transfer
 from data_builders.harmonization_composites import compose
+from data_builders.harmonization_composites import record
 from data_builders.harmonization_composites import sources
 from data_builders.harmonization_composites.summary import Summary
-from harmonax import color_transfer
 
 SPLITS = ("train", "test")
 # Worker threads and jobs in flight of a build without Beam.
@@ -47,7 +49,7 @@ class BuilderConfig(tfds.core.BuilderConfig):
   Attributes:
     source: 'sample', 'coco' or 'folder'.
     variants: composites per object, per split ({'train': n, 'test': m}).
-    methods: (method, weight) pairs of harmonax.color_transfer.METHODS.
+    methods: (method, weight) pairs of color_transfer.METHODS.
     strength_range: fraction of each color change kept, drawn uniformly.
     min_fmse, max_fmse: accepted foreground MSE (0..255 pixels) of a composite;
       below is too small a change to learn, above is absurd.
@@ -181,8 +183,13 @@ def _beam_generate(jobs: list[compose.Job], config: BuilderConfig, work_dir: str
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for synthetic harmonization composites."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "2.0.0": "The composite is stored as its foreground's bounding box (composite_crop, "
+               "composite_box) and rebuilt on decoding; real is the photo's own JPEG/PNG "
+               "bytes where they decode to it. Examples decode to the same features.",
+  }
   BUILDER_CONFIGS = [
       BuilderConfig(name="sample", source="sample",
                     description="6 embedded public-domain/CC0 photos, 14 objects, "
@@ -196,6 +203,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     description="Your photos (images/) and masks (masks/), matching stems.",
                     max_size=1024),
   ]
+  # The version in every example's seed: 2.0.0 changed how examples are stored, not
+  # what they are, so it repeats 1.0.0's draws (method, strength, parameters).
+  DRAWS_VERSION = "1.0.0"
   DEFAULT_CONFIG_NAME = "sample"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   coco: a folder with COCO 2017 train2017/, val2017/ and annotations/instances_train2017.json,
@@ -212,9 +222,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "composite": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-            "real": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+        # Decodes to the shared features (composite, real, mask, ...): see record.py.
+        features=record.CompositeFeatures({
+            # The photo's own JPEG/PNG bytes where they decode to it, else a PNG.
+            "real": tfds.features.Image(shape=(None, None, 3)),
+            record.CROP: tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+            record.BOX: tfds.features.Tensor(shape=(4,), dtype=np.int32),
             "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
             "name": tfds.features.Text(),
             "transfer": tfds.features.Text(),
@@ -238,7 +251,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       objects = sources.coco_objects(dl_manager.manual_dir, config, self.summary)
     else:
       objects = sources.folder_objects(dl_manager.manual_dir, config, self.summary)
-    jobs = _jobs(objects, config, str(self.version), self.summary)
+    jobs = _jobs(objects, config, self.DRAWS_VERSION, self.summary)
     if self._beam:
       # Under the data dir (not /tmp) so that remote workers can write there too.
       issues = epath.Path(self._data_dir_root) / f".issues_{self.name}_{config.name}_{os.getpid()}"
@@ -266,8 +279,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           if example is not None:
             self.summary.examples[split] += 1
             yield example
-    logging.info("harmonization_composites/%s %s done:\n%s",
-                 self.builder_config.name, split, self.summary.format())
 
   def collect_summary(self) -> Summary:
     """The build's summary; after a Beam build, merges what the workers found."""

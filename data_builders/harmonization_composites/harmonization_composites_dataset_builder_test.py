@@ -4,9 +4,11 @@ import dataclasses
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import unittest
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -21,15 +23,18 @@ DUMMY = os.path.join(os.path.dirname(__file__), "dummy_data")
 try:  # tfds' standard test needs TensorFlow (and dill), which harmonax does not.
   import tensorflow  # noqa: F401  pylint: disable=unused-import
   from tensorflow_datasets.testing import dataset_builder_testing
-  _BaseTest = dataset_builder_testing.DatasetBuilderTestCase
   _HAVE_TF = True
 except ImportError:
-  _BaseTest = unittest.TestCase
   _HAVE_TF = False
 
 
+def _base_test():
+  # Not a module-level name: pytest would collect the bare base class as a test.
+  return dataset_builder_testing.DatasetBuilderTestCase if _HAVE_TF else unittest.TestCase
+
+
 @unittest.skipUnless(_HAVE_TF, "tfds.testing.DatasetBuilderTestCase needs TensorFlow")
-class CocoDatasetBuilderTest(_BaseTest):
+class CocoDatasetBuilderTest(_base_test()):
   """The `tfds new` standard test, coco config (runs where TensorFlow is installed)."""
   DATASET_CLASS = hcb.Builder
   BUILDER_CONFIG_NAMES_TO_TEST = ["coco"]
@@ -38,7 +43,7 @@ class CocoDatasetBuilderTest(_BaseTest):
 
 
 @unittest.skipUnless(_HAVE_TF, "tfds.testing.DatasetBuilderTestCase needs TensorFlow")
-class FolderDatasetBuilderTest(_BaseTest):
+class FolderDatasetBuilderTest(_base_test()):
   """The `tfds new` standard test, folder config."""
   DATASET_CLASS = hcb.Builder
   BUILDER_CONFIG_NAMES_TO_TEST = ["folder"]
@@ -114,7 +119,7 @@ def test_build_is_byte_identical(tmp_path):
 def test_build_is_byte_identical_across_processes(tmp_path):
   # Another process: protobuf's map order (feature keys) is seeded per process.
   code = ("import sys; from absl import flags; flags.FLAGS.mark_as_parsed(); "
-          "from data_builders import build; build.build('harmonization_composites/folder', "
+          "from data_builders import datasets; datasets.build('harmonization_composites/folder', "
           "sys.argv[1], sys.argv[2])")
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   subprocess.run([sys.executable, "-c", code, os.fspath(tmp_path / "b"), DUMMY],
@@ -194,6 +199,18 @@ def _mask(h, w):
   return Image.fromarray(m)
 
 
+def _png_16bit_rgb(array: np.ndarray) -> bytes:
+  """A 48-bit RGB PNG of uint16 [H, W, 3] (Pillow cannot write one)."""
+  h, w, _ = array.shape
+  rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
+
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data)))
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+          + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
   root = tmp_path / "manual"
   img, msk = root / "images", root / "masks"
@@ -209,6 +226,9 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
   deep = (np.asarray(good.convert("L"), np.uint16) * 257)
   _save(img / "deep.png", Image.fromarray(deep))
   _save(msk / "deep.png", _mask(24, 32))
+  deep_rgb = _texture(24, 32, 3).astype(np.uint16) * 257 + 11
+  (img / "deep_rgb.png").write_bytes(_png_16bit_rgb(deep_rgb))
+  _save(msk / "deep_rgb.png", _mask(24, 32))
   # Stored 32x24 landscape, displayed (EXIF orientation 6) as 24x32 portrait.
   exif = Image.Exif()
   exif[0x0112] = 6
@@ -243,7 +263,7 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
   assert files["grayscale"] == {"gray.png"}
   assert files["alpha"] == {"rgba.png"}
   assert files["palette"] == {"palette.png"}
-  assert files["16bit"] == {"deep.png"}
+  assert files["16bit"] == {"deep.png", "deep_rgb.png"}
   assert files["exif_rotated"] == {"rotated.jpg"}
   assert files["mask_converted"] == {"palette.png"}
   text = summary.format()
@@ -251,13 +271,14 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
     assert name in text
   built = {**examples(builder, "train"), **examples(builder, "test")}
   assert {n.split("/")[0] for n in built} == {
-      "good", "gray", "rgba", "palette", "deep", "rotated"}
+      "good", "gray", "rgba", "palette", "deep", "deep_rgb", "rotated"}
   for ex in built.values():
     check_example(ex)
   rotated = built["rotated/v00"]["real"]
   expected = np.asarray(Image.open(img / "rotated.jpg").transpose(Image.Transpose.ROTATE_270))
   np.testing.assert_array_equal(rotated, expected)
   np.testing.assert_array_equal(built["deep/v00"]["real"][..., 0], deep >> 8)
+  np.testing.assert_array_equal(built["deep_rgb/v00"]["real"], deep_rgb >> 8)
 
 
 def test_job_json_round_trip_gives_the_same_example():
@@ -268,4 +289,4 @@ def test_job_json_round_trip_gives_the_same_example():
   assert again == job and again.obj.segmentation == job.obj.segmentation
   a = hcb.compose.make_example(job, config, hcb.Summary())
   b = hcb.compose.make_example(again, config, hcb.Summary())
-  assert a[0] == b[0] and a[1]["composite"] == b[1]["composite"]
+  assert a[0] == b[0] and a[1]["composite_crop"] == b[1]["composite_crop"]

@@ -13,8 +13,8 @@ from etils import epath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from data_builders import image_modes
 from data_builders.harmonization_composites.summary import Summary
-from harmonax import image_io
 
 _EXIF_ORIENTATION = 0x0112
 # Orientations that swap width and height (rotations by 90 or 270 degrees).
@@ -24,13 +24,14 @@ _MODE_KINDS = {"L": "grayscale", "1": "grayscale", "LA": "alpha", "RGBA": "alpha
                "I;16B": "16bit", "I;16L": "16bit", "I": "16bit"}
 
 
-def _open(path: epath.PathLike, summary: Summary) -> Image.Image | None:
-  """Opens a file (header only); None and 'unreadable' if it is not an image."""
+def _open(path: epath.PathLike, summary: Summary) -> tuple[Image.Image, bytes] | None:
+  """Opens a file (header only): (image, the file's bytes); None and 'unreadable'
+  if it is not an image."""
   try:
     data = epath.Path(path).read_bytes()
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
-      return Image.open(io.BytesIO(data))
+      return Image.open(io.BytesIO(data)), data
   except (OSError, UnidentifiedImageError, Image.DecompressionBombError,
           Image.DecompressionBombWarning, ValueError) as e:
     # A file cut short inside its header fails here already.
@@ -48,44 +49,69 @@ def _orientation(img: Image.Image) -> int:
 
 def oriented_size(path: epath.PathLike, summary: Summary) -> tuple[int, int] | None:
   """(width, height) as displayed (EXIF rotation applied), from the header."""
-  img = _open(path, summary)
-  if img is None:
+  opened = _open(path, summary)
+  if opened is None:
     return None
-  w, h = img.size
-  return (h, w) if _orientation(img) in _TRANSPOSING else (w, h)
+  w, h = opened[0].size
+  return (h, w) if _orientation(opened[0]) in _TRANSPOSING else (w, h)
 
 
-def _load(path: epath.PathLike, summary: Summary) -> Image.Image | None:
-  """Decodes fully and applies the EXIF orientation; None if truncated/corrupt."""
-  img = _open(path, summary)
-  if img is None:
-    return None
+def _stored_16bit(img: Image.Image) -> bool:
+  """Whether the file holds 16-bit samples that Pillow reduces to 8 bits on decoding.
+
+  Pillow opens a 48-bit RGB PNG (or TIFF) as mode 'RGB' and keeps each sample's
+  high byte; only the undecoded tile ('RGB;16B') tells. 16-bit greys keep
+  their own mode ('I;16') and are counted by it.
+  """
+  return any(";16" in str(tile.args) for tile in img.tile)
+
+
+def _load(path: epath.PathLike, summary: Summary
+          ) -> tuple[Image.Image, bytes | None] | tuple[None, None]:
+  """Decodes fully and applies the EXIF orientation; (None, None) if truncated/corrupt.
+
+  Returns the image and the file's bytes when they decode to this image as it
+  is (None after an EXIF rotation or a 16-bit reduction). 16-bit RGB files
+  (reduced to 8 bits by the decoding) are counted as '16bit'.
+  """
+  opened = _open(path, summary)
+  if opened is None:
+    return None, None
+  img, data = opened
+  deep = _stored_16bit(img)
   try:
     img.load()
   except (OSError, ValueError, SyntaxError):
     summary.add("truncated", os.fspath(path))
-    return None
+    return None, None
+  if deep:
+    summary.add("16bit", os.fspath(path))
+    data = None
   if _orientation(img) != 1:
     summary.add("exif_rotated", os.fspath(path))
     img = ImageOps.exif_transpose(img)
-  return img
+    data = None
+  return img, data
 
 
 def read_photo(path: epath.PathLike, summary: Summary, max_size: int | None = None
-               ) -> tuple[np.ndarray, tuple[int, int]] | tuple[None, None]:
+               ) -> tuple[np.ndarray, tuple[int, int], bytes | None] | tuple[None, None, None]:
   """(uint8 [H, W, 3] RGB with long side <= max_size, (height, width) before
-  resizing), or (None, None) if unusable."""
-  img = _load(path, summary)
+  resizing, the file's bytes if they are an 8-bit RGB JPEG or PNG that decodes to
+  exactly this array, else None), or (None, None, None) if unusable."""
+  img, data = _load(path, summary)
   if img is None:
-    return None, None
+    return None, None, None
   kind = _MODE_KINDS.get(img.mode)
   if kind:
     summary.add(kind, os.fspath(path))
+  if img.mode != "RGB" or img.format not in ("JPEG", "PNG"):
+    data = None
   try:
-    rgb = image_io.image_to_rgb(img)
+    rgb = image_modes.image_to_rgb(img)
   except (OSError, ValueError) as e:
     summary.add("unreadable", f"{os.fspath(path)} ({e})")
-    return None, None
+    return None, None, None
   original = rgb.shape[:2]
   if max_size and max(rgb.shape[:2]) > max_size:
     summary.add("resized", os.fspath(path))
@@ -93,17 +119,20 @@ def read_photo(path: epath.PathLike, summary: Summary, max_size: int | None = No
     scale = max_size / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.LANCZOS))
-  return rgb, original
+    data = None
+  return rgb, original, data
 
 
 def read_mask(path: epath.PathLike, summary: Summary) -> np.ndarray | None:
-  """A mask file as bool [H, W] (any mode; see harmonax.image_io), or None."""
-  img = _load(path, summary)
+  """A mask file as bool [H, W] (any mode; see data_builders.image_modes), or None."""
+  img, _ = _load(path, summary)
   if img is None:
     return None
-  if img.mode != "L" or not np.isin(np.asarray(img), (0, 255)).all():
+  # getcolors: None when there are more than 2 values (C, no array pass).
+  values = img.getcolors(2) if img.mode == "L" else None
+  if values is None or any(v not in (0, 255) for _, v in values):
     summary.add("mask_converted", os.fspath(path))
-  return image_io.mask_to_binary(img)[..., 0] > 0.5
+  return image_modes.mask_to_binary(img)[..., 0] > 0.5
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -229,7 +229,8 @@ def check_files(root: epath.Path, examples: list[dict[str, epath.Path | str]]) -
     more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
     raise FileNotFoundError(
         f"iHarmony4 manual dir '{root}' is incomplete: {len(missing)} file(s) named in "
-        f"the split lists are missing: {listed}{more}")
+        f"the split lists are missing: {listed}{more}. Unpack the complete download there, "
+        "or build a config of the subsets you have (e.g. iharmony4/hcoco)")
 
 
 def _resized_size(size: tuple[int, int], max_size: int) -> tuple[int, int]:

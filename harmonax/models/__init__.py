@@ -1,14 +1,18 @@
 """Model families, found by module name: `harmonax.models.<config.model.name>`.
 
 Every family module exports the contract described in docs/architecture.md:
-`create_networks`, `make_optimizers`, `compute_losses` and `predict`.
+`INPUTS`, `PRESERVES_BACKGROUND`, `create_networks`, `make_optimizers`,
+`compute_losses` and `predict`; optionally `load_pretrained`, `convert_torch`
+and `adapt_config`.
 """
 
+from collections.abc import Iterable
 import importlib
 import pkgutil
 from types import ModuleType
 
-_CONTRACT = ("create_networks", "make_optimizers", "compute_losses", "predict")
+_CONTRACT = ("INPUTS", "PRESERVES_BACKGROUND", "create_networks", "make_optimizers",
+             "compute_losses", "predict")
 
 
 def available() -> list[str]:
@@ -46,3 +50,18 @@ def get_family(name: str) -> ModuleType:
         f"harmonax.models.{name} is not a model family: it lacks {missing}; "
         f"valid model names: {', '.join(available())}")
   return module
+
+
+def set_modes(networks: dict, trained: Iterable[str] = ()) -> None:
+  """Train mode for the `trained` networks, eval mode for every other one.
+
+  The trainer and evaluation decide modes; families never switch them, so
+  frozen networks (e.g. a pretrained base) run in eval mode while the rest
+  trains.
+  """
+  trained = set(trained)
+  for name, net in networks.items():
+    if name in trained:
+      net.train()
+    else:
+      net.eval()

@@ -108,7 +108,8 @@ class UnetBlock(nnx.Module):
       if isinstance(layer, UnetBlock):
         y = layer(y, rngs)
       elif isinstance(layer, nnx.Dropout):
-        y = layer(y, rngs=rngs)
+        # Skipped in eval mode (the identity): keeps exported graphs free of it.
+        y = y if layer.deterministic else layer(y, rngs=rngs)
       else:
         y = layer(y)
     if self.outermost:
@@ -152,12 +153,3 @@ class AttentionUNet(nnx.Module):
       scale = jnp.maximum(self.weight[...], 0.001)
       x = jnp.concatenate([x[..., :split], x[..., split:] * scale], axis=-1)
     return self.model(x, rngs)
-
-
-def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
-  """Reflect-pads H, W (bottom/right) of NHWC `x` up to multiples of `multiple`."""
-  h, w = x.shape[1:3]
-  ph, pw = -h % multiple, -w % multiple
-  if not ph and not pw:
-    return x
-  return jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect")

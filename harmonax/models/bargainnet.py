@@ -24,10 +24,12 @@ import optax
 
 from harmonax.models import attention_unet
 from harmonax.models import dovenet
+from harmonax.models import layers
 from harmonax.models import partial_conv
 
+INPUTS = ("composite", "mask")
+PRESERVES_BACKGROUND = True
 TORCH_NAMES = {"generator": "G", "encoder": "E"}
-LAMBDA_TRIPLET = 0.01
 HARMONY_SCALE = 0.04212  # predict_harmony_score.py: exp(-0.04212 * distance).
 HARMONY_SIZE = 256
 
@@ -117,14 +119,13 @@ def _generator_input(comp: jax.Array, mask: jax.Array, code: jax.Array) -> jax.A
   return jnp.concatenate([comp, mask, code_map], -1)
 
 
-def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
-                   rng: jax.Array, train: bool):
-  """(losses {'generator', 'encoder'}: the same total, metrics, outputs)."""
-  for net in networks.values():
-    if train:
-      net.train()
-    else:
-      net.eval()
+def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                   batch: dict[str, jax.Array], rng: jax.Array):
+  """(losses {'generator', 'encoder'}: the same total, metrics, outputs).
+
+  Weights in config.loss: triplet (0.01) and margin (0.1).
+  """
+  batch = layers.floats(batch)
   gen, enc = networks["generator"], networks["encoder"]
   comp, real = batch["composite"] * 2.0 - 1.0, batch["real"] * 2.0 - 1.0
   mask = batch["mask"]
@@ -135,34 +136,36 @@ def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
   z_harm = enc(harm, mask)
   z_comp = enc(comp, mask)
   l1 = jnp.mean(jnp.abs(harm - real))
-  tri_fg = code_triplet_loss(z_real, z_harm, z_comp)
-  tri_bg = code_triplet_loss(z_harm, z_bg, z_comp)
-  loss = l1 + LAMBDA_TRIPLET * (tri_fg + tri_bg)
-  harmonized = mask * (harm + 1.0) * 0.5 + (1.0 - mask) * batch["composite"]
+  margin = config.loss.margin
+  tri_fg = code_triplet_loss(z_real, z_harm, z_comp, margin)
+  tri_bg = code_triplet_loss(z_harm, z_bg, z_comp, margin)
+  loss = l1 + config.loss.triplet * (tri_fg + tri_bg)
   metrics = {"l1": l1, "triplet_fg": tri_fg, "triplet_bg": tri_bg,
              "code_weight": jnp.maximum(gen.weight[...][0], 0.001)}
-  return {"generator": loss, "encoder": loss}, metrics, {"harmonized": harmonized,
+  return {"generator": loss, "encoder": loss}, metrics, {"harmonized": dovenet.to_unit(harm),
                                                           "output": harm}
 
 
-def predict(networks: dict[str, nnx.Module], composite: jax.Array, mask: jax.Array
-            ) -> jax.Array:
-  """Harmonized [B, H, W, 3] in [0, 1] for any H, W.
+def predict(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+            inputs: dict[str, jax.Array]) -> jax.Array:
+  """The generator's image [B, H, W, 3] in [0, 1] for any H, W (not background-
+  pasted: the official test script scores this image).
 
   The generator input is reflect-padded to a multiple of 2**num_downs and
   cropped back; the background code is taken from the padded composite with
   the padding excluded from the region (so it also works below 63 pixels).
   """
+  del config
   gen, enc = networks["generator"], networks["encoder"]
+  composite, mask = layers.to_float(inputs["composite"]), layers.to_float(inputs["mask"])
   h, w = composite.shape[1:3]
   multiple = 2 ** gen.num_downs
-  comp = attention_unet.pad_to_multiple(composite * 2.0 - 1.0, multiple)
-  padded_mask = attention_unet.pad_to_multiple(mask, multiple)
-  inside = attention_unet.pad_to_multiple(jnp.ones_like(mask), multiple)
-  inside = inside.at[:, h:].set(0.0).at[:, :, w:].set(0.0)
+  comp, crop = layers.pad_to_multiple(composite * 2.0 - 1.0, multiple, mode="reflect")
+  padded_mask, _ = layers.pad_to_multiple(mask, multiple, mode="reflect")
+  inside = jnp.zeros_like(padded_mask).at[:, crop[0], crop[1]].set(1.0)
   z_bg = enc(comp, (1.0 - padded_mask) * inside)
-  out = gen(_generator_input(comp, padded_mask, z_bg))[:, :h, :w]
-  return mask * (out + 1.0) * 0.5 + (1.0 - mask) * composite
+  out = gen(_generator_input(comp, padded_mask, z_bg))[:, crop[0], crop[1]]
+  return dovenet.to_unit(out)
 
 
 def harmony_score(encoder: nnx.Module, image: jax.Array, mask: jax.Array,
@@ -178,15 +181,6 @@ def harmony_score(encoder: nnx.Module, image: jax.Array, mask: jax.Array,
   x = image * 2.0 - 1.0
   dist = jnp.linalg.norm(encoder(x, mask) - encoder(x, 1.0 - mask), axis=-1)
   return jnp.exp(-HARMONY_SCALE * dist)
-
-
-def extra_eval_metrics(networks: dict[str, nnx.Module], batch: dict[str, jax.Array]
-                       ) -> dict[str, jax.Array]:
-  """Per-image harmony scores [B] of the harmonized output and of the composite."""
-  enc = networks["encoder"]
-  harmonized = predict(networks, batch["composite"], batch["mask"])
-  return {"harmony_score": harmony_score(enc, harmonized, batch["mask"]),
-          "harmony_score_composite": harmony_score(enc, batch["composite"], batch["mask"])}
 
 
 def convert_torch(state_dicts: dict[str, dict[str, np.ndarray]],

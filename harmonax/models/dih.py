@@ -7,10 +7,9 @@ learned blending map: a = sigmoid(3 * conv1x1(f)), out = a * image + (1 - a) * t
 Module names mirror the official PyTorch code (SamsungLabs/image_harmonization,
 iharm/model/modeling/conv_autoencoder.py and unet.py) one to one, list indices
 included, so `harmonax.torch_import.load_into` maps the official checkpoints
-directly. The family modules `idih.py` and `issam.py` wrap these networks.
+directly. The family glue at the bottom makes this module the `dih` family
+(config.model.variant 'idih' or 'issam').
 """
-
-from collections.abc import Callable
 
 from flax import nnx
 import jax
@@ -22,6 +21,7 @@ import optax
 from harmonax import losses
 from harmonax import optimizers
 from harmonax import torch_import
+from harmonax.models import backboned
 from harmonax.models import layers
 
 _ACTIVATIONS = {
@@ -99,22 +99,25 @@ class _Fusion(nnx.Module):
 # ----------------------------------------------------------------------------- iDIH
 
 
-class ConvEncoder(nnx.Module):
+class ConvEncoder(backboned.ConnectedEncoder):
   """Strided 4x4 convs; every second level doubles the channels (up to max_ch)."""
 
   def __init__(self, depth: int, ch: int, batchnorm_from: int, max_ch: int,
-               init: float, rngs: nnx.Rngs):
+               init: float, rngs: nnx.Rngs, backbone: dict | None = None):
     kw = dict(init=init, rngs=rngs)
     self.block0 = ConvBlock(4, ch, norm=batchnorm_from == 0, **kw)
     self.block1 = ConvBlock(ch, ch, norm=0 <= batchnorm_from <= 1, **kw)
     channels = [ch, ch]
     blocks = {}
+    self.connectors = nnx.Dict({})
+    backbone = backbone or backboned.encoder_args()
     out_ch = ch
     for i in range(2, depth):
       if i % 2:
         in_ch = out_ch
       else:
         in_ch, out_ch = out_ch, min(2 * out_ch, max_ch)
+      in_ch = self._connector(i, in_ch, backbone, _init(init), rngs)
       # The deepest block has no padding: 4x4 -> 1x1 at 256 input.
       blocks[f"block{i}"] = ConvBlock(in_ch, out_ch, norm=0 <= batchnorm_from <= i,
                                       padding=int(i < depth - 1), **kw)
@@ -123,11 +126,14 @@ class ConvEncoder(nnx.Module):
     self.depth = depth
     self.channels = tuple(channels)
 
-  def __call__(self, x: jax.Array) -> list[jax.Array]:
+  def __call__(self, x: jax.Array, backbone_features: list[jax.Array] | None = None
+               ) -> list[jax.Array]:
+    features = self._check(backbone_features)
     outputs = [self.block0(x)]
     outputs.append(self.block1(outputs[-1]))
     for i in range(2, self.depth):
-      outputs.append(self.blocks_connected[f"block{i}"](outputs[-1]))
+      x = self._connect(i, outputs[-1], features)
+      outputs.append(self.blocks_connected[f"block{i}"](x))
     return outputs[::-1]
 
 
@@ -147,12 +153,15 @@ class DeconvDecoder(_Fusion):
     self.deconv_blocks = nnx.List(blocks)
     self._init_head(in_ch, image_fusion, init, rngs)
 
-  def __call__(self, encoder_outputs: list[jax.Array], image: jax.Array) -> jax.Array:
+  def features(self, encoder_outputs: list[jax.Array]) -> jax.Array:
+    """The last decoder features, before the RGB head [B, H, W, C]."""
     x = encoder_outputs[0]
     for block, skip in zip(self.deconv_blocks[:-1], encoder_outputs[1:]):
       x = block(x) + skip
-    x = self.deconv_blocks[-1](x)
-    return self._head(x, image)
+    return self.deconv_blocks[-1](x)
+
+  def __call__(self, encoder_outputs: list[jax.Array], image: jax.Array) -> jax.Array:
+    return self._head(self.features(encoder_outputs), image)
 
 
 class DeepImageHarmonization(nnx.Module):
@@ -164,15 +173,28 @@ class DeepImageHarmonization(nnx.Module):
 
   def __init__(self, *, depth: int = 7, ch: int = 64, max_channels: int = 512,
                batchnorm_from: int = 2, image_fusion: bool = True, init: float = 2.0,
-               rngs: nnx.Rngs):
-    self.encoder = ConvEncoder(depth, ch, batchnorm_from, max_channels, init, rngs)
+               backbone_from: int = -1, backbone_channels: tuple[int, ...] = (),
+               backbone_mode: str = "", rngs: nnx.Rngs):
+    backbone = backboned.encoder_args(backbone_from, backbone_channels, backbone_mode)
+    self.encoder = ConvEncoder(depth, ch, batchnorm_from, max_channels, init, rngs, backbone)
     self.decoder = DeconvDecoder(depth, self.encoder.channels, image_fusion, init, rngs)
+    self.depth = depth
     self.size_multiple = 2 ** depth
     self.min_size = 2 ** (depth + 1)
 
-  def __call__(self, image: jax.Array, mask: jax.Array) -> jax.Array:
+  def features(self, image: jax.Array, mask: jax.Array,
+               backbone_features: list[jax.Array] | None = None) -> dict:
+    """{'encoder': encoder outputs (deepest first), 'decoder': the last decoder
+    features before the RGB head, 'images': the normalized output}."""
+    encoded = self.encoder(jnp.concatenate([image, mask], axis=-1), backbone_features)
+    decoded = self.decoder.features(encoded)
+    return {"encoder": encoded, "decoder": decoded,
+            "images": self.decoder._head(decoded, image)}
+
+  def __call__(self, image: jax.Array, mask: jax.Array,
+               backbone_features: list[jax.Array] | None = None) -> jax.Array:
     """Normalized image [B,H,W,3] and mask [B,H,W,1] -> normalized output [B,H,W,3]."""
-    features = self.encoder(jnp.concatenate([image, mask], axis=-1))
+    features = self.encoder(jnp.concatenate([image, mask], axis=-1), backbone_features)
     return self.decoder(features, image)
 
 
@@ -204,18 +226,21 @@ class DownBlock(nnx.Module):
     return y, layers.max_pool2x2(y) if self.pool else y
 
 
-class UNetEncoder(nnx.Module):
+class UNetEncoder(backboned.ConnectedEncoder):
   """U-Net encoder; channels double at every level up to max_ch."""
 
   def __init__(self, depth: int, ch: int, batchnorm_from: int, max_ch: int,
-               init: float, rngs: nnx.Rngs):
+               init: float, rngs: nnx.Rngs, backbone: dict | None = None):
     self.block0 = DownBlock(4, ch, batchnorm_from == 0, True, init, rngs)
     out_ch = min(2 * ch, max_ch)
     self.block1 = DownBlock(ch, out_ch, 0 <= batchnorm_from <= 1, True, init, rngs)
     channels = [ch, out_ch]
     blocks = {}
+    self.connectors = nnx.Dict({})
+    backbone = backbone or backboned.encoder_args()
     for i in range(2, depth):
       in_ch, out_ch = out_ch, min(2 * out_ch, max_ch)
+      in_ch = self._connector(i, in_ch, backbone, _init(init), rngs)
       blocks[f"block{i}"] = DownBlock(in_ch, out_ch, 0 <= batchnorm_from <= i,
                                       i < depth - 1, init, rngs)
       channels.append(out_ch)
@@ -223,14 +248,16 @@ class UNetEncoder(nnx.Module):
     self.depth = depth
     self.channels = tuple(channels)
 
-  def __call__(self, x: jax.Array) -> list[jax.Array]:
+  def __call__(self, x: jax.Array, backbone_features: list[jax.Array] | None = None
+               ) -> list[jax.Array]:
+    features = self._check(backbone_features)
     outputs = []
     y, x = self.block0(x)
     outputs.append(y)
     y, x = self.block1(x)
     outputs.append(y)
     for i in range(2, self.depth):
-      y, x = self.blocks_connected[f"block{i}"](x)
+      y, x = self.blocks_connected[f"block{i}"](self._connect(i, x, features))
       outputs.append(y)
     return outputs[::-1]
 
@@ -309,12 +336,16 @@ class UNetDecoder(_Fusion):
     self.up_blocks = nnx.List(blocks)
     self._init_head(in_ch, image_fusion, init, rngs)
 
-  def __call__(self, encoder_outputs: list[jax.Array], image: jax.Array,
-               mask: jax.Array) -> jax.Array:
+  def features(self, encoder_outputs: list[jax.Array], mask: jax.Array) -> jax.Array:
+    """The last decoder features, before the RGB head [B, H, W, C]."""
     x = encoder_outputs[0]
     for block, skip in zip(self.up_blocks, encoder_outputs[1:]):
       x = block(x, skip, mask)
-    return self._head(x, image)
+    return x
+
+  def __call__(self, encoder_outputs: list[jax.Array], image: jax.Array,
+               mask: jax.Array) -> jax.Array:
+    return self._head(self.features(encoder_outputs, mask), image)
 
 
 class SSAMImageHarmonization(nnx.Module):
@@ -325,86 +356,182 @@ class SSAMImageHarmonization(nnx.Module):
 
   def __init__(self, *, depth: int = 4, ch: int = 32, max_channels: int = 512,
                batchnorm_from: int = 2, attend_from: int = 2, attention_mid_k: float = 0.5,
-               image_fusion: bool = True, init: float = 1.0, rngs: nnx.Rngs):
-    self.encoder = UNetEncoder(depth, ch, batchnorm_from, max_channels, init, rngs)
+               image_fusion: bool = True, init: float = 1.0, backbone_from: int = -1,
+               backbone_channels: tuple[int, ...] = (), backbone_mode: str = "",
+               rngs: nnx.Rngs):
+    backbone = backboned.encoder_args(backbone_from, backbone_channels, backbone_mode)
+    self.encoder = UNetEncoder(depth, ch, batchnorm_from, max_channels, init, rngs, backbone)
     self.decoder = UNetDecoder(depth, self.encoder.channels, attend_from, attention_mid_k,
                                image_fusion, init, rngs)
+    self.depth = depth
     self.size_multiple = 2 ** (depth - 1)
     self.min_size = 0
 
-  def __call__(self, image: jax.Array, mask: jax.Array) -> jax.Array:
+  def features(self, image: jax.Array, mask: jax.Array,
+               backbone_features: list[jax.Array] | None = None) -> dict:
+    """{'encoder': encoder outputs (deepest first), 'decoder': the last decoder
+    features before the RGB head, 'images': the normalized output}."""
+    encoded = self.encoder(jnp.concatenate([image, mask], axis=-1), backbone_features)
+    decoded = self.decoder.features(encoded, mask)
+    return {"encoder": encoded, "decoder": decoded,
+            "images": self.decoder._head(decoded, image)}
+
+  def __call__(self, image: jax.Array, mask: jax.Array,
+               backbone_features: list[jax.Array] | None = None) -> jax.Array:
     """Normalized image [B,H,W,3] and mask [B,H,W,1] -> normalized output [B,H,W,3]."""
-    features = self.encoder(jnp.concatenate([image, mask], axis=-1))
+    features = self.encoder(jnp.concatenate([image, mask], axis=-1), backbone_features)
     return self.decoder(features, image, mask)
 
 
-# ----------------------------------------------------------------------------- family glue
-# Shared by the idih and issam family modules (docs/architecture.md contract).
+# ----------------------------------------------------------------------------- family
+# The `dih` family (docs/architecture.md): config.model.variant picks the network.
 
-Network = DeepImageHarmonization | SSAMImageHarmonization
+INPUTS = ("composite", "mask")
+PRESERVES_BACKGROUND = True
+VARIANTS = ("idih", "issam")
+
+Network = DeepImageHarmonization | SSAMImageHarmonization | backboned.HRNetIHModel
+
+
+def _base_network(m: ml_collections.ConfigDict, rngs: nnx.Rngs, **backbone) -> nnx.Module:
+  common = dict(depth=m.depth, ch=m.ch, max_channels=m.max_channels,
+                batchnorm_from=m.batchnorm_from, image_fusion=m.image_fusion,
+                init=m.init_magnitude, rngs=rngs, **backbone)
+  if m.variant == "idih":
+    return DeepImageHarmonization(**common)
+  if m.variant == "issam":
+    return SSAMImageHarmonization(attend_from=m.attend_from,
+                                  attention_mid_k=m.attention_mid_k, **common)
+  raise ValueError(f"config.model.variant={m.variant!r}; valid: {VARIANTS}")
+
+
+def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
+                    ) -> dict[str, nnx.Module]:
+  """{'generator': the variant's network} built from config.model.
+
+  variant 'idih': DeepImageHarmonization (depth, ch, max_channels,
+  batchnorm_from, image_fusion); 'issam': SSAMImageHarmonization (+ attend_from,
+  attention_mid_k). init_magnitude: XavierGluon magnitude (iDIH 2, iS2AM 1).
+  config.model.backbone (optional; name 'hrnet', width, blocks, modules, ocr,
+  mode, downsize_input, stem): the variant inside backboned.HRNetIHModel.
+  """
+  m = config.model
+  bb = m.get("backbone")
+  if not bb:
+    return {"generator": _base_network(m, rngs)}
+  if bb.name != "hrnet":
+    raise ValueError(f"config.model.backbone.name={bb.name!r}; valid: ('hrnet',)")
+  make = lambda start, channels, mode: _base_network(
+      m, rngs, backbone_from=start, backbone_channels=channels, backbone_mode=mode)
+  return {"generator": backboned.HRNetIHModel(
+      make, width=bb.width, blocks=bb.blocks, modules=tuple(bb.modules), ocr=bb.ocr, mode=bb.mode,
+      downsize_input=bb.downsize_input, stem=bb.stem, init=_init(m.init_magnitude),
+      rngs=rngs)}
 
 
 def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
                     ) -> dict[str, optax.GradientTransformation]:
-  """Adam with the lr multiplied by optim.decay_factor at each of optim.decay_epochs."""
-  return {"generator": optimizers.step_decay_adam(config.optim, steps_per_epoch)}
+  """Adam with the lr multiplied by optim.decay_factor at each of
+  optim.decay_epochs; the pretrained backbone's updates x backbone.lr_mult
+  (Adam's step is linear in its rate, so this is the official per-parameter lr)."""
+  adam = optimizers.step_decay_adam(config.optim, steps_per_epoch)
+  bb = config.model.get("backbone")
+  if not bb or bb.lr_mult == 1.0:
+    return {"generator": adam}
+  return {"generator": optax.chain(
+      adam, optax.masked(optax.scale(bb.lr_mult), backboned.backbone_lr_mask))}
 
 
-def _forward(net: Network, composite: jax.Array, mask: jax.Array) -> jax.Array:
-  """Network output in normalized space for any H, W: edge-pads to the
-  network's size multiple (and minimum size), then crops back."""
-  _, h, w, _ = composite.shape
-  padded = layers.pad_to_multiple(jnp.concatenate([composite, mask], axis=-1),
-                                  net.size_multiple, net.min_size)
-  image, padded_mask = padded[..., :3], padded[..., 3:]
-  out = net(layers.imagenet_normalize(image), padded_mask)
-  return out[:, :h, :w]
+def load_pretrained(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                    paths: dict[str, str]) -> None:
+  """config.init = {'generator': path}: an official HRNet ImageNet state dict
+  (HRNet-Image-Classification) into the backbone, as the official recipes start."""
+  for name, path in paths.items():
+    if name != "generator" or not config.model.get("backbone"):
+      raise ValueError(f"dih: config.init names {name!r}; only 'generator' of a backboned "
+                       "variant (an HRNet ImageNet state dict) can be initialised")
+    backboned.load_imagenet(networks[name].backbone.hrnet, torch_import.load_state_dict(path))
 
 
-def _to_image(out: jax.Array, composite: jax.Array, mask: jax.Array) -> jax.Array:
-  pred = jnp.clip(layers.imagenet_denormalize(out), 0.0, 1.0)
-  return layers.blend_background(pred, composite, mask)
+def size_divisor(net: Network) -> int:
+  """The official predictor's padding divisor, 2**(depth + 1): 256 for iDIH256
+  (depth 7), 32 for iS2AM (depth 4)."""
+  return 2 ** (net.depth + 1)
 
 
-def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
-                   train: bool, min_area: float
+def forward(net: Network, composite: jax.Array, mask: jax.Array,
+            padding: str = "centered_zero", rng: jax.Array | None = None) -> jax.Array:
+  """Network output in normalized space for any H, W.
+
+  padding 'centered_zero' (default) is the official predictor: zeros (black
+  pixels, an empty mask) split around the image up to a multiple of
+  2**(depth + 1). 'edge' pads the bottom/right by replication to the
+  network's own multiple (and minimum size): cheaper, but the output differs
+  (iDIH's deepest block sees the whole image). rng: the training dropout of
+  the HRNet variants' OCR head.
+
+  The official predictor does not pad the HRNet variants (it reads the
+  network's `depth`, which IHModelWithBackbone lacks), so it only takes sizes
+  their encoder accepts; we pad them as their base network (a no-op at 256).
+  """
+  x = jnp.concatenate([composite, mask], axis=-1)
+  if padding == "centered_zero":
+    x, crop = layers.pad_to_multiple(x, size_divisor(net), mode="centered_zero")
+  else:
+    x, crop = layers.pad_to_multiple(x, net.size_multiple, net.min_size, mode=padding)
+  image = layers.imagenet_normalize(x[..., :3])
+  if isinstance(net, backboned.HRNetIHModel):
+    out = net(image, x[..., 3:], None if rng is None else nnx.Rngs(dropout=rng))
+  else:
+    out = net(image, x[..., 3:])
+  return out[:, crop[0], crop[1]]
+
+
+def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                   batch: dict[str, jax.Array], rng: jax.Array
                    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
   """FN-MSE of the network's output, as the official trainer computes it.
 
   The official loss compares the learned-blend output with the target in
   ImageNet-normalized space (both pass through the same Normalize), over all
-  pixels, divided by C * max(mask area, min_area). 'harmonized' is the
-  [0, 1] output blended with the untouched background by the mask.
+  pixels, divided by C * max(mask area, config.loss.min_area) (iDIH 100, iS2AM
+  1000). Crops that do not fit the network are edge-padded (a no-op at 256).
   """
-  net = networks["generator"]
-  if train:
-    net.train()
-  else:
-    net.eval()
+  batch = layers.floats(batch)
   composite, mask = batch["composite"], batch["mask"]
-  out = _forward(net, composite, mask)
-  loss = losses.fn_mse(out, layers.imagenet_normalize(batch["real"]), mask, min_area)
-  return {"generator": loss}, {"fn_mse": loss}, {"harmonized": _to_image(out, composite, mask)}
+  out = forward(networks["generator"], composite, mask, padding="edge", rng=rng)
+  loss = losses.fn_mse(out, layers.imagenet_normalize(batch["real"]), mask,
+                       config.loss.min_area)
+  harmonized = jnp.clip(layers.imagenet_denormalize(out), 0.0, 1.0)
+  return {"generator": loss}, {"fn_mse": loss}, {"harmonized": harmonized}
 
 
-def predict(networks: dict[str, nnx.Module], composite: jax.Array, mask: jax.Array
-            ) -> jax.Array:
-  """Harmonized [B,H,W,3] in [0, 1] for any H, W; background pixels == composite."""
-  out = _forward(networks["generator"], composite, mask)
-  return _to_image(out, composite, mask)
+def predict(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+            inputs: dict[str, jax.Array]) -> jax.Array:
+  """The network's image [B,H,W,3] clipped to [0, 1], for any H, W, padded as
+  config.model.padding says (default: the official predictor). Not
+  background-pasted: the official evaluation scores this image."""
+  composite, mask = layers.to_float(inputs["composite"]), layers.to_float(inputs["mask"])
+  out = forward(networks["generator"], composite, mask,
+                config.model.get("padding", "centered_zero"))
+  return jnp.clip(layers.imagenet_denormalize(out), 0.0, 1.0)
+
+
+def adapt_config(config: ml_collections.ConfigDict, state_dicts: dict
+                 ) -> ml_collections.ConfigDict:
+  """A backboned config with the HRNet settings of the checkpoint (convert):
+  hrnet18s_idih256.pth and hrnet32_idih256.pth convert with configs/hrnet_idih.py."""
+  settings = (backboned.hrnet_settings(next(iter(state_dicts.values())))
+              if config.model.get("backbone") and state_dicts else None)
+  if settings is None:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.backbone.update(settings)
+  return config
 
 
 def convert_torch(state_dicts: dict[str, dict[str, np.ndarray]],
-                  config: ml_collections.ConfigDict,
-                  create_networks: Callable[..., dict[str, nnx.Module]]
-                  ) -> dict[str, nnx.State]:
-  """An official checkpoint ({'default' or 'generator': state dict}) -> generator state."""
-  names = set(state_dicts)
-  if len(names) != 1 or not names <= {"default", "generator"}:
-    raise ValueError(f"{config.model.name} takes one checkpoint (role 'default' or "
-                     f"'generator'); got roles {sorted(names)}")
-  (state_dict,) = state_dicts.values()
-  # Every variable is overwritten, so the abstract network needs no random init.
-  net = nnx.eval_shape(lambda: create_networks(config, nnx.Rngs(0)))["generator"]
-  torch_import.load_into(net, state_dict, context=f"model {config.model.name}")
-  return {"generator": nnx.state(net)}
+                  config: ml_collections.ConfigDict) -> dict[str, nnx.State]:
+  """An official checkpoint (idih256.pth, issam256.pth: role 'default' or
+  'generator') -> {'generator': state}."""
+  return torch_import.convert_single(state_dicts, config, create_networks, "generator")

@@ -23,14 +23,14 @@ import optax
 
 from harmonax import torch_import
 from harmonax.models import attention_unet
+from harmonax.models import layers
 from harmonax.models import partial_conv
 from harmonax.models import spectral_norm
 
+INPUTS = ("composite", "mask")
+PRESERVES_BACKGROUND = True
 # Official checkpoint file of each network: latest_net_<G|D>.pth.
 TORCH_NAMES = {"generator": "G", "discriminator": "D"}
-# Loss weights of the official recipe (lambda_L1, lambda_gp with gp_ratio 1).
-LAMBDA_L1 = 100.0
-LAMBDA_GP = 10.0
 
 
 def _sn_conv(i: int, o: int, k: int, stride: int, use_bias: bool, rngs: nnx.Rngs
@@ -154,18 +154,13 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
           for name in ("generator", "discriminator")}
 
 
-def _set_mode(networks, train: bool) -> None:
-  for net in networks.values():
-    if train:
-      net.train()
-    else:
-      net.eval()
+def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                   batch: dict[str, jax.Array], rng: jax.Array):
+  """(losses {'generator', 'discriminator'}, metrics, outputs {'harmonized', 'output'}).
 
-
-def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
-                   rng: jax.Array, train: bool):
-  """(losses {'generator', 'discriminator'}, metrics, outputs {'harmonized', 'output'})."""
-  _set_mode(networks, train)
+  Weights in config.loss: l1 (lambda_L1, 100) and gp (lambda_gp, 10).
+  """
+  batch = layers.floats(batch)
   gen, disc = networks["generator"], networks["discriminator"]
   comp, mask = batch["composite"] * 2.0 - 1.0, batch["mask"]
   real = batch["real"] * 2.0 - 1.0
@@ -186,29 +181,59 @@ def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
   def gp_score(z):
     g, v = nnx.merge(graphdef, state)(z, mask)
     return (g + v) * 0.5
-  d_gp = gradient_penalty(gp_score, real, output, gp_key, LAMBDA_GP)
+  d_gp = gradient_penalty(gp_score, real, output, gp_key, config.loss.gp)
 
   g_global, g_verif = -jnp.mean(fake_g), -jnp.mean(fake_v)
   l1 = jnp.mean(jnp.abs(output - real))
-  g_loss = g_global + g_verif + LAMBDA_L1 * l1
+  g_loss = g_global + g_verif + config.loss.l1 * l1
   d_loss = d_global + d_verif + d_gp
-  harmonized = mask * (output + 1.0) * 0.5 + (1.0 - mask) * batch["composite"]
   metrics = {"l1": l1, "g_global": g_global, "g_verification": g_verif,
              "d_global": d_global, "d_verification": d_verif, "d_gp": d_gp,
              "d_real": jnp.mean(real_g), "d_fake": jnp.mean(fake_g)}
   return ({"generator": g_loss, "discriminator": d_loss}, metrics,
-          {"harmonized": harmonized, "output": output})
+          {"harmonized": to_unit(output), "output": output})
 
 
-def predict(networks: dict[str, nnx.Module], composite: jax.Array, mask: jax.Array
-            ) -> jax.Array:
-  """Harmonized [B, H, W, 3] in [0, 1] for any H, W (reflect-padded to 2**num_downs)."""
+def to_unit(output: jax.Array) -> jax.Array:
+  """Generator output in [-1, 1] (tanh) -> [0, 1], as the official tensor2im."""
+  return jnp.clip((output + 1.0) * 0.5, 0.0, 1.0)
+
+
+def predict(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+            inputs: dict[str, jax.Array]) -> jax.Array:
+  """The generator's image [B, H, W, 3] in [0, 1] for any H, W (reflect-padded
+  to 2**num_downs and cropped back). Not background-pasted: the official test
+  script saves and scores this image."""
+  del config
   gen = networks["generator"]
-  h, w = composite.shape[1:3]
+  composite, mask = layers.to_float(inputs["composite"]), layers.to_float(inputs["mask"])
   x = jnp.concatenate([composite * 2.0 - 1.0, mask], -1)
-  x = attention_unet.pad_to_multiple(x, 2 ** gen.num_downs)
-  out = gen(x)[:, :h, :w]
-  return mask * (out + 1.0) * 0.5 + (1.0 - mask) * composite
+  x, crop = layers.pad_to_multiple(x, 2 ** gen.num_downs, mode="reflect")
+  return to_unit(gen(x)[:, crop[0], crop[1]])
+
+
+def norm_of_state_dict(state_dict: dict) -> str:
+  """'batch' if a generator state dict holds batch-norm statistics, else 'instance'
+  (PyTorch's InstanceNorm2d(affine=False) has no tensors)."""
+  return "batch" if any(k.endswith("running_mean") for k in state_dict) else "instance"
+
+
+def adapt_config(config: ml_collections.ConfigDict, state_dicts: dict
+                 ) -> ml_collections.ConfigDict:
+  """config with model.norm set from the generator checkpoint's keys (convert).
+
+  The official README's released generator and its training command differ in
+  the norm; the keys say which one a file holds.
+  """
+  sd = state_dicts.get("G", state_dicts.get("generator", state_dicts.get("default")))
+  if sd is None:
+    return config
+  norm = norm_of_state_dict(sd)
+  if norm == config.model.norm:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.norm = norm
+  return config
 
 
 def _strip_prefix(state_dict: dict, prefix: str) -> dict:
@@ -227,7 +252,7 @@ def convert_torch(state_dicts: dict[str, dict[str, np.ndarray]],
       official files (a leading 'G.'/'D.' is tolerated). 'D' is optional; a
       lone 'default' entry (harmonax.convert with one file) is the generator.
     config: a DoveNet config; `config.model.norm` must match the weights
-      (the released G uses instance norm: no norm parameters, biased convs).
+      (`adapt_config` sets it from the keys; harmonax.convert calls it).
 
   Raises:
     torch_import.StateDictMismatchError: on missing, unexpected or mis-shaped keys.

@@ -11,10 +11,10 @@ batch become synthetic pairs made in the step from their `real` image and
 mask (random arguments, forward filters applied in reverse order, every
 intermediate kept as the target of one filter stage; the models.md summary
 says "inverse filters", the official code applies the forward filters with
-arguments scaled by ARGUMENT_RANGES, which we follow); they get the per-filter
-loss with dynamic weighting. The last `real_fraction` of the rows are the
-dataset's composites and get 10x the final-output loss. Batch 16 + 8 in the
-paper: batch_size 24 with real_fraction 1/3.
+arguments scaled by config.loss.argument_ranges, which we follow); they get the per-filter
+loss with dynamic weighting. The last `config.loss.real_fraction` of the rows
+are the dataset's composites and get `real_weight` (10) x the final-output loss.
+Batch 16 + 8 in the paper: batch_size 24 with real_fraction 1/3.
 """
 
 import math
@@ -34,10 +34,9 @@ from harmonax.models import efficientnet
 from harmonax.models import layers
 
 NUM_FILTERS = len(filters.FILTER_NAMES)
-# Official `filter_argument_ranges`: synthetic arguments are U(-1, 1) times these.
-ARGUMENT_RANGES = (0.3, 0.5, 0.5, 0.6, 0.4, 0.4)
-REAL_LOSS_WEIGHT = 10.0
-COLOR_JITTER = dict(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.03)
+
+INPUTS = ("composite", "mask")
+PRESERVES_BACKGROUND = True
 
 
 def _torch_linear(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -81,11 +80,8 @@ class Harmonizer(nnx.Module):
   """Backbone + cascade regressor: composite and mask -> filter arguments."""
 
   def __init__(self, *, input_size: int = 256, width: float = 1.0,
-               depth: float = 1.0, drop_connect_rate: float = 0.2,
-               real_fraction: float = 1 / 3, rngs: nnx.Rngs):
+               depth: float = 1.0, drop_connect_rate: float = 0.2, rngs: nnx.Rngs):
     self.input_size = input_size
-    # Static training setting kept here because compute_losses gets no config.
-    self.real_fraction = real_fraction
     self.backbone = efficientnet.EfficientNet(
         width=width, depth=depth, stem="fg_bg",
         drop_connect_rate=drop_connect_rate, rngs=rngs)
@@ -95,8 +91,8 @@ class Harmonizer(nnx.Module):
                     rngs: nnx.Rngs | None = None) -> jax.Array:
     """Unclamped arguments [B, 6] from the composite and mask at input_size."""
     size = (self.input_size, self.input_size)
-    features = self.backbone(resize_bilinear(composite, size),
-                             resize_bilinear(mask, size), rngs=rngs)
+    features = self.backbone(layers.resize_bilinear(composite, size),
+                             layers.resize_bilinear(mask, size), rngs=rngs)
     return self.regressor(features)
 
   def __call__(self, composite: jax.Array, mask: jax.Array,
@@ -105,47 +101,26 @@ class Harmonizer(nnx.Module):
     return jnp.clip(self.raw_arguments(composite, mask, rngs), -1.0, 1.0)
 
 
-def _source_indices(out_size: int, in_size: int):
-  """PyTorch bilinear (align_corners=False) taps and weights along one axis."""
-  scale = in_size / out_size
-  src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
-  i0 = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
-  i1 = np.minimum(i0 + 1, in_size - 1)
-  w1 = (src - i0).astype(np.float32)
-  return i0, i1, w1
-
-
-def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """[B,H,W,C] -> [B,*size,C] as torch's F.interpolate(bilinear, align_corners=False).
-
-  Two taps per axis gathered directly: no antialiasing (as PyTorch), and far
-  cheaper than a dense resize matrix when shrinking 4K to 256.
-  """
-  _, h, w, _ = x.shape
-  if (h, w) == tuple(size):
-    return x
-  for axis, (out, n) in ((1, (size[0], h)), (2, (size[1], w))):
-    i0, i1, w1 = _source_indices(out, n)
-    shape = [1, 1, 1, 1]
-    shape[axis] = out
-    w1 = jnp.asarray(w1).reshape(shape)
-    x = jnp.take(x, i0, axis=axis) * (1 - w1) + jnp.take(x, i1, axis=axis) * w1
-  return x
-
-
 # --- Family contract ---------------------------------------------------------
 
 def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
                     ) -> dict[str, nnx.Module]:
-  """{'harmonizer': Harmonizer}; ImageNet-initialized if model.imagenet_init is set."""
+  """{'harmonizer': Harmonizer} from config.model (random init; no file I/O)."""
   m = config.model
-  net = Harmonizer(input_size=m.input_size, width=m.width, depth=m.depth,
-                   drop_connect_rate=m.drop_connect_rate,
-                   real_fraction=m.real_fraction, rngs=rngs)
-  if m.get("imagenet_init"):
-    efficientnet.load_imagenet(net.backbone,
-                               torch_import.load_state_dict(m.imagenet_init))
-  return {"harmonizer": net}
+  return {"harmonizer": Harmonizer(input_size=m.input_size, width=m.width, depth=m.depth,
+                                   drop_connect_rate=m.drop_connect_rate, rngs=rngs)}
+
+
+def load_pretrained(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                    paths: dict[str, str]) -> None:
+  """config.init = {'harmonizer': path}: an ImageNet EfficientNet-B0 state dict
+  (lukemelas, torchvision or timm keys) into the backbone, as the paper starts."""
+  del config
+  for name, path in paths.items():
+    if name != "harmonizer":
+      raise ValueError(f"harmonizer: config.init names network {name!r}; only "
+                       "'harmonizer' (an ImageNet EfficientNet-B0 state dict) can be initialised")
+    efficientnet.load_imagenet(networks[name].backbone, torch_import.load_state_dict(path))
 
 
 def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
@@ -154,9 +129,13 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
   return {"harmonizer": optimizers.step_decay_adam(config.optim, steps_per_epoch)}
 
 
-def predict(networks: dict[str, nnx.Module], composite: jax.Array, mask: jax.Array
-            ) -> jax.Array:
-  """Harmonized [B,H,W,3] for any H, W: arguments at input_size, filters at full size."""
+def predict(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+            inputs: dict[str, jax.Array]) -> jax.Array:
+  """Harmonized [B,H,W,3] for any H, W: arguments at input_size, filters at full
+  size, each filter blended by the mask (the official output: its background is
+  the composite's)."""
+  del config
+  composite, mask = layers.to_float(inputs["composite"]), layers.to_float(inputs["mask"])
   args = networks["harmonizer"](composite, mask)
   final, _ = filters.apply_filters(composite, mask, args)
   return layers.blend_background(final, composite, mask)
@@ -200,20 +179,20 @@ def synthesize(real: jax.Array, mask: jax.Array, args: jax.Array
   return adjusted[-1], adjusted[-2::-1] + [real]
 
 
-def color_jitter(image: jax.Array, key: jax.Array) -> jax.Array:
-  """torchvision ColorJitter(0.1, 0.1, 0.1, 0.03) per image, in a fixed order
-  (brightness, contrast, saturation, hue; torchvision shuffles the order)."""
+def color_jitter(image: jax.Array, key: jax.Array, strength: dict[str, float]) -> jax.Array:
+  """torchvision ColorJitter(brightness, contrast, saturation, hue) per image, in a
+  fixed order (torchvision shuffles the order). Official: 0.1, 0.1, 0.1, 0.03."""
   b = image.shape[0]
   kb, kc, ks, kh = jax.random.split(key, 4)
   factor = lambda k, s: jax.random.uniform(k, (b, 1, 1, 1), minval=1 - s, maxval=1 + s)
   gray = lambda x: jnp.sum(x * jnp.asarray([0.299, 0.587, 0.114]), -1, keepdims=True)
-  x = jnp.clip(image * factor(kb, COLOR_JITTER["brightness"]), 0, 1)
-  f = factor(kc, COLOR_JITTER["contrast"])
+  x = jnp.clip(image * factor(kb, strength["brightness"]), 0, 1)
+  f = factor(kc, strength["contrast"])
   x = jnp.clip(f * x + (1 - f) * jnp.mean(gray(x), axis=(1, 2, 3), keepdims=True), 0, 1)
-  f = factor(ks, COLOR_JITTER["saturation"])
+  f = factor(ks, strength["saturation"])
   x = jnp.clip(f * x + (1 - f) * gray(x), 0, 1)
-  shift = jax.random.uniform(kh, (b, 1, 1), minval=-COLOR_JITTER["hue"],
-                             maxval=COLOR_JITTER["hue"])
+  shift = jax.random.uniform(kh, (b, 1, 1), minval=-strength["hue"],
+                             maxval=strength["hue"])
   hsv = pix.rgb_to_hsv(x)
   hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + shift, 1.0))
   return jnp.clip(pix.hsv_to_rgb(hsv), 0, 1)
@@ -235,30 +214,26 @@ def random_rot90(images: list[jax.Array], key: jax.Array) -> list[jax.Array]:
   return out
 
 
-def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
-                   rng: jax.Array, train: bool
+def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                   batch: dict[str, jax.Array], rng: jax.Array
                    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
-  """Harmonizer's training loss (see the module docstring); in eval, the
-  final-output filter loss of the batch's composites."""
+  """Harmonizer's training loss (see the module docstring), config.loss:
+  real_fraction (last rows: dataset composites), real_weight (10), argument_ranges,
+  color_jitter."""
+  cl = config.loss
   net = networks["harmonizer"]
-  composite, mask, real = batch["composite"], batch["mask"], batch["real"]
-  if not train:
-    net.eval()
-    harmonized = predict(networks, composite, mask)
-    loss = jnp.mean(filter_loss(harmonized, real, mask))
-    return {"harmonizer": loss}, {"final_loss": loss}, {"harmonized": harmonized}
-
-  net.train()
+  batch = layers.floats(batch)
   k_rot, k_jitter, k_args, k_drop = jax.random.split(rng, 4)
-  composite, mask, real = random_rot90([composite, mask, real], k_rot)
+  composite, mask, real = random_rot90(
+      [batch["composite"], batch["mask"], batch["real"]], k_rot)
   b = composite.shape[0]
-  num_real = int(round(b * net.real_fraction))
+  num_real = int(round(b * cl.real_fraction))
   synthetic = (jnp.arange(b) < b - num_real)  # [B]: rows made from `real`.
   row = synthetic[:, None, None, None]
 
-  jittered = jnp.where(row, color_jitter(real, k_jitter), real)
+  jittered = jnp.where(row, color_jitter(real, k_jitter, dict(cl.color_jitter)), real)
   args = jax.random.uniform(k_args, (b, NUM_FILTERS), minval=-1.0, maxval=1.0)
-  made, targets = synthesize(jittered, mask, args * jnp.asarray(ARGUMENT_RANGES))
+  made, targets = synthesize(jittered, mask, args * jnp.asarray(tuple(cl.argument_ranges)))
   inputs = jnp.where(row, made, composite)
   targets = [jnp.where(row, t, real) for t in targets[:-1]] + [jittered]
 
@@ -269,7 +244,7 @@ def compute_losses(networks: dict[str, nnx.Module], batch: dict[str, jax.Array],
   n_syn = jnp.maximum(jnp.sum(synthetic), 1)
   terms = jnp.sum(dynamic_weighted(stage) * synthetic, axis=1) / n_syn  # [S]
   real_loss = jnp.sum(stage[-1] * ~synthetic) / max(num_real, 1)
-  loss = jnp.sum(terms) + REAL_LOSS_WEIGHT * real_loss
+  loss = jnp.sum(terms) + cl.real_weight * real_loss
   metrics = {f"filter_{i}_{name}": terms[i] for i, name in enumerate(filters.FILTER_NAMES)}
   metrics.update(real_loss=real_loss, loss=loss,
                  mean_abs_argument=jnp.mean(jnp.abs(pred_args)))
@@ -280,10 +255,4 @@ def convert_torch(state_dicts: dict[str, dict[str, np.ndarray]],
                   config: ml_collections.ConfigDict) -> dict[str, nnx.State]:
   """The official harmonizer.pth ({'default' or 'harmonizer': state dict})
   -> {'harmonizer': state}."""
-  if len(state_dicts) != 1 or not set(state_dicts) <= {"default", "harmonizer"}:
-    raise ValueError("harmonizer takes one checkpoint (role 'default' or "
-                     f"'harmonizer'); got roles {sorted(state_dicts)}")
-  (state_dict,) = state_dicts.values()
-  net = nnx.eval_shape(lambda: create_networks(config, nnx.Rngs(0)))["harmonizer"]
-  torch_import.load_into(net, state_dict, context="model harmonizer")
-  return {"harmonizer": nnx.state(net)}
+  return torch_import.convert_single(state_dicts, config, create_networks, "harmonizer")

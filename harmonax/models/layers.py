@@ -54,26 +54,90 @@ def blend_background(pred: jax.Array, composite: jax.Array, mask: jax.Array) -> 
   return jnp.where(mask > 0, blended, composite)
 
 
+def to_float(x: jax.Array) -> jax.Array:
+  """uint8 images (0..255) -> float32 in [0, 1]; float arrays pass unchanged.
+
+  Batches cross to the device as uint8 (a quarter of the bytes) and become
+  float there: every family and evaluator reads images through this.
+  """
+  if x.dtype == jnp.uint8:
+    return x.astype(jnp.float32) / 255.0
+  return x
+
+
+def floats(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """`to_float` on every numeric array of a batch (metadata left as is)."""
+  return {k: to_float(v) if hasattr(v, "dtype") and v.dtype != object else v
+          for k, v in batch.items()}
+
+
 def padded_size(size: int, multiple: int, min_size: int = 0) -> int:
   """Smallest n >= max(size, min_size) that is a multiple of `multiple`."""
   size = max(size, min_size)
   return -(-size // multiple) * multiple
 
 
-def pad_to_multiple(x: jax.Array, multiple: int, min_size: int = 0,
-                    mode: str = "edge") -> jax.Array:
-  """Pads [B, H, W, C] at the bottom and right so H and W fit `padded_size`.
+PAD_MODES = ("centered_zero", "edge", "reflect")
 
-  'edge' (replicate) padding by default: unlike 'reflect' it works for any
-  amount of padding, and it avoids the black borders that zero padding would
-  feed into global pooling layers.
+
+def pad_amounts(h: int, w: int, multiple: int, min_size: int = 0,
+                centered: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:
+  """((top, bottom), (left, right)) padding of an h x w image to `padded_size`.
+
+  centered: the extra rows/columns are split with the smaller half first, as
+  the official iharm predictor (PadToDivisor); otherwise all at bottom/right.
   """
-  _, h, w, _ = x.shape
   ph = padded_size(h, multiple, min_size) - h
   pw = padded_size(w, multiple, min_size) - w
-  if ph == 0 and pw == 0:
+  if centered:
+    return (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)
+  return (0, ph), (0, pw)
+
+
+def pad_to_multiple(x: jax.Array, multiple: int, min_size: int = 0,
+                    mode: str = "edge") -> tuple[jax.Array, tuple[slice, slice]]:
+  """Pads [B, H, W, C] so H and W fit `padded_size`; returns (padded, crop).
+
+  mode: 'centered_zero' (zeros split around the image, the official iharm
+  predictor's PadToDivisor with BORDER_CONSTANT 0), 'edge' (replicate, at the
+  bottom/right: works for any amount and feeds no black border into global
+  pooling) or 'reflect' (bottom/right; DoveNet/BargainNet's test-time choice
+  here). `padded[:, crop[0], crop[1]]` is the original image area.
+  """
+  if mode not in PAD_MODES:
+    raise ValueError(f"Unknown padding mode {mode!r}; valid: {PAD_MODES}")
+  _, h, w, _ = x.shape
+  (top, bottom), (left, right) = pad_amounts(h, w, multiple, min_size,
+                                             centered=mode == "centered_zero")
+  crop = (slice(top, top + h), slice(left, left + w))
+  if top == bottom == left == right == 0:
+    return x, crop
+  widths = ((0, 0), (top, bottom), (left, right), (0, 0))
+  if mode == "centered_zero":
+    return jnp.pad(x, widths), crop
+  return jnp.pad(x, widths, mode=mode), crop
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """[B,H,W,C] -> [B,*size,C] as torch's F.interpolate(bilinear, align_corners=False).
+
+  The half-pixel grid, two taps per axis gathered directly, no antialiasing
+  (PyTorch's behaviour when shrinking; `jax.image.resize` antialiases by
+  default), and far cheaper than a dense resize matrix when shrinking 4K.
+  """
+  _, h, w, _ = x.shape
+  if (h, w) == tuple(size):
     return x
-  return jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+  for axis, (out, n) in ((1, (size[0], h)), (2, (size[1], w))):
+    scale = n / out
+    src = np.maximum((np.arange(out) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int32), n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    shape = [1, 1, 1, 1]
+    shape[axis] = out
+    w1 = jnp.asarray((src - i0).astype(np.float32)).reshape(shape).astype(x.dtype)
+    x = jnp.take(x, i0, axis=axis) * (1 - w1) + jnp.take(x, i1, axis=axis) * w1
+  return x
 
 
 def _align_corners_axis(x: jax.Array, size: int, axis: int) -> jax.Array:
@@ -111,7 +175,8 @@ def upsample2x_align_corners(x: jax.Array) -> jax.Array:
 
 def max_pool2x2(x: jax.Array) -> jax.Array:
   """nn.MaxPool2d(2, 2) on NHWC (odd trailing rows/columns are dropped)."""
-  return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  # window_shape by keyword: jax2onnx patches nnx.max_pool with a keyword-only signature.
+  return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
 Padding = str | Sequence[tuple[int, int]]

@@ -9,14 +9,14 @@ WITHOUT clipping, so that their defining property holds exactly;
 `recolor_foreground` clips and pastes the result into the photo.
 """
 
-import functools
-import importlib
 import math
 from typing import Any
 
 import numpy as np
 
-# Methods that `recolor_foreground` knows. 'filters' needs `harmonax.filters`.
+from data_builders.harmonization_composites import white_box
+
+# Methods that `recolor_foreground` knows ('filters': Harmonizer's, see white_box.py).
 METHODS = ("reinhard", "covariance", "histogram", "idt", "exposure", "filters")
 
 # Reinhard et al. 2001, "Color Transfer between Images": RGB -> LMS cone space.
@@ -37,9 +37,26 @@ def _mat(x: np.ndarray, m: np.ndarray) -> np.ndarray:
   """x @ m.T for pixels [..., 3] and a 3x3 matrix, without BLAS.
 
   Why: BLAS threads a [N, 3] x [3, 3] product and, on a busy machine, spends
-  20x longer spinning than the three multiply-adds take.
+  20x longer spinning than the three multiply-adds take; einsum's own loop is
+  4x slower than three broadcast multiply-adds over whole color planes. The
+  result is a view of planes ([3, ...] in memory), so per-channel reductions
+  over pixels (mean, std) run on contiguous memory.
   """
-  return np.einsum("...i,ji->...j", x, m)  # einsum's own loop (no optimize): no BLAS.
+  planes = np.moveaxis(x, -1, 0)
+  return np.moveaxis(_planar_mat(m, planes), 0, -1)
+
+
+def _planar_mat(m: np.ndarray, planes: np.ndarray) -> np.ndarray:
+  """m @ planes for color planes [3, ...]: out[i] = sum_j m[i, j] planes[j]."""
+  column = (3,) + (1,) * (planes.ndim - 1)
+  return (m[:, 0].reshape(column) * planes[0] + m[:, 1].reshape(column) * planes[1]
+          + m[:, 2].reshape(column) * planes[2])
+
+
+def _covariance(x: np.ndarray) -> np.ndarray:
+  """The biased 3x3 covariance of pixels [N, 3] (np.cov would call BLAS: see _mat)."""
+  d = np.moveaxis(x - x.mean(0), -1, 0)
+  return np.array([[np.mean(d[i] * d[j]) for j in range(3)] for i in range(3)])
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -50,7 +67,8 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
   """Inverse of `rgb_to_lab` (exact where the LMS floor was not hit)."""
-  return _mat(10.0 ** _mat(lab, _LAB_TO_LOGLMS), _LMS_TO_RGB)
+  # exp(x ln 10): 10 ** x without pow's slow general path.
+  return _mat(np.exp(_mat(lab, _LAB_TO_LOGLMS * math.log(10.0))), _LMS_TO_RGB)
 
 
 def reinhard(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -74,8 +92,8 @@ def covariance(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
   and covariance equal the reference's.
   """
   mean_s, mean_r = source.mean(0), reference.mean(0)
-  vals_s, vecs_s = np.linalg.eigh(np.cov(source, rowvar=False, bias=True))
-  vals_r, vecs_r = np.linalg.eigh(np.cov(reference, rowvar=False, bias=True))
+  vals_s, vecs_s = np.linalg.eigh(_covariance(source))
+  vals_r, vecs_r = np.linalg.eigh(_covariance(reference))
   # Eigenvectors have arbitrary signs; pair each reference axis with the same
   # direction as its source axis so no color axis gets inverted.
   signs = np.sign(np.sum(vecs_s * vecs_r, axis=0))
@@ -119,17 +137,21 @@ def _match_1d(values: np.ndarray, target: np.ndarray, bins: int = 300) -> np.nda
   scale = bins / (hi - lo)
   # Uniform bins: a value's bin is index arithmetic (no binary search), and
   # the same indices serve the histogram and the interpolation below.
-  position = (values - lo) * scale
-  index = np.minimum(position.astype(np.int64), bins - 1)
-  target_index = np.minimum(((target - lo) * scale).astype(np.int64), bins - 1)
+  position = (values - values.dtype.type(lo)) * values.dtype.type(scale)
+  index = np.minimum(position.astype(np.intp), bins - 1)
+  target_index = np.minimum(((target - lo) * scale).astype(np.intp), bins - 1)
   # A tiny floor makes both CDFs strictly increasing, so the inverse is defined.
   cdf_v = np.concatenate([[0.0], np.cumsum(np.bincount(index, minlength=bins) + 1e-6)])
   cdf_t = np.concatenate([[0.0], np.cumsum(np.bincount(target_index, minlength=bins) + 1e-6)])
   cdf_v /= cdf_v[-1]
   cdf_t /= cdf_t[-1]
   mapped_edges = np.interp(cdf_v, cdf_t, edges)
-  frac = position - index
-  return mapped_edges[index] * (1 - frac) + mapped_edges[index + 1] * frac
+  # Linear within bin i: mapped_edges[i] + (position - i) * slope[i], written as
+  # intercept[i] + slope[i] * position (two gathers, one multiply-add).
+  slope = np.diff(mapped_edges)
+  intercept = mapped_edges[:-1] - np.arange(bins) * slope
+  dtype = values.dtype
+  return intercept.astype(dtype)[index] + slope.astype(dtype)[index] * position
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -148,40 +170,62 @@ def idt(source: np.ndarray, reference: np.ndarray, rng: np.random.Generator,
   the change along those axes. The source's 3-D distribution converges to the
   reference's. The first rotation is the identity (per-channel matching).
   """
-  x = np.asarray(source, np.float64).copy()
-  ref = np.asarray(reference, np.float64)
+  # Color planes [3, N]: rotations and 1-D matches run on contiguous rows. float32:
+  # half the memory traffic, and ample precision for 8-bit results.
+  x = np.array(np.asarray(source).T, np.float32, order="C")
+  ref = np.array(np.asarray(reference).T, np.float32, order="C")
   for i in range(iterations):
     rot = np.eye(3) if i == 0 else random_rotation(rng)
-    x_rot, ref_rot = _mat(x, rot.T), _mat(ref, rot.T)
-    matched = np.stack(
-        [_match_1d(x_rot[:, k], ref_rot[:, k]) for k in range(3)], axis=1)
-    x += _mat(matched - x_rot, rot)
-  return x
+    rot32 = rot.astype(np.float32)
+    x_rot, ref_rot = _planar_mat(rot32.T, x), _planar_mat(rot32.T, ref)
+    matched = np.stack([_match_1d(x_rot[k], ref_rot[k]) for k in range(3)])
+    matched -= x_rot
+    x += _planar_mat(rot32, matched)
+  return x.T.astype(np.float64)
 
 
-def _neighbors(a: np.ndarray) -> tuple[np.ndarray, ...]:
-  """The right, left, lower and upper neighbor of every pixel (edges replicated)."""
-  p = np.pad(a, ((1, 1), (1, 1)) + ((0, 0),) * (a.ndim - 2), mode="edge")
-  return p[1:-1, 2:], p[1:-1, :-2], p[2:, 1:-1], p[:-2, 1:-1]
+def _neighbors(a: np.ndarray, padded: np.ndarray | None = None
+               ) -> tuple[np.ndarray, ...]:
+  """The right, left, lower and upper neighbor of every pixel of [..., H, W] (edges
+  replicated), as views of `padded` ([..., H + 2, W + 2], allocated if None)."""
+  if padded is None:
+    padded = np.empty(a.shape[:-2] + (a.shape[-2] + 2, a.shape[-1] + 2), a.dtype)
+  padded[..., 1:-1, 1:-1] = a
+  padded[..., 0, 1:-1] = a[..., 0, :]
+  padded[..., -1, 1:-1] = a[..., -1, :]
+  padded[..., 1:-1, 0] = a[..., :, 0]
+  padded[..., 1:-1, -1] = a[..., :, -1]
+  return (padded[..., 1:-1, 2:], padded[..., 1:-1, :-2], padded[..., 2:, 1:-1],
+          padded[..., :-2, 1:-1])
 
 
 def _regrain_solve(result: np.ndarray, original: np.ndarray, transferred: np.ndarray,
                    iterations: int, level: int) -> np.ndarray:
-  """Jacobi iterations of Pitie's regrain energy at one pyramid level."""
+  """Jacobi iterations of Pitie's regrain energy at one pyramid level, on planes [3, H, W]."""
   right, left, down, up = _neighbors(original)
-  grad_norm = np.sqrt(np.sum(((right - left) / 2) ** 2 + ((down - up) / 2) ** 2, axis=2))
+  grad_norm = np.sqrt(np.sum(((right - left) / 2) ** 2 + ((down - up) / 2) ** 2, axis=0))
   # psi: stick to the transferred colors on edges; phi: keep the original's
   # gradients in flat areas (weights as in Pitie et al. 2007, on [0, 1] pixels).
-  psi = np.minimum(256 * grad_norm / 5, 1.0)[..., None].astype(original.dtype)
-  phi = (30.0 / (1 + 10 * grad_norm) * 2.0 ** (-level))[..., None].astype(original.dtype)
+  psi = np.minimum(256 * grad_norm / 5, 1.0).astype(original.dtype)
+  phi = (30.0 / (1 + 10 * grad_norm) * 2.0 ** (-level)).astype(original.dtype)
   phis = [(n + phi) / 2 for n in _neighbors(phi)]
   denominator = psi + sum(phis)
-  # The terms that do not change across iterations: data term and the
-  # original's gradients toward each neighbor.
-  constant = psi * transferred + sum(
-      p * (original - n) for p, n in zip(phis, (right, left, down, up)))
+  # The terms that do not change across iterations (data term and the original's
+  # gradients toward each neighbor) and the neighbors' weights, all divided by
+  # the denominator once: an iteration is then 4 multiply-adds, in place.
+  constant = (psi * transferred + sum(
+      p * (original - n) for p, n in zip(phis, (right, left, down, up)))) / denominator
+  weights = [p / denominator for p in phis]
+  padded = np.empty(result.shape[:-2] + (result.shape[-2] + 2, result.shape[-1] + 2),
+                    result.dtype)
+  result, new, term = np.array(result), np.empty_like(result), np.empty_like(result)
   for _ in range(iterations):
-    result = (constant + sum(p * n for p, n in zip(phis, _neighbors(result)))) / denominator
+    views = _neighbors(result, padded)
+    np.multiply(weights[0], views[0], out=new)
+    for weight, view in zip(weights[1:], views[1:]):
+      new += np.multiply(weight, view, out=term)
+    new += constant
+    result, new = new, result
   return result
 
 
@@ -196,21 +240,23 @@ def regrain(original: np.ndarray, transferred: np.ndarray,
   Both inputs are [H, W, 3] float images.
   """
   def solve(result, orig, trans, iters, level):
-    h, w = orig.shape[:2]
+    h, w = orig.shape[-2:]
     if len(iters) > 1 and h // 2 > 20 and w // 2 > 20:
-      coarse_trans = trans[::2, ::2]
-      coarse = solve(result[::2, ::2], orig[::2, ::2], coarse_trans, iters[1:], level + 1)
+      coarse_trans = trans[:, ::2, ::2]
+      coarse = solve(result[:, ::2, ::2], orig[:, ::2, ::2], coarse_trans, iters[1:],
+                     level + 1)
       # Start from the transferred image plus the coarse level's correction
       # (upsampled): smooth corrections survive nearest upsampling well.
-      correction = np.repeat(np.repeat(coarse - coarse_trans, 2, axis=0), 2, axis=1)[:h, :w]
-      result = trans + correction
+      correction = np.repeat(np.repeat(coarse - coarse_trans, 2, axis=1), 2, axis=2)
+      result = trans + correction[:, :h, :w]
     return _regrain_solve(result, orig, trans, iters[0], level)
 
-  # float32: half the memory traffic of this bandwidth-bound solver.
-  original = np.asarray(original, np.float32)
-  transferred = np.asarray(transferred, np.float32)
-  result = solve(transferred.copy(), original, transferred, tuple(iterations), 0)
-  return result.astype(np.float64)
+  # float32: half the memory traffic of this bandwidth-bound solver; color planes
+  # [3, H, W]: the per-pixel weights broadcast over whole rows, not 3-wide pixels.
+  original = np.ascontiguousarray(np.moveaxis(np.asarray(original, np.float32), -1, 0))
+  transferred = np.ascontiguousarray(np.moveaxis(np.asarray(transferred, np.float32), -1, 0))
+  result = solve(transferred, original, transferred, tuple(iterations), 0)
+  return np.moveaxis(result, 0, -1).astype(np.float64)
 
 
 def exposure(source: np.ndarray, ev: float, gain_r: float, gain_b: float) -> np.ndarray:
@@ -227,57 +273,31 @@ def _round(value: Any) -> Any:
   return value
 
 
-def _bucket(pixels: int) -> int:
-  """Pixel count rounded up to one of ~4 sizes per octave (multiple of 64)."""
-  size = 2.0 ** (math.ceil(4 * math.log2(max(pixels, 64))) / 4)
-  return int(math.ceil(size / 64) * 64)
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted_filter(name: str):
-  filters = importlib.import_module("harmonax.filters")
-  return importlib.import_module("jax").jit(functools.partial(filters.apply_filter, name))
-
-
-def apply_filters_flat(image: np.ndarray, mask: np.ndarray,
-                       filters: list[tuple[str, float]]) -> np.ndarray:
-  """`harmonax.filters.apply_filter` in sequence, on a flattened, padded image.
-
-  Equals applying each filter to the [H, W, 3] image (blended with `mask`
-  [H, W] each time), up to float rounding: every filter is per pixel except
-  temperature and contrast, which use whole-image means, and the padding
-  pixels are set to the current mean color before each filter so those means
-  do not change. Why: jax compiles per shape, and photos come in hundreds of
-  sizes; a few padded lengths keep the compiled filters few.
-  """
-  h, w, _ = image.shape
-  pixels = h * w
-  canvas = np.empty((1, _bucket(pixels), 3), np.float32)
-  canvas[0, :pixels] = image.reshape(pixels, 3)
-  weights = np.zeros(canvas.shape[:2] + (1,), np.float32)
-  weights[0, :pixels, 0] = mask.reshape(pixels)
-  for name, arg in filters:
-    canvas[0, pixels:] = canvas[0, :pixels].mean(0, dtype=np.float64)
-    canvas = np.array(_jitted_filter(name)(canvas, weights, np.float32(arg)))
-  return canvas[0, :pixels].reshape(h, w, 3)
-
-
 def _apply_filters(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                    max_filters: int) -> tuple[np.ndarray, dict[str, Any]]:
   """Harmonizer-style random white-box filters applied to the foreground."""
-  names = list(importlib.import_module("harmonax.filters").FILTER_NAMES)
+  names = list(white_box.FILTER_NAMES)
   count = int(rng.integers(1, min(max_filters, len(names)) + 1))
   chosen = [names[i] for i in sorted(rng.choice(len(names), count, replace=False))]
   # Harmonizer samples each filter argument uniformly; |arg| < 0.1 is a no-op.
   applied = [[name, _round(float(rng.uniform(0.1, 0.5)) * (1 if rng.random() < 0.5 else -1))]
              for name in chosen]
-  out = apply_filters_flat(image, mask, [(n, a) for n, a in applied])
+  out = white_box.apply_filters(image, mask, [(n, a) for n, a in applied])
   return out, {"filters": applied}
 
 
 def _as_unit(a: np.ndarray, dtype=np.float64) -> np.ndarray:
   """uint8 pixels -> [0, 1]; float pixels as they are."""
   return a.astype(dtype) / 255 if a.dtype == np.uint8 else a.astype(dtype)
+
+
+def foreground(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """image[mask] ([N, 3] in row-major order) for [H, W, 3] and a bool [H, W] mask.
+
+  Why: a gather by flat index is several times faster than numpy's boolean
+  indexing of a 3-D array with a 2-D mask.
+  """
+  return np.take(image.reshape(-1, image.shape[-1]), np.flatnonzero(mask), axis=0)
 
 
 def recolor_pixels(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None,
@@ -299,11 +319,12 @@ def recolor_pixels(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | 
   """
   if method not in METHODS:
     raise ValueError(f"Unknown color transfer method {method!r}; valid: {METHODS}")
-  source = _as_unit(image[mask])
+  # Column-major [N, 3] (color planes in memory): per-channel reductions and
+  # column ops below run on contiguous memory.
+  source = np.asfortranarray(_as_unit(foreground(image, mask)))
   params: dict[str, Any] = {"method": method, "strength": _round(strength)}
   if method == "filters":
-    filtered, extra = _apply_filters(_as_unit(image, np.float32), mask, rng, max_filters=3)
-    recolored = np.asarray(filtered, np.float64)[mask]
+    recolored, extra = _apply_filters(image, mask, rng, max_filters=3)
     params.update(extra)
   elif method == "exposure":
     ev = float(rng.uniform(0.25, 1.0)) * (1 if rng.random() < 0.5 else -1)
@@ -313,7 +334,7 @@ def recolor_pixels(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | 
   else:
     if reference is None or len(reference) < 2:
       raise ValueError(f"Method {method!r} needs reference pixels, got {reference!r:.40}")
-    ref = np.asarray(reference, np.float64)
+    ref = np.asfortranarray(reference, np.float64)
     if method == "reinhard":
       recolored = reinhard(source, ref)
       ref_lab = rgb_to_lab(ref)
@@ -330,9 +351,11 @@ def recolor_pixels(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | 
       ys, xs = np.nonzero(mask)
       box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
       crop = _as_unit(image[box])
-      transferred = crop.copy()
-      transferred[mask[box]] = recolored
-      recolored = regrain(crop, transferred)[mask[box]]
+      inside = np.flatnonzero(mask[box])
+      transferred = crop.reshape(-1, 3).copy()
+      transferred[inside] = recolored
+      regrained = regrain(crop, transferred.reshape(crop.shape))
+      recolored = np.take(regrained.reshape(-1, 3), inside, axis=0)
       params.update(iterations=iterations, regrain=True)
   return np.clip(source + strength * (recolored - source), 0.0, 1.0), params
 

@@ -1,12 +1,11 @@
 """Each color transfer method checked against its definition."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 from skimage import exposure as sk_exposure
 
-from harmonax import color_transfer as ct
+from data_builders.harmonization_composites import color_transfer as ct
+from data_builders.harmonization_composites import white_box
 
 
 def _pixels(seed: int, n: int, mean, scale) -> np.ndarray:
@@ -142,8 +141,6 @@ def test_recolor_foreground_strength_interpolates():
   np.testing.assert_allclose(half[mask][inside], ((full[mask] + image[mask]) / 2)[inside], atol=1e-9)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("harmonax.filters") is None,
-                    reason="harmonax.filters not written yet")
 def test_recolor_foreground_filters_keeps_background():
   image, mask = _photo()
   composite, params = ct.recolor_foreground(image, mask, None, "filters", np.random.default_rng(1))
@@ -180,18 +177,19 @@ def test_foreground_mse_definition():
   assert ct.foreground_mse(comp, real, mask) == pytest.approx(4 * 3 * 100 / (3 * 8))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("harmonax.filters") is None,
-                    reason="harmonax.filters not written yet")
-def test_apply_filters_flat_equals_filters_on_the_image():
-  from harmonax import filters  # pylint: disable=g-import-not-at-top
+def test_white_box_filters_keep_background_and_use_whole_image_means():
   image, mask = _photo()
-  chain = [("temperature", 0.4), ("contrast", -0.3), ("saturation", 0.2)]
-  expected = image.astype(np.float32)
-  for name, arg in chain:
-    expected = np.asarray(filters.apply_filter(name, expected, mask[..., None].astype(np.float32), arg))
-  out = ct.apply_filters_flat(image, mask, chain)
-  np.testing.assert_allclose(out, expected, atol=2e-5)
-  np.testing.assert_array_equal(out[~mask], image[~mask].astype(np.float32))
+  # Contrast around the whole image's grey mean, by hand.
+  (out,) = [white_box.apply_filters(image, mask, [("contrast", -0.5)])]
+  expected = np.clip(image[mask] + (image[mask] - image.mean()) * -0.5, 0, 1)
+  np.testing.assert_allclose(out, expected, atol=1e-12)
+  # uint8 input equals its [0, 1] float version.
+  chain = [("temperature", 0.4), ("saturation", 0.2), ("shadow", -0.3)]
+  as_uint8 = np.round(image * 255).astype(np.uint8)
+  np.testing.assert_allclose(white_box.apply_filters(as_uint8, mask, chain),
+                             white_box.apply_filters(as_uint8 / 255, mask, chain), atol=1e-12)
+  with pytest.raises(ValueError, match="Unknown filter 'blur'"):
+    white_box.apply_filters(image, mask, [("blur", 0.1)])
 
 
 def test_foreground_mse_bool_mask_equals_float_mask():

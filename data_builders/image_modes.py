@@ -1,0 +1,53 @@
+"""Pillow images of any mode as RGB photos and binary masks: one rule for every reader.
+
+The builders read photos and masks with these conversions, and harmonax's
+`image_io` reads users' images and masks with the same ones:
+
+- images: uint8 [H,W,3] RGB. Grey, palette and CMYK images are converted to RGB;
+  an alpha channel is dropped (not composited); 16-bit greys keep their top 8 bits.
+- masks: float32 [H,W,1] with values 0.0 / 1.0. Foreground is a value at or
+  above half the mode's range: >= 128 for 8-bit masks, >= 32768 for 16-bit
+  ('I;16' or 'I'), any non-zero pixel for 1-bit. Colour masks use their
+  brightest channel (a pure red mask marks the foreground). A mask with a
+  non-constant alpha channel (RGBA/LA/PA, e.g. a cut-out PNG) uses the alpha.
+"""
+
+import numpy as np
+from PIL import Image
+
+
+def image_to_rgb(img: Image.Image) -> np.ndarray:
+  """A Pillow image of any mode as uint8 [H,W,3] RGB."""
+  if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    # Pillow's 'L' conversion clips 16-bit values instead of scaling them.
+    arr = np.asarray(img, dtype=np.uint32)
+    shift = 8 if img.mode.startswith("I;16") or arr.max() > 255 else 0
+    grey = (arr >> shift).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if img.mode == "F":
+    grey = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def mask_to_binary(img: Image.Image) -> np.ndarray:
+  """A Pillow mask image of any mode as float32 [H,W,1] in {0, 1} (see module doc)."""
+  if img.mode == "P":
+    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+  if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    alpha = np.asarray(img.getchannel("A"))
+    if alpha.min() != alpha.max():
+      return (alpha >= 128).astype(np.float32)[..., None]
+    img = img.convert("RGB" if img.mode.startswith("RGB") else "L")
+  if img.mode == "1":
+    fg = np.asarray(img, dtype=bool)
+  elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    fg = np.asarray(img, dtype=np.int64) >= 32768
+  elif img.mode == "F":
+    arr = np.asarray(img)
+    fg = arr >= (0.5 if arr.max() <= 1.0 else 128)
+  elif img.mode == "L":
+    fg = np.asarray(img) >= 128
+  else:
+    fg = np.asarray(img.convert("RGB")).max(axis=-1) >= 128
+  return fg.astype(np.float32)[..., None]

@@ -1,0 +1,89 @@
+"""One-line errors for the command lines: `cli.run(main)` instead of `app.run(main)`.
+
+A routine mistake (a missing workdir, an unbuilt dataset, a state dict of the
+wrong model) should read as one line that says what to do, not as a traceback:
+
+  def main(argv):
+    ...
+    raise cli.UserError(f"{path} is not a training workdir: run harmonax.train first")
+
+  if __name__ == "__main__":
+    cli.run(main, user_errors=(FileNotFoundError,))
+
+`run` prints `error: <message>` on stderr and exits with status 1 for
+`UserError` and the exception types the tool lists as routine (each tool knows
+which library errors are the user's: e.g. convert's StateDictMismatchError);
+every other exception is a bug and keeps its traceback. `--verbose` shows the
+traceback of routine errors too. Ctrl-C prints `interrupted` and exits with
+status 130. The module depends on absl only, so library modules may raise
+`UserError` (or subclass it) without importing any tool.
+"""
+
+from collections.abc import Callable, Sequence
+import sys
+
+from absl import app
+from absl import flags
+
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C.
+
+
+class UserError(Exception):
+  """An error the user can fix; the message says how. Printed without a traceback."""
+
+
+def _define_verbose() -> None:
+  if "verbose" not in flags.FLAGS:
+    flags.DEFINE_bool("verbose", False, "Print full tracebacks for routine errors too.")
+
+
+def _verbose() -> bool:
+  f = flags.FLAGS
+  return "verbose" in f and f.is_parsed() and bool(f.verbose)
+
+
+def guarded(main: Callable[[list[str]], int | None],
+            user_errors: Sequence[type[BaseException]] = ()
+            ) -> Callable[[list[str]], int | None]:
+  """`main` with routine errors turned into `error: ...` lines and exit status 1.
+
+  Args:
+    main: an absl main, `(argv) -> exit status or None`.
+    user_errors: exception types that are the user's to fix in this tool,
+      in addition to `UserError`.
+
+  Returns:
+    A main for `app.run` (or to call directly): it returns main's status,
+    EXIT_USER_ERROR after a routine error, EXIT_INTERRUPTED after Ctrl-C.
+  """
+  routine = (UserError, *user_errors)
+
+  def wrapped(argv: list[str]) -> int | None:
+    try:
+      return main(argv)
+    except routine as e:
+      if _verbose():
+        raise
+      print(f"error: {e}", file=sys.stderr)
+      return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+      if _verbose():
+        raise
+      print("interrupted", file=sys.stderr)
+      return EXIT_INTERRUPTED
+
+  return wrapped
+
+
+def run(main: Callable[[list[str]], int | None],
+        user_errors: Sequence[type[BaseException]] = ()) -> None:
+  """`app.run(guarded(main, user_errors))`, with a `--verbose` flag; does not return.
+
+  Sets harmonax's default XLA flags first (`xla_setup.configure`: oneDNN on
+  CPU where supported), before main can start a JAX backend.
+  """
+  from harmonax import xla_setup  # pylint: disable=g-import-not-at-top
+  xla_setup.configure()
+  _define_verbose()
+  app.run(guarded(main, user_errors))

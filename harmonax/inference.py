@@ -1,0 +1,203 @@
+"""Harmonization of user images at any resolution, as a library.
+
+`harmonize` takes arrays, `harmonize_file` / `harmonize_folder` files; the
+command line is `harmonax.harmonize`. Masks are binarized (rules in
+`harmonize`); the model sees the binary mask, and for families whose task
+keeps the background (`PRESERVES_BACKGROUND`) every background pixel of the
+output equals the composite's bytes.
+"""
+
+from collections.abc import Callable
+import functools
+import os
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from harmonax import image_io
+from harmonax import models
+
+
+@functools.lru_cache(maxsize=16)
+def jitted_predict(config: ml_collections.FrozenConfigDict) -> Callable:
+  """nnx.jit((networks, inputs) -> prediction) of config's family; compiled
+  shapes are cached by jit (one compilation per image size and batch)."""
+  family = models.get_family(config.model.name)
+  return nnx.jit(functools.partial(family.predict, config))
+
+
+def binary_mask(mask: jax.Array) -> jax.Array:
+  """bool [..., H, W, 1] from a bool, integer or float mask (rules in `harmonize`).
+
+  Traceable: the threshold depends on the mask's maximum, so exported graphs
+  binarize as `harmonize` does.
+  """
+  if mask.dtype == jnp.bool_:
+    return mask
+  top = jnp.max(mask)
+  if jnp.issubdtype(mask.dtype, jnp.integer):
+    bits = jnp.iinfo(mask.dtype).bits
+    high = 32768 if bits > 8 else 128
+    threshold = jnp.where(top <= 1, 1, jnp.where(top <= 255, 128, high))
+  else:
+    threshold = jnp.where(top <= 1, 0.5, 128.0)
+  return mask >= threshold.astype(mask.dtype)
+
+
+def harmonize_arrays(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                     composite: jax.Array, mask: jax.Array) -> jax.Array:
+  """The traceable body of `harmonize` on batches: composite [B,H,W,3] (uint8,
+  or float in [0, 1]), mask [B,H,W,1] -> the output in the composite's dtype.
+
+  Normalizes, binarizes the mask, runs the family's predict, clips to [0, 1],
+  rounds for uint8 and pastes the composite's background for families that
+  preserve it. `harmonize` jits it; `harmonax.export_lib` exports it.
+  """
+  family = models.get_family(config.model.name)
+  fg = binary_mask(mask)
+  is_uint8 = composite.dtype == jnp.uint8
+  comp01 = composite.astype(jnp.float32) / 255.0 if is_uint8 else composite.astype(jnp.float32)
+  pred = family.predict(config, networks, {"composite": comp01, "mask": fg.astype(jnp.float32)})
+  out = jnp.clip(pred.astype(jnp.float32), 0.0, 1.0)
+  if is_uint8:
+    out = jnp.round(out * 255.0).astype(jnp.uint8)
+  if family.PRESERVES_BACKGROUND:
+    out = jnp.where(fg, out, composite if is_uint8 else comp01)
+  return out
+
+
+@functools.lru_cache(maxsize=16)
+def jitted_harmonize(config: ml_collections.FrozenConfigDict) -> Callable:
+  """nnx.jit((networks, composite, mask) -> output) of `harmonize_arrays`; one
+  compilation per shape and dtype, cached by jit."""
+  return nnx.jit(functools.partial(harmonize_arrays, config))
+
+
+def harmonize(networks: dict[str, nnx.Module], composite: np.ndarray, mask: np.ndarray,
+              *, config: ml_collections.ConfigDict) -> np.ndarray:
+  """Harmonizes one image [H,W,3] or a batch [B,H,W,3] of any size.
+
+  Args:
+    networks: the family's networks in eval mode (checkpoint.load_networks).
+    composite: uint8 in 0..255, or float in [0, 1].
+    mask: [H,W], [H,W,1] (or with a batch axis) marking the foreground. bool;
+      integer: foreground >= 1 if its maximum is <= 1 (a 0/1 mask), else
+      >= 128 if its maximum is <= 255, else >= 32768 (16-bit); float:
+      foreground >= 0.5 (>= 128 if its maximum exceeds 1, i.e. 0..255).
+    config: the model's config (config.model.name picks the family's predict).
+
+  Returns:
+    The harmonized image in the composite's layout: uint8 for uint8 input
+    (rounded to the nearest level; the official DoveNet, BargainNet and
+    Harmonizer scripts truncate, at most one level lower), float32 in [0, 1]
+    otherwise. Where the mask is background, the output equals the composite
+    exactly (families whose task keeps the background).
+
+  Raises:
+    ValueError: on bad shapes or composite/mask size mismatch.
+  """
+  composite = np.asarray(composite)
+  mask = np.asarray(mask)
+  single = composite.ndim == 3
+  if composite.ndim not in (3, 4) or composite.shape[-1] != 3:
+    raise ValueError(f"composite: expected [H,W,3] or [B,H,W,3], got {composite.shape}")
+  if mask.ndim == composite.ndim - 1:
+    mask = mask[..., None]
+  if mask.shape != composite.shape[:-1] + (1,):
+    raise ValueError(
+        f"mask size {mask.shape[:-1]} does not match composite size "
+        f"{composite.shape[:-1]} (composite {composite.shape}, mask {mask.shape})")
+  if single:
+    composite, mask = composite[None], mask[None]
+  if composite.dtype != np.uint8:
+    composite = composite.astype(np.float32)
+  if mask.dtype == np.float64:
+    mask = mask.astype(np.float32)
+  out = np.asarray(jitted_harmonize(ml_collections.FrozenConfigDict(config))(
+      networks, jnp.asarray(composite), jnp.asarray(mask)))
+  return out[0] if single else out
+
+
+def harmonize_file(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                   composite_path: str, mask_path: str, output_path: str,
+                   max_pixels: int | None = None) -> None:
+  """Reads a composite and its mask, harmonizes, writes `output_path`.
+
+  Raises:
+    image_io.ImageError: unreadable, corrupt or too large file.
+    ValueError: composite and mask sizes differ (both files named).
+  """
+  composite = image_io.read_image(composite_path, max_pixels=max_pixels)
+  mask = image_io.read_mask(mask_path, max_pixels=max_pixels)
+  if not mask.any() or mask.all():
+    # Legal, but most likely the wrong file or an inverted/unthresholded mask.
+    logging.warning("%s: the mask is all %s: %s", mask_path,
+                    *(("background", "the output equals the composite")
+                      if not mask.any() else
+                      ("foreground", "there is no background to harmonize to")))
+  if mask.shape[:2] != composite.shape[:2]:
+    raise ValueError(
+        f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but composite "
+        f"{composite_path} is {composite.shape[1]}x{composite.shape[0]} (WxH)")
+  image_io.write_image(output_path, harmonize(networks, composite, mask, config=config))
+
+
+def _image_files(directory: str) -> list[str]:
+  return sorted(f for f in os.listdir(directory)
+                if os.path.splitext(f)[1].lower() in image_io.IMAGE_SUFFIXES
+                and not f.startswith("."))
+
+
+def find_mask(stem: str, masks_by_stem: dict[str, list[str]]) -> str:
+  """The mask file name for a composite stem.
+
+  The same stem, else the stem without its last '_' field (iHarmony4 names
+  composites <real>_<mask>_<k> and masks <real>_<mask>).
+
+  Raises:
+    LookupError: no mask, or several masks with that stem.
+  """
+  for key in (stem, stem.rpartition("_")[0]):
+    found = masks_by_stem.get(key, [])
+    if len(found) > 1:
+      raise LookupError(f"several masks for {stem!r}: {found}")
+    if found:
+      return found[0]
+  raise LookupError(f"no mask named {stem}.* (or {stem.rpartition('_')[0]}.*)")
+
+
+def harmonize_folder(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                     composite_dir: str, mask_dir: str, output_dir: str,
+                     max_pixels: int | None = None
+                     ) -> tuple[list[str], list[tuple[str, str]]]:
+  """Harmonizes every image of `composite_dir` into `output_dir/<stem>.png`.
+
+  A bad file (unreadable, too large, no mask, size mismatch) is skipped and
+  reported, never fatal.
+
+  Returns:
+    (written output paths, [(composite path, reason), ...] for skipped files).
+  """
+  masks_by_stem: dict[str, list[str]] = {}
+  for name in _image_files(mask_dir):
+    masks_by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
+  written, skipped = [], []
+  for name in _image_files(composite_dir):
+    stem = os.path.splitext(name)[0]
+    composite_path = os.path.join(composite_dir, name)
+    output_path = os.path.join(output_dir, stem + ".png")
+    try:
+      mask_path = os.path.join(mask_dir, find_mask(stem, masks_by_stem))
+      harmonize_file(config, networks, composite_path, mask_path, output_path, max_pixels)
+    except (image_io.ImageError, LookupError, ValueError) as e:
+      logging.warning("Skipping %s: %s", composite_path, e)
+      skipped.append((composite_path, str(e)))
+      continue
+    written.append(output_path)
+  return written, skipped
+
+

@@ -1,0 +1,168 @@
+"""PCT-Net's ViT backbone (official ViT_Harmonizer + get_params), NHWC, Flax NNX.
+
+Image and mask (4 channels, [0, 1]) at the low resolution are cut into patches
+(pixels channel-last within a patch), embedded by a Linear, run through a
+post-LN nn.TransformerEncoder with NO positional embedding, and turned back
+into a map by ConvTranspose2d(k = s = patch) + tanh and a 1x1 conv.
+
+Module names mirror the official PyTorch tree (iharm/model/modeling/vit_base.py,
+iharm/model/base/pct_net.py), list indices included, so
+`torch_import.load_into` maps PCTNet_ViT.pth directly: `encoder.patch_to_embedding.1`,
+`encoder.transformer_enc.layers.N.self_attn.in_proj_weight`, `encoder.dec.0`,
+`get_params`.
+"""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+
+from harmonax.models import layers
+from harmonax.models import pct_ops
+
+# The official init_func: N(0, 0.02) for every Conv*/Linear weight, zero biases.
+# MultiheadAttention's packed in_proj keeps PyTorch's xavier_uniform (it has no
+# `weight` attribute), LayerNorm its ones/zeros.
+_NORMAL = nnx.initializers.normal(0.02)
+
+
+_STEPS = {"rearrange": lambda x: x, "tanh": jnp.tanh}
+
+
+class Step(nnx.Module):
+  """A parameter-free entry of a PyTorch nn.Sequential (keeps indices aligned);
+  by name, so the graph's static data stays comparable across instances."""
+
+  def __init__(self, name: str):
+    self.name = name
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return _STEPS[self.name](x)
+
+
+def _reshape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """x.reshape(shape) keeping the batch axis's sharding: under an explicit-axis
+  mesh JAX cannot infer the output sharding of a reshape that splits axes."""
+  spec = getattr(jax.typeof(x).sharding, "spec", ())
+  if spec and spec[0] is not None:
+    return jnp.reshape(x, shape, out_sharding=PartitionSpec(spec[0]))
+  return x.reshape(shape)
+
+
+def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(n_in, n_out, kernel_init=_NORMAL, rngs=rngs)
+
+
+class MultiheadAttention(nnx.Module):
+  """nn.MultiheadAttention(d, heads, dropout) with the packed in_proj_weight
+  [3d, d] and in_proj_bias stored in PyTorch's layout and names."""
+
+  def __init__(self, dim: int, heads: int, dropout: float, rngs: nnx.Rngs):
+    self.in_proj_weight = nnx.Param(
+        nnx.initializers.xavier_uniform()(rngs.params(), (3 * dim, dim)))
+    self.in_proj_bias = nnx.Param(jnp.zeros((3 * dim,)))
+    self.out_proj = _linear(dim, dim, rngs)
+    self.dropout = nnx.Dropout(dropout)
+    self.heads = heads
+
+  def __call__(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
+    b, n, d = x.shape
+    qkv = x @ self.in_proj_weight[...].T + self.in_proj_bias[...]
+    q, k, v = (_reshape(t, (b, n, self.heads, d // self.heads)) for t in jnp.split(qkv, 3, -1))
+    if self.dropout.deterministic:
+      # Inference: XLA's fused attention (no [heads, n, n] weights kept for a backward).
+      out = jax.nn.dot_product_attention(q, k, v)
+    else:
+      logits = jnp.einsum("bqhc,bkhc->bhqk", q, k) / jnp.sqrt(d // self.heads).astype(x.dtype)
+      weights = self.dropout(jax.nn.softmax(logits, axis=-1), rngs=rng)
+      out = jnp.einsum("bhqk,bkhc->bqhc", weights, v)
+    return self.out_proj(_reshape(out, (b, n, d)))
+
+
+class EncoderLayer(nnx.Module):
+  """nn.TransformerEncoderLayer(d, heads, ffn, dropout, activation='gelu'):
+  post-LN (norm_first=False), exact GELU, LayerNorm eps 1e-5."""
+
+  def __init__(self, dim: int, heads: int, ffn: int, dropout: float, rngs: nnx.Rngs):
+    self.self_attn = MultiheadAttention(dim, heads, dropout, rngs)
+    self.linear1 = _linear(dim, ffn, rngs)
+    self.linear2 = _linear(ffn, dim, rngs)
+    self.norm1 = nnx.LayerNorm(dim, epsilon=1e-5, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(dim, epsilon=1e-5, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout)
+    self.dropout1 = nnx.Dropout(dropout)
+    self.dropout2 = nnx.Dropout(dropout)
+
+  def __call__(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
+    keys = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
+    x = self.norm1(x + self.dropout1(self.self_attn(x, keys[0]), rngs=keys[1]))
+    hidden = self.dropout(jax.nn.gelu(self.linear1(x), approximate=False), rngs=keys[2])
+    return self.norm2(x + self.dropout2(self.linear2(hidden), rngs=keys[3]))
+
+
+class TransformerEncoder(nnx.Module):
+  """nn.TransformerEncoder: `layers` identical layers, no final norm."""
+
+  def __init__(self, num_layers: int, **kw):
+    self.layers = nnx.List([EncoderLayer(**kw) for _ in range(num_layers)])
+
+  def __call__(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
+    for i, layer in enumerate(self.layers):
+      x = layer(x, None if rng is None else jax.random.fold_in(rng, i))
+    return x
+
+
+class PatchConvTranspose(layers.ConvTranspose2d):
+  """ConvTranspose2d with stride == kernel_size and no padding: each input pixel
+  writes its own k x k output block, an einsum instead of a 16x dilated conv."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, _ = x.shape
+    k = self.kernel_size
+    y = jnp.einsum("bijc,pqco->bipjqo", x, self.kernel[...])
+    y = _reshape(y, (b, h * k, w * k, y.shape[-1]))
+    return y + self.bias[...] if self.bias is not None else y
+
+
+class ViTHarmonizer(nnx.Module):
+  """Official ViT_Harmonizer: [B,H,W,4] -> tanh map [B,H,W,out] (H, W multiples
+  of the patch; the official code also needs H == W)."""
+
+  def __init__(self, out_ch: int, *, patch: int = 4, dim: int = 256, heads: int = 2,
+               layers_: int = 9, ffn: int = 512, dropout: float = 0.1, rngs: nnx.Rngs):
+    self.patch = patch
+    self.patch_to_embedding = nnx.List([Step("rearrange"),
+                                        _linear(patch * patch * 4, dim, rngs)])
+    self.transformer_enc = TransformerEncoder(layers_, dim=dim, heads=heads, ffn=ffn,
+                                              dropout=dropout, rngs=rngs)
+    self.dec = nnx.List([
+        PatchConvTranspose(dim, out_ch, patch, stride=patch, kernel_init=_NORMAL, rngs=rngs),
+        Step("tanh")])
+
+  def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+    b, h, w, c = x.shape
+    p = self.patch
+    # Rearrange('b c (h p1) (w p2) -> b (h w) (p1 p2 c)').
+    tokens = _reshape(x, (b, h // p, p, w // p, p, c)).transpose(0, 1, 3, 2, 4, 5)
+    tokens = self.patch_to_embedding[1](_reshape(tokens, (b, (h // p) * (w // p), p * p * c)))
+    content = self.transformer_enc(tokens, rng)
+    grid = _reshape(content, (b, h // p, w // p, content.shape[-1]))
+    return self.dec[1](self.dec[0](grid))
+
+
+class PCTNetViT(nnx.Module):
+  """PCTNet(backbone_type='ViT'): encoder = ViT_Harmonizer(12), get_params 1x1."""
+
+  def __init__(self, *, patch: int = 4, dim: int = 256, heads: int = 2, num_layers: int = 9,
+               ffn: int = 512, dropout: float = 0.1, rngs: nnx.Rngs):
+    n = pct_ops.NUM_PARAMS
+    self.encoder = ViTHarmonizer(n, patch=patch, dim=dim, heads=heads, layers_=num_layers,
+                                 ffn=ffn, dropout=dropout, rngs=rngs)
+    self.get_params = layers.conv(n, n, 1, kernel_init=_NORMAL, rngs=rngs)
+    self.size_multiple = patch
+
+  def __call__(self, image: jax.Array, mask: jax.Array,
+               rng: jax.Array | None = None) -> jax.Array:
+    """[0, 1] image [B,h,w,3] and mask [B,h,w,1] -> parameter map [B,h,w,12]."""
+    return self.get_params(self.encoder(jnp.concatenate([image, mask], -1), rng))

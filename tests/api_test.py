@@ -1,0 +1,78 @@
+"""harmonax.load / model(composite, mask) and the model cards written with checkpoints."""
+
+import hashlib
+import subprocess
+import sys
+
+from convert_test import _official_state_dict
+from export_test import photo
+from export_test import recipe_checkpoint
+import numpy as np
+from PIL import Image
+
+import harmonax
+from harmonax import checkpoint
+from harmonax import conversion
+from harmonax import inference
+from harmonax import model_card
+
+
+def test_convert_writes_a_card_with_provenance_and_load_reads_it(tmp_path):
+  path = tmp_path / "issam256.npz"
+  np.savez(path, **_official_state_dict("issam", 0))
+  out = str(tmp_path / "issam_official")
+  conversion.convert("issam", {"default": str(path)}, out,
+                     source="https://github.com/SamsungLabs/image_harmonization@abc123")
+  model = harmonax.load(out)
+  info = model.info
+  assert (info["model"], info["family"], info["variant"]) == ("issam", "dih", "issam")
+  assert info["config_name"] == "issam"
+  assert 2_000_000 < info["parameters"] < 2_400_000  # iS2AM: 2.19M.
+  assert info["license"] == "MPL-2.0"
+  source = info["source"]
+  assert source["repository"] == "https://github.com/SamsungLabs/image_harmonization"
+  assert source["commit"] == "abc123"
+  assert source["files"]["default"] == {
+      "name": "issam256.npz", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+  assert (tmp_path / "issam_official" / "README.md").read_text().startswith("---\n")
+
+
+def test_model_call_on_arrays_pil_images_batches_and_lists(tmp_path):
+  directory = recipe_checkpoint("issam", str(tmp_path / "ckpt"))
+  model = harmonax.load(directory)
+  assert model.info["source"]["kind"] == "trained with harmonax"
+  composite, mask = photo(40, 56)
+  want = inference.harmonize(model.networks, composite[0], mask[0], config=model.config)
+  np.testing.assert_array_equal(model(composite[0], mask[0]), want)  # float [0, 1]
+  u8 = np.round(composite[0] * 255).astype(np.uint8)
+  m8 = (mask[0, ..., 0] * 255).astype(np.uint8)
+  out = model(Image.fromarray(u8), Image.fromarray(m8))
+  assert isinstance(out, Image.Image) and out.size == (56, 40)
+  np.testing.assert_array_equal(np.asarray(out), model(u8, m8))
+  batch = model(np.stack([u8, u8]), np.stack([m8, m8]))
+  assert batch.shape == (2, 40, 56, 3) and batch.dtype == np.uint8
+  small = np.zeros((24, 32, 3), np.uint8)
+  outs = model([u8, small], [m8, np.ones((24, 32), bool)])
+  assert [o.shape for o in outs] == [(40, 56, 3), (24, 32, 3)]
+
+
+def test_cards_of_trained_runs_licenses_and_metrics(tmp_path):
+  config = conversion.default_config("harmonizer")
+  (tmp_path / "h.pth").write_bytes(b"weights")
+  card = model_card.make_card(config, source_files={"default": str(tmp_path / "h.pth")})
+  assert card["license"] == "CC-BY-NC-SA-4.0"
+  assert card["source"]["repository"] == "https://github.com/ZHKKKe/Harmonizer"
+
+  workdir = tmp_path / "workdir"
+  checkpoint.save_config(workdir, conversion.default_config("dovenet"))  # As the trainer does.
+  assert model_card.read(workdir)["source"]["kind"] == "trained with harmonax"
+  model_card.update_metrics(workdir, "iharmony4/all test 256", {"PSNR": 34.123456, "MSE": 52.0})
+  checkpoint.save_config(workdir, conversion.default_config("dovenet"))  # A resumed run.
+  card = model_card.read(workdir)
+  assert card["metrics"] == {"iharmony4/all test 256": {"PSNR": 34.1235, "MSE": 52.0}}
+  assert model_card.read(tmp_path / "nowhere") is None
+
+
+def test_import_harmonax_is_light():
+  code = "import sys, harmonax; assert 'jax' not in sys.modules and 'flax' not in sys.modules"
+  subprocess.run([sys.executable, "-c", code], check=True)

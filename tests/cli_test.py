@@ -1,0 +1,86 @@
+"""One-line errors: harmonax.cli, and the command lines' answers to routine mistakes."""
+
+import os
+import subprocess
+import sys
+
+from absl import flags
+from absl.testing import flagsaver
+from flax import nnx
+import numpy as np
+import pytest
+
+from harmonax import checkpoint
+from harmonax import cli
+from harmonax import models
+from harmonax import workdir_lock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_guarded_prints_routine_errors_as_one_line(capsys):
+  def fails(error):
+    def main(argv):
+      del argv
+      raise error
+    return main
+
+  assert cli.guarded(fails(cli.UserError("no such workdir: w")))([]) == 1
+  assert capsys.readouterr().err == "error: no such workdir: w\n"
+  assert cli.guarded(fails(FileNotFoundError("x.pth")), (FileNotFoundError,))([]) == 1
+  assert capsys.readouterr().err == "error: x.pth\n"
+  assert cli.guarded(fails(KeyboardInterrupt()))([]) == cli.EXIT_INTERRUPTED
+  assert capsys.readouterr().err == "interrupted\n"
+  with pytest.raises(ZeroDivisionError):  # A bug: the traceback stays.
+    cli.guarded(fails(ZeroDivisionError()))([])
+  assert cli.guarded(lambda argv: 3)([]) == 3
+  cli._define_verbose()  # pylint: disable=protected-access
+  with flagsaver.flagsaver(verbose=True), pytest.raises(cli.UserError):
+    cli.guarded(fails(cli.UserError("shown with its traceback")))([])
+  assert "verbose" in flags.FLAGS
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  for text in expected:
+    assert text in result.stderr, result.stderr[-3000:]
+
+
+def test_evaluate_missing_workdir_and_unbuilt_dataset(tmp_path):
+  _assert_one_line_error(
+      _cli("harmonax.evaluate", f"--workdir={tmp_path / 'none'}"), "config.json not found")
+  from configs import issam  # pylint: disable=g-import-not-at-top
+  config = issam.get_config("runlocal")
+  networks = models.get_family(config.model.name).create_networks(config, nnx.Rngs(0))
+  checkpoint.save_networks(tmp_path / "ckpt", config, networks)
+  result = _cli("harmonax.evaluate", f"--checkpoint={tmp_path / 'ckpt'}",
+                "--dataset=iharmony4/hcoco", f"--data_dir={tmp_path / 'data'}")
+  _assert_one_line_error(result, "is not built", "python -m data_builders.build iharmony4/hcoco")
+
+
+def test_convert_missing_file_and_mismatched_state_dict(tmp_path):
+  _assert_one_line_error(
+      _cli("harmonax.convert", "--model=issam", f"--torch_checkpoint={tmp_path / 'x.pth'}",
+           f"--output={tmp_path / 'out'}"), "Checkpoint file not found")
+  np.savez(tmp_path / "other.npz", **{"some.weight": np.zeros((2, 2), np.float32)})
+  result = _cli("harmonax.convert", "--model=issam",
+                f"--torch_checkpoint={tmp_path / 'other.npz'}", f"--output={tmp_path / 'out'}")
+  _assert_one_line_error(result, "State dict does not match", "unexpected keys (1): some.weight")
+  assert not (tmp_path / "out").exists()
+
+
+def test_train_on_a_busy_workdir_refuses_in_one_line(tmp_path):
+  with workdir_lock.hold(tmp_path):
+    result = _cli("harmonax.train", "--config=configs/issam.py:runlocal",
+                  f"--workdir={tmp_path}")
+  _assert_one_line_error(result, f"workdir {tmp_path} is in use by another trainer "
+                                 f"(pid {os.getpid()} on")

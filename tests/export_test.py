@@ -1,0 +1,147 @@
+"""Exports: every family to StableHLO and ONNX, re-run by its runtime and compared
+with JAX's `harmonize` on a real photo at 256x256 and a non-square size."""
+
+import json
+import os
+
+import fake_family
+import numpy as np
+from PIL import Image
+import pytest
+
+from harmonax import checkpoint
+from harmonax import conversion
+from harmonax import export_lib
+from harmonax import inference
+from harmonax import models
+from dovenet_test import numpy_networks
+
+SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "data_builders", "harmonization_composites", "sample")
+SIZES = ((256, 256), (160, 224))  # (H, W): square and non-square.
+TOLERANCE = 1e-3  # Max abs error on [0, 1] outputs.
+
+
+def recipe_checkpoint(recipe: str, directory: str) -> str:
+  """A runlocal-size network of `recipe` with deterministic weights, saved with
+  save_networks (and its model card) in `directory`."""
+  config = _runlocal(recipe)
+  family = models.get_family(config.model.name)
+  networks = numpy_networks(family.create_networks, config)
+  for net in networks.values():
+    net.eval()
+  checkpoint.save_networks(directory, config, networks)
+  return directory
+
+
+def _runlocal(recipe: str):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(conversion.configs_dir(), f"{recipe}.py")
+  spec = importlib.util.spec_from_file_location(f"_export_test_{recipe}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("runlocal")
+
+
+def photo(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+  """(composite float32 [1,H,W,3] in [0, 1], mask float32 [1,H,W,1] 0/1): a
+  sample photo resized, with an elliptic foreground shifted in color."""
+  image = Image.open(os.path.join(SAMPLE, "coffee.jpg")).convert("RGB")
+  real = np.asarray(image.resize((width, height), Image.BILINEAR), np.float32) / 255.0
+  y, x = np.mgrid[:height, :width]
+  fg = ((y - height * 0.55) / (height * 0.3)) ** 2 + ((x - width * 0.45) / (width * 0.25)) ** 2 < 1
+  composite = np.where(fg[..., None], np.clip(real * [1.2, 0.9, 0.7] + 0.05, 0, 1), real)
+  mask = fg[..., None].astype(np.float32)
+  return composite[None].astype(np.float32), mask[None]
+
+
+@pytest.fixture(scope="module", params=["idih", "issam", "dovenet", "bargainnet", "harmonizer"])
+def recipe_dir(request, tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp(request.param))
+  return request.param, recipe_checkpoint(request.param, directory)
+
+
+def _reference(directory: str, composite, mask) -> np.ndarray:
+  config, networks = checkpoint.load_networks(directory)
+  return inference.harmonize(networks, composite, mask, config=config)
+
+
+def _check(run, directory, height, width):
+  composite, mask = photo(height, width)
+  got = np.asarray(run(composite, mask))
+  want = _reference(directory, composite, mask)
+  assert got.shape == want.shape == (1, height, width, 3)
+  assert np.abs(got - want).max() <= TOLERANCE
+
+
+# Families whose dynamic-size export works (the others: a fixed size per file).
+DYNAMIC = {"stablehlo": ("idih", "issam"), "onnx": ()}
+
+
+def test_stablehlo_matches_jax(recipe_dir, tmp_path):
+  recipe, directory = recipe_dir
+  if recipe in DYNAMIC["stablehlo"]:
+    path, sidecar = export_lib.export(directory, "stablehlo", str(tmp_path) + "/")
+    assert os.path.basename(path) == f"{recipe}_dynamic_float32.stablehlo"
+    for height, width in SIZES:
+      _check(export_lib.load_stablehlo(path), directory, height, width)
+  else:
+    for height, width in SIZES:
+      path, sidecar = export_lib.export(directory, "stablehlo", str(tmp_path) + "/",
+                                        height, width)
+      assert f"_{height}x{width}_" in path
+      _check(export_lib.load_stablehlo(path), directory, height, width)
+  meta = json.loads(open(sidecar, encoding="utf-8").read())
+  assert meta["versions"]["jax"] and "6 months" in meta["compatibility"]
+
+
+def test_onnx_matches_jax(recipe_dir, tmp_path):
+  pytest.importorskip("jax2onnx")
+  ort = pytest.importorskip("onnxruntime")
+  recipe, directory = recipe_dir
+  if recipe == "idih":
+    pytest.skip("the dih family is covered by issam (same layers but attention)")
+  if recipe == "bargainnet":  # README: the graph jax2onnx 0.17.1 writes fails to load.
+    pytest.xfail("onnxruntime: Node (node_Reshape_..) Op (Reshape) Invalid position of 0")
+  for height, width in SIZES:
+    path, _ = export_lib.export(directory, "onnx", str(tmp_path) + "/", height, width)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+    def run(composite, mask, session=session):
+      return session.run(None, {"composite": composite, "mask": mask})[0]
+
+    _check(run, directory, height, width)
+
+
+def test_blocked_dynamic_export_names_the_operation(tmp_path):
+  directory = recipe_checkpoint("dovenet", str(tmp_path / "ckpt"))
+  with pytest.raises(export_lib.ExportError, match="dovenet cannot be exported to stablehlo "
+                     "with dynamic height and width.*reflect.*--height=H --width=W"):
+    export_lib.export(directory, "stablehlo", str(tmp_path) + "/")
+
+
+def test_cli_uint8_stablehlo_and_usage_errors(tmp_path):
+  directory = recipe_checkpoint("issam", str(tmp_path / "ckpt"))
+  output = str(tmp_path / "issam.stablehlo")
+  result = fake_family.run_cli("export", [f"--checkpoint={directory}", "--format=stablehlo",
+                                          f"--output={output}", "--height=64", "--width=48",
+                                          "--input_dtype=uint8"], register_fake=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  composite, mask = photo(64, 48)
+  composite = np.round(composite * 255).astype(np.uint8)
+  mask = (mask * 255).astype(np.uint8)
+  got = np.asarray(export_lib.load_stablehlo(output)(composite, mask))
+  assert got.dtype == np.uint8
+  np.testing.assert_array_equal(got, _reference(directory, composite, mask))
+  result = fake_family.run_cli("export", [f"--checkpoint={directory}", "--format=onnx",
+                                          f"--output={output}", "--height=64"],
+                               register_fake=False)
+  assert result.returncode != 0 and "--dynamic" in result.stderr
+
+
+def test_export_inputs_are_checked(tmp_path):
+  directory = recipe_checkpoint("issam", str(tmp_path / "ckpt"))
+  with pytest.raises(ValueError, match="both height and width"):
+    export_lib.export(directory, "stablehlo", str(tmp_path) + "/", 64, None)
+  with pytest.raises(ValueError, match="format"):
+    export_lib.export(directory, "tflite", str(tmp_path) + "/", 64, 64)
