@@ -9,6 +9,10 @@ are its own) on one CPU device: the trainer's own update step
 (`harmonax.train.make_train_fns`) on random 256x256 batches. Prints a markdown
 table (compile time, median step time, images/s, peak RSS) and writes it to
 benchmarks/results/train_step.md, one section per model and batch sizes.
+
+`--alternate` keeps one process per variant alive and has them take turns,
+one step each (A B A B ...), so that a shared machine's load hits every
+variant alike; that is the way to compare XLA flags on a busy machine.
 """
 
 import argparse
@@ -82,11 +86,17 @@ def child(args) -> None:
     step = jax.jit(fns.train_step, donate_argnums=(0,)).lower(state, batch).compile()
     compile_s = time.perf_counter() - started
     times = []
+    if args.alternate:  # One step per 'step' line on stdin, then its time.
+      print(f"READY {compile_s}", flush=True)
     for _ in range(args.steps + 1):  # The first call is a warm-up.
+      if args.alternate and sys.stdin.readline().strip() != "step":
+        break
       started = time.perf_counter()
-      state, metrics, _, _ = step(state, batch)
+      state, metrics = step(state, batch)[:2]
       jax.block_until_ready((state, metrics))
       times.append(time.perf_counter() - started)
+      if args.alternate:
+        print(f"TIME {times[-1]}", flush=True)
   step_s = float(np.median(times[1:]))
   print("RESULT " + json.dumps({
       "params": int(num_params), "compile_s": compile_s, "step_s": step_s,
@@ -115,6 +125,38 @@ def run_child(args, variant: str, batch_size: int) -> dict | None:
   return json.loads(match.group(1))
 
 
+def run_alternating(args, variants: list[str], batch_size: int) -> dict[str, dict]:
+  """One worker process per variant; steps taken in turn. Returns results by variant."""
+  workers = {}
+  for variant in variants:
+    flags, extra_env = VARIANTS[variant]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, **extra_env)
+    command = [sys.executable, os.path.abspath(__file__), "--child", "--alternate",
+               f"--config={args.config}", f"--batch_sizes={batch_size}",
+               f"--image_size={args.image_size}", f"--steps={args.steps}"]
+    workers[variant] = subprocess.Popen(command, env=env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+
+  def read(worker, prefix):
+    for line in worker.stdout:
+      if line.startswith(prefix):
+        return line
+    raise RuntimeError(f"worker exited without {prefix!r}")
+  for worker in workers.values():  # Compilation is not alternated.
+    read(worker, "READY")
+  for _ in range(args.steps + 1):
+    for worker in workers.values():
+      worker.stdin.write("step\n")
+      worker.stdin.flush()
+      read(worker, "TIME")
+  results = {}
+  for variant, worker in workers.items():
+    worker.stdin.close()
+    results[variant] = json.loads(read(worker, "RESULT")[len("RESULT "):])
+    worker.wait()
+  return results
+
+
 def load_average() -> str:
   return f"{os.getloadavg()[0]:.1f}"
 
@@ -127,6 +169,8 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=3, help="timed steps after 1 warm-up")
   parser.add_argument("--variants", default="default,onednn")
   parser.add_argument("--timeout", type=int, default=1800, help="seconds per setting")
+  parser.add_argument("--alternate", action="store_true",
+                      help="variants take turns step by step (one process each)")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -138,8 +182,11 @@ def main() -> None:
   load_before = load_average()
   rows, params = [], None
   for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-    for variant in args.variants.split(","):
-      result = run_child(args, variant, batch_size)
+    variants = args.variants.split(",")
+    alternated = run_alternating(args, variants, batch_size) if args.alternate else {}
+    for variant in variants:
+      result = alternated.get(variant) or (
+          None if args.alternate else run_child(args, variant, batch_size))
       if result is None:
         continue
       params = result["params"]
@@ -158,7 +205,8 @@ def main() -> None:
       f"{datetime.date.today().isoformat()}. One CPU device, the trainer's update step "
       f"(forward, per-network pullbacks, optimizer), fp32, random weights and data, "
       f"{params if params is not None else '?'} parameters; median of {args.steps} steps "
-      "after 1 warm-up, each row in a fresh process.",
+      "after 1 warm-up, each row in a fresh process"
+      + (", the variants' processes taking turns step by step." if args.alternate else "."),
       "",
       "| variant | environment | batch | compile s | step s | images/s | peak RSS MiB |",
       "|---|---|---|---|---|---|---|",

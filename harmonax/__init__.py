@@ -6,9 +6,6 @@ model code are imported on first use, so `import harmonax` stays light.
 
 __version__ = "0.1.0"
 
-# Before any JAX backend starts: oneDNN on CPU where this jaxlib supports it.
-from harmonax import xla_setup as _xla_setup  # noqa: E402,F401  pylint: disable=g-import-not-at-top
-
 
 def load(directory):
   """A model from a converted checkpoint or a training workdir: see harmonax.api.load."""

@@ -78,6 +78,12 @@ def guarded(main: Callable[[list[str]], int | None],
 
 def run(main: Callable[[list[str]], int | None],
         user_errors: Sequence[type[BaseException]] = ()) -> None:
-  """`app.run(guarded(main, user_errors))`, with a `--verbose` flag; does not return."""
+  """`app.run(guarded(main, user_errors))`, with a `--verbose` flag; does not return.
+
+  Sets harmonax's default XLA flags first (`xla_setup.configure`: oneDNN on
+  CPU where supported), before main can start a JAX backend.
+  """
+  from harmonax import xla_setup  # pylint: disable=g-import-not-at-top
+  xla_setup.configure()
   _define_verbose()
   app.run(guarded(main, user_errors))

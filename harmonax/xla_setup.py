@@ -1,16 +1,15 @@
 """XLA flags set before JAX starts its backends: oneDNN on CPU where supported.
 
-The CLIs (`train`, `evaluate`, `harmonize`, `convert`, `summary`) import this
-module before anything creates a JAX backend; importing it calls `configure()`.
-XLA reads `XLA_FLAGS` once, when the first backend is created, and aborts the
-process on a flag its build does not know, so a flag is only added after a
-one-off probe in a subprocess accepted it. Probe results are cached per jaxlib
-build in `~/.cache/harmonax/xla_flags.json`.
+Every CLI calls `configure()` through `cli.run` before its main can create a
+JAX backend (benchmarks call it themselves); importing this module changes
+nothing. XLA reads `XLA_FLAGS` once, when the first backend is created, and
+aborts the process on a flag its build does not know, so a flag is only added
+after a one-off probe in a subprocess accepted it. Probe results are cached
+per jaxlib build in `~/.cache/harmonax/xla_flags.json`.
 
-`--xla_cpu_use_onednn=true` runs CPU convolutions and matmuls with oneDNN: the
-iDIH/iS2AM train steps are 1.7-3.2x faster with it (BENCHMARKS.md). A flag the
-user already set in `XLA_FLAGS` (either value) is left alone;
-`HARMONAX_XLA_SETUP=0` turns all of this off.
+`--xla_cpu_use_onednn=true` lets XLA's CPU backend use oneDNN (BENCHMARKS.md
+has the measured effect). A flag the user already set in `XLA_FLAGS` (either
+value) is left alone; `HARMONAX_XLA_SETUP=0` turns all of this off.
 """
 
 import json
@@ -100,5 +99,3 @@ def configure(flags: tuple[str, ...] = DEFAULT_FLAGS,
     environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
   return added
 
-
-configure()
