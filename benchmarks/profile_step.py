@@ -123,7 +123,7 @@ def main() -> None:
   print("| direction and op kind | s/step | share |\n|---|---|---|")
   for label, seconds in by_kind.most_common(12):
     print(f"| {label} | {seconds:.3f} | {seconds / total:.0%} |")
-  print(f"\n| op (direction kind:primitive -> output shape) | s/step | share |\n|---|---|---|")
+  print("\n| op (direction kind:primitive -> output shape) | s/step | share |\n|---|---|---|")
   for label, seconds in grouped.most_common(args.top):
     print(f"| {label} | {seconds:.3f} | {seconds / total:.0%} |")
 

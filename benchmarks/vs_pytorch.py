@@ -129,7 +129,8 @@ def child(args) -> None:
       t = alternate({"harmonax": jax_step, "torch": torch_step}, args.repeats)
     report(model=args.models, kind="train", batch=b, size=args.train_size, threads=args.threads,
            harmonax=t["harmonax"], torch=t["torch"])
-    del state, holder, step
+    del state
+    holder.clear()  # Frees the train state before the next batch size.
 
   sizes = [int(x) for x in args.sizes.split(",") if x]
   if sizes:
