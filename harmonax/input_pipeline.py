@@ -28,7 +28,7 @@ from data_builders.harmonization_composites import record
 
 # The datasets that are built automatically on first use: their photos ship in the repo.
 AUTO_BUILD = datasets.SAMPLE
-AUTO_BUILDS = (AUTO_BUILD, "compositing_triplets/sample")
+AUTO_BUILDS = datasets.EMBEDDED
 # Random resized crop: aspect ratios as in the papers (torchvision / albumentations default).
 _CROP_RATIO = (3 / 4, 4 / 3)
 _CROP_TRIES = 10
