@@ -84,7 +84,9 @@ def add_loop_config(config: ml_collections.ConfigDict, runlocal: bool, *,
 
   Call after `config.data` and `config.batch_size` are set. `runlocal` shrinks the
   data side (64x64 crops, batch 8, in-process loading, 16 eval images, a few
-  steps); each config shrinks its own model.
+  steps); each config shrinks its own model. `config.demo_model` records it
+  (a config's `demo` recipe sets it too): `harmonax.harmonize` warns that such
+  a model is a demo. Evaluation runs at the training size (config.evals).
 
   Args:
     config: the config being built; modified in place.
@@ -111,6 +113,8 @@ def add_loop_config(config: ml_collections.ConfigDict, runlocal: bool, *,
   # config.data.name, split '' its eval_split, image_size -1 its image_size
   # (0: full resolution), max_examples -1 every example.
   config.evals = dict(val=dict(dataset="", split="", image_size=-1, max_examples=-1))
+  # A tiny model trained for minutes on a CPU: harmonize warns when it loads one.
+  config.demo_model = bool(runlocal)
   if runlocal:
     config.data.image_size = 64
     config.data.num_workers = 0

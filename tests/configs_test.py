@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from harmonax import checkpoint
+from harmonax import evaluation
 from harmonax import models
 from harmonax import train
 import fake_family
@@ -32,6 +33,11 @@ def test_runlocal_trains_resumes_and_evaluates(name, tmp_path, monkeypatch):
   family = models.get_family(config.model.name)
   # The families read their loss weights from config.loss, not module constants.
   assert "loss" in config and "evals" in config and "metrics" in config.eval
+  # A demo model, evaluated at the size it trains at (64x64 for most), not at 256.
+  assert config.demo_model and not importlib.import_module(
+      f"configs.{name}").get_config("").demo_model
+  (data, _, _), = evaluation.eval_sets(config).values()
+  assert data.image_size == config.data.image_size < 256
   fake_family.install_synthetic_data(monkeypatch.setattr)
   config.data.num_examples = 16
   config.update(total_steps=1, eval_every=0, checkpoint_every=1, log_every=1, image_every=0)
