@@ -126,3 +126,23 @@ def add_loop_config(config: ml_collections.ConfigDict, runlocal: bool, *,
     config.eval_every = runlocal_steps
     config.checkpoint_every = runlocal_steps
     config.image_every = runlocal_steps
+
+
+def set_demo_loop(config: ml_collections.ConfigDict, total_steps: int, *,
+                  log_every: int = 100) -> None:
+  """The loop of a config's `demo` recipe, on top of its runlocal variant.
+
+  A demo recipe is the runlocal model and data trained for `total_steps`
+  (minutes on a 2-core CPU) so that it harmonizes the sample's unseen test
+  photos better than the composites; it is evaluated once, at the end, on the
+  whole test split at its training size, and `config.demo_model` makes
+  `harmonax.harmonize` say it is a demo.
+  """
+  config.demo_model = True
+  config.total_steps = total_steps
+  config.log_every = log_every
+  config.eval_every = total_steps
+  config.checkpoint_every = total_steps
+  config.image_every = total_steps
+  config.data.max_eval_examples = -1
+  config.evals.val.max_examples = -1
