@@ -29,8 +29,8 @@ def demo_warning(config: ml_collections.ConfigDict) -> str | None:
   size = config.get("data", {}).get("image_size", None)
   at = f" at {size}x{size}" if size else ""
   return (f"this is a demo model ({config.model.name}, a runlocal/demo recipe: a small "
-          f"network trained{at} for minutes on the embedded sample photos); expect rough "
-          "results, and train a full recipe for real use")
+          f"network trained{at} for minutes on a CPU); expect rough results, and train "
+          "a full recipe for real use")
 
 
 @functools.lru_cache(maxsize=16)
