@@ -22,8 +22,10 @@ import tqdm
 
 from data_builders.harmonization_composites.summary import Summary
 
-# The one dataset that needs no download: its photos ship in the repository.
+# The default dataset, which needs no download: its photos ship in the repository.
 SAMPLE = "harmonization_composites/sample"
+# Every dataset that needs no download (built from the same photos).
+EMBEDDED = (SAMPLE, "compositing_triplets/sample")
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -76,10 +78,10 @@ def check_name(name: str) -> type[tfds.core.DatasetBuilder]:
 
 
 def needs_manual_dir(name: str) -> bool:
-  """Whether building `name` reads a manual download (all but the embedded sample)."""
+  """Whether building `name` reads a manual download (all but the EMBEDDED samples)."""
   cls = builder_class(split_name(name)[0])
   return bool(getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)) and (
-      name.partition(":")[0] != SAMPLE)
+      name.partition(":")[0] not in EMBEDDED)
 
 
 def build_command(name: str, data_dir: str) -> str:

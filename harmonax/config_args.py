@@ -84,7 +84,9 @@ def add_loop_config(config: ml_collections.ConfigDict, runlocal: bool, *,
 
   Call after `config.data` and `config.batch_size` are set. `runlocal` shrinks the
   data side (64x64 crops, batch 8, in-process loading, 16 eval images, a few
-  steps); each config shrinks its own model.
+  steps); each config shrinks its own model. `config.demo_model` records it
+  (a config's `demo` recipe sets it too): `harmonax.harmonize` warns that such
+  a model is a demo. Evaluation runs at the training size (config.evals).
 
   Args:
     config: the config being built; modified in place.
@@ -115,6 +117,8 @@ def add_loop_config(config: ml_collections.ConfigDict, runlocal: bool, *,
   # config.data.name, split '' its eval_split, image_size -1 its image_size
   # (0: full resolution), max_examples -1 every example.
   config.evals = dict(val=dict(dataset="", split="", image_size=-1, max_examples=-1))
+  # A tiny model trained for minutes on a CPU: harmonize warns when it loads one.
+  config.demo_model = bool(runlocal)
   if runlocal:
     config.data.image_size = 64
     config.data.num_workers = 0
@@ -126,3 +130,23 @@ def add_loop_config(config: ml_collections.ConfigDict, runlocal: bool, *,
     config.eval_every = runlocal_steps
     config.checkpoint_every = runlocal_steps
     config.image_every = runlocal_steps
+
+
+def set_demo_loop(config: ml_collections.ConfigDict, total_steps: int, *,
+                  log_every: int = 100) -> None:
+  """The loop of a config's `demo` recipe, on top of its runlocal variant.
+
+  A demo recipe is the runlocal model and data trained for `total_steps`
+  (minutes on a 2-core CPU) so that it harmonizes the sample's unseen test
+  photos better than the composites; it is evaluated once, at the end, on the
+  whole test split at its training size, and `config.demo_model` makes
+  `harmonax.harmonize` say it is a demo.
+  """
+  config.demo_model = True
+  config.total_steps = total_steps
+  config.log_every = log_every
+  config.eval_every = total_steps
+  config.checkpoint_every = total_steps
+  config.image_every = total_steps
+  config.data.max_eval_examples = -1
+  config.evals.val.max_examples = -1

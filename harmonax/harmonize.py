@@ -59,6 +59,9 @@ def main(argv: list[str]) -> int:
   from harmonax import models  # pylint: disable=g-import-not-at-top
   config, networks = checkpoint.load_networks(_WORKDIR.value or _CHECKPOINT.value)
   models.set_compute_dtype(networks, _DTYPE.value)
+  warning = inference.demo_warning(config)
+  if warning:
+    print(f"warning: {warning}", file=sys.stderr)
 
   if _VIDEO.value or _FRAMES.value:
     from harmonax import video  # pylint: disable=g-import-not-at-top

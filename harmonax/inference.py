@@ -22,6 +22,17 @@ from harmonax import image_io
 from harmonax import models
 
 
+def demo_warning(config: ml_collections.ConfigDict) -> str | None:
+  """A warning for a demo model (config.demo_model: a runlocal or demo recipe), else None."""
+  if not config.get("demo_model", False):
+    return None
+  size = config.get("data", {}).get("image_size", None)
+  at = f" at {size}x{size}" if size else ""
+  return (f"this is a demo model ({config.model.name}, a runlocal/demo recipe: a small "
+          f"network trained{at} for minutes on a CPU); expect rough results, and train "
+          "a full recipe for real use")
+
+
 @functools.lru_cache(maxsize=16)
 def jitted_predict(config: ml_collections.FrozenConfigDict) -> Callable:
   """nnx.jit((networks, inputs) -> prediction) of config's family; compiled

@@ -28,7 +28,7 @@ from data_builders.harmonization_composites import record
 
 # The datasets that are built automatically on first use: their photos ship in the repo.
 AUTO_BUILD = datasets.SAMPLE
-AUTO_BUILDS = (AUTO_BUILD, "compositing_triplets/sample")
+AUTO_BUILDS = datasets.EMBEDDED
 # Random resized crop: aspect ratios as in the papers (torchvision / albumentations default).
 _CROP_RATIO = (3 / 4, 4 / 3)
 _CROP_TRIES = 10
@@ -61,9 +61,14 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     FileNotFoundError: missing data dir or dataset not built (prints the build command).
   """
   data_dir = resolve_data_dir(data_dir)
+  base = name.partition(":")[0]
+  if base in AUTO_BUILDS and name == base:
+    # The builder's current version: a sample built by an older version (other
+    # photos) is rebuilt, not reused.
+    name += f":{datasets.builder_class(datasets.split_name(base)[0]).VERSION}"
   path = datasets.find_built(name, data_dir)
-  if path is None and name.partition(":")[0] in AUTO_BUILDS:
-    datasets.build(name.partition(":")[0], data_dir)
+  if path is None and base in AUTO_BUILDS:
+    datasets.build(base, data_dir)
     path = datasets.find_built(name, data_dir)
   if path is not None:
     return tfds.builder_from_directory(path)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from harmonax import checkpoint
+from harmonax import evaluation
 from harmonax import models
 from harmonax import train
 import fake_family
@@ -32,6 +33,11 @@ def test_runlocal_trains_resumes_and_evaluates(name, tmp_path, monkeypatch):
   family = models.get_family(config.model.name)
   # The families read their loss weights from config.loss, not module constants.
   assert "loss" in config and "evals" in config and "metrics" in config.eval
+  # A demo model, evaluated at the size it trains at (64x64 for most), not at 256.
+  assert config.demo_model and not importlib.import_module(
+      f"configs.{name}").get_config("").demo_model
+  (data, _, _), = evaluation.eval_sets(config).values()
+  assert data.image_size == config.data.image_size < 256
   fake_family.install_synthetic_data(monkeypatch.setattr)
   config.data.num_examples = 16
   config.update(total_steps=1, eval_every=0, checkpoint_every=1, log_every=1, image_every=0)
@@ -61,3 +67,25 @@ def test_runlocal_trains_resumes_and_evaluates(name, tmp_path, monkeypatch):
             for k in family.INPUTS}
   out = np.asarray(family.predict(loaded_config, networks, inputs))
   assert out.shape == (1, 40, 56, 3) and np.isfinite(out).all()
+
+
+DEMOS = [n for n in CONFIGS if hasattr(importlib.import_module(f"configs.{n}"), "DEMO_STEPS")]
+
+
+def test_a_demo_recipe_exists():
+  assert "harmonizer" in DEMOS  # The README's quick start trains it.
+
+
+@pytest.mark.parametrize("name", DEMOS)
+def test_demo_recipe_is_a_demo_model_scored_on_the_whole_test_split(name):
+  # Its network and data are the runlocal variant's, which the test above trains.
+  module = importlib.import_module(f"configs.{name}")
+  config, runlocal = module.get_config("demo"), module.get_config("runlocal")
+  assert config.demo_model and config.total_steps == module.DEMO_STEPS
+  assert config.model.to_dict() == runlocal.model.to_dict()
+  assert config.data.name == "harmonization_composites/sample"
+  assert config.data.image_size == runlocal.data.image_size
+  # Evaluated once, at the end, on every test image at the training size.
+  assert config.evals.val.max_examples == -1 and config.eval_every == module.DEMO_STEPS
+  (data, _, _), = evaluation.eval_sets(config).values()
+  assert data.image_size == config.data.image_size < 256

@@ -233,6 +233,7 @@ def test_command_line_single_file_and_folder(model, tmp_path):
       ckpt, f"--composite={tmp_path / 'comp' / 'x.png'}", f"--mask={tmp_path / 'mask' / 'x.png'}",
       f"--output={tmp_path / 'x_out.png'}"])
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "demo model" not in result.stderr
   out = image_io.read_image(tmp_path / "x_out.png")
   np.testing.assert_array_equal(
       out, harmonize_lib.harmonize(networks, composite, mask, config=config))
@@ -243,6 +244,21 @@ def test_command_line_single_file_and_folder(model, tmp_path):
   assert result.returncode == 1, result.stderr[-3000:]  # One file skipped.
   assert "skipped" in result.stdout and "bad.png" in result.stdout
   assert os.listdir(tmp_path / "out") == ["x.png"]
+
+
+def test_demo_models_are_named_as_such(model, tmp_path):
+  config, networks = model
+  assert harmonize_lib.demo_warning(config) is None
+  demo = config.copy_and_resolve_references()
+  demo.demo_model = True  # What a runlocal or demo recipe records.
+  assert "demo model" in harmonize_lib.demo_warning(demo)
+  checkpoint.save_networks(tmp_path / "demo", demo, networks)
+  _write_pair(tmp_path, "x", 8, 8, 1)
+  result = fake_family.run_cli("harmonize", [
+      f"--checkpoint={tmp_path / 'demo'}", f"--composite={tmp_path / 'comp' / 'x.png'}",
+      f"--mask={tmp_path / 'mask' / 'x.png'}", f"--output={tmp_path / 'x_out.png'}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "warning: this is a demo model (fake" in result.stderr
 
 
 def test_all_background_or_all_foreground_masks_warn(model, tmp_path, caplog):

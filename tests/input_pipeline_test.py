@@ -15,6 +15,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_builders import datasets
+from data_builders.harmonization_composites import (
+    harmonization_composites_dataset_builder as hcb)
 from data_builders.iharmony4 import iharmony4_dataset_builder as ihd
 from harmonax import config_args
 from harmonax import input_pipeline
@@ -328,12 +330,13 @@ def test_unknown_or_unbuilt_datasets_say_what_to_do(data_dir, tmp_path):
 
 def test_sample_is_built_on_first_use(data_dir, tmp_path, monkeypatch):
   calls = []
+  version = str(hcb.Builder.VERSION)
 
   def fake_build(name, target_dir):
     # Stands in for data_builders.datasets.build: puts a built dataset where TFDS would.
     calls.append((name, target_dir))
     shutil.copytree(os.path.join(data_dir, "iharmony4", "hflickr", "1.0.0"),
-                    os.path.join(target_dir, "harmonization_composites", "sample", "1.0.0"))
+                    os.path.join(target_dir, "harmonization_composites", "sample", version))
 
   monkeypatch.setattr(datasets, "build", fake_build)
   target = os.fspath(tmp_path / "fresh")
@@ -342,6 +345,12 @@ def test_sample_is_built_on_first_use(data_dir, tmp_path, monkeypatch):
   assert builder.info.splits["train"].num_examples == _N
   input_pipeline.get_builder("harmonization_composites/sample", target)
   assert len(calls) == 1  # Built once, then found.
+  # A sample built by an older builder version is rebuilt, not reused.
+  old = tmp_path / "old"
+  shutil.copytree(os.path.join(data_dir, "iharmony4", "hflickr", "1.0.0"),
+                  os.path.join(old, "harmonization_composites", "sample", "0.9.0"))
+  input_pipeline.get_builder("harmonization_composites/sample", os.fspath(old))
+  assert calls[-1] == ("harmonization_composites/sample", os.fspath(old))
 
 
 @pytest.fixture(scope="module")

@@ -251,7 +251,7 @@ def test_full_bargainnet_config_starts_on_8_devices(tmp_path, monkeypatch, caplo
   config = bargainnet.get_config("")
   assert config.batch_size == 1
   iterators = []
-  monkeypatch.setattr(input_pipeline, "num_examples", lambda data, split: 306)
+  monkeypatch.setattr(input_pipeline, "num_examples", lambda data, split: 956)
   monkeypatch.setattr(input_pipeline, "make_train_iterator",
                       lambda data, batch, seed: iterators.append(batch) or iter([]))
 

@@ -179,15 +179,23 @@ def make_example(fg: Foreground, bg_path: str, variant: int, config: BuilderConf
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for compositing triplets."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "sample: the 10 annotated photos and 18 objects of "
+               "harmonization_composites/sample 2.1.0 (train 108 -> 364 triplets); the test "
+               "split is unchanged.",
+  }
   BUILDER_CONFIGS = [
       BuilderConfig(name="sample", source="sample",
-                    description="The 6 embedded photos of harmonization_composites/sample "
-                    "and their 14 objects; polygon masks softened into mattes; no download."),
+                    description="The 10 annotated photos of harmonization_composites/sample "
+                    "and their 18 objects; polygon masks softened into mattes; no download."),
       BuilderConfig(name="folder", source="folder", max_size=1024,
                     description="A matting layout: fg/, alpha/ (same stems) and bg/."),
   ]
+  # The version in every example's seed: 1.1.0 added photos and objects and keeps
+  # the draws of the old triplets (the sample test split is byte-identical to 1.0.0's).
+  DRAWS_VERSION = "1.0.0"
   DEFAULT_CONFIG_NAME = "sample"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   folder: a folder with fg/ (photos), alpha/ (a grayscale matte per photo, same stem) and
@@ -229,7 +237,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     for fg, bg, v in jobs:
       key = f"{fg.name}/{os.path.basename(bg)}/v{v:02d}"
-      example = make_example(fg, bg, v, config, f"{config.name}/{self.version}/{key}",
+      example = make_example(fg, bg, v, config, f"{config.name}/{self.DRAWS_VERSION}/{key}",
                              self.summary)
       if example is not None:
         self.summary.examples[split] += 1

@@ -49,6 +49,13 @@ def test_unknown_dataset_and_config_name_the_valid_ones(tmp_path):
     build_lib.build("harmonization_composites/bogus", os.fspath(tmp_path))
 
 
+def test_only_the_embedded_samples_build_without_a_manual_dir():
+  assert not build_lib.needs_manual_dir("harmonization_composites/sample")
+  assert not build_lib.needs_manual_dir("compositing_triplets/sample")
+  assert build_lib.needs_manual_dir("harmonization_composites/folder")
+  assert build_lib.needs_manual_dir("compositing_triplets/folder")
+
+
 def test_beam_without_apache_beam_says_how_to_install(tmp_path):
   try:
     import apache_beam  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import

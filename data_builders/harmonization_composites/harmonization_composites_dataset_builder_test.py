@@ -165,10 +165,31 @@ def test_sample_config_sizes():
   sample = hcb.Builder.BUILDER_CONFIGS[0]
   objects = sources.sample_objects(sample, hcb.Summary())
   variants = dict(sample.variants)
-  assert 250 <= len(objects["train"]) * variants["train"] <= 400
-  assert 40 <= len(objects["test"]) * variants["test"] <= 100
+  # 12 training photos: 13 annotated objects + 3 blobs each; 2 test photos, 5 objects.
+  assert len(objects["train"]) == 13 + 12 * 3 and len(objects["test"]) == 5
+  assert len(objects["train"]) * variants["train"] == 980
+  assert len(objects["test"]) * variants["test"] == 60
   total = sum(os.path.getsize(p) for p in sources.SAMPLE_DIR.iterdir())
-  assert total < 2 * 2 ** 20
+  assert total < 1 * 2 ** 20
+
+
+def test_sample_blobs_are_seeded_regions_of_training_photos_only():
+  config = hcb.Builder.BUILDER_CONFIGS[0]
+  objects = sources.sample_objects(config, hcb.Summary())
+  blobs = [o for o in objects["train"] if "/blob" in o.name]
+  assert blobs and not any("/blob" in o.name for o in objects["test"])
+  again = sources.sample_objects(config, hcb.Summary())["train"]
+  assert [o.segmentation for o in again if "/blob" in o.name] == [o.segmentation for o in blobs]
+  areas = []
+  for obj in blobs:
+    mask = hcb.compose.object_mask(obj, hcb.Summary(), (obj.height, obj.width))
+    areas.append(mask.mean())
+  assert 0.04 <= min(areas) and max(areas) <= 0.36
+  assert len({round(a, 3) for a in areas}) > len(areas) // 2  # Different regions.
+  mask = sources.blob_mask(40, 60, "x")
+  assert mask.shape == (40, 60) and mask.dtype == bool
+  np.testing.assert_array_equal(mask, sources.blob_mask(40, 60, "x"))
+  assert (mask != sources.blob_mask(40, 60, "y")).any()
 
 
 def test_unknown_method_is_an_error():

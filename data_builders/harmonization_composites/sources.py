@@ -1,7 +1,9 @@
 """Where the real photos and their object masks come from: sample, COCO, or a folder.
 
 Each source lists `Obj`s (one foreground object of one photo) per split, from
-annotations and file headers only; pixels are decoded later, per example.
+annotations and file headers only; pixels are decoded later, per example. The
+sample source adds random blob regions of its training photos as objects
+(`blob_mask`), so that a few photos give many different foregrounds.
 """
 
 import dataclasses
@@ -12,6 +14,7 @@ from typing import Any
 
 from etils import epath
 import numpy as np
+from pycocotools import mask as coco_mask
 
 from data_builders.harmonization_composites import photos
 from data_builders.harmonization_composites.summary import Summary
@@ -36,9 +39,14 @@ class Obj:
   mask_path: str | None = None  # A mask file (folder).
 
 
+def _seed(text: str) -> int:
+  """A 64-bit number from `text` alone (not Python's salted hash())."""
+  return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
 def stable_fraction(text: str) -> float:
-  """A number in [0, 1) from `text` alone (not Python's salted hash())."""
-  return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2.0 ** 64
+  """A number in [0, 1) from `text` alone."""
+  return _seed(text) / 2.0 ** 64
 
 
 def _coco_objects(annotations: dict[str, Any], image_dir: epath.Path, prefix: str,
@@ -73,11 +81,62 @@ def _coco_objects(annotations: dict[str, Any], image_dir: epath.Path, prefix: st
   return objects
 
 
+def _upsample(coarse: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear upsampling of a small grid to [height, width] (plain numpy: the
+  same floats on every machine)."""
+  gh, gw = coarse.shape
+  xs, ys = np.linspace(0, gw - 1, width), np.linspace(0, gh - 1, height)
+  rows = np.stack([np.interp(xs, np.arange(gw), r) for r in coarse])  # [gh, W]
+  return np.stack([np.interp(ys, np.arange(gh), c) for c in rows.T], axis=1)  # [H, W]
+
+
+def blob_mask(height: int, width: int, key: str,
+              area_range: tuple[float, float] = (0.05, 0.35)) -> np.ndarray:
+  """A random smooth region (bool [height, width]) seeded by `key` alone.
+
+  A Gaussian bump at a random place and scale plus low-frequency noise,
+  thresholded at the quantile that gives an area drawn from `area_range`:
+  mostly one irregular blob, sometimes with a smaller second part. Harmonizer
+  makes its training pairs on regions like these: a region of any photo
+  recolored must be put back whatever it shows.
+  """
+  rng = np.random.default_rng(_seed("blob/" + key))
+  noise = _upsample(rng.normal(size=(5, 5)), height, width)
+  cy, cx = rng.uniform(0.2, 0.8, 2) * (height, width)
+  sy, sx = rng.uniform(0.12, 0.35, 2) * (height, width)
+  y, x = np.arange(height)[:, None], np.arange(width)[None, :]
+  bump = np.exp(-0.5 * (((y - cy) / sy) ** 2 + ((x - cx) / sx) ** 2))
+  field = 2.5 * bump + 0.5 * noise
+  area = rng.uniform(*area_range)
+  return field > np.quantile(field, 1.0 - area)
+
+
+def _blob_objects(image: dict[str, Any], image_dir: epath.Path, count: int) -> list[Obj]:
+  """`count` blob regions of one photo as objects (masks as COCO RLE)."""
+  stem = os.path.splitext(image["file_name"])[0]
+  objects = []
+  for i in range(count):
+    name = f"{stem}/blob{i}"
+    mask = blob_mask(image["height"], image["width"], name)
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    objects.append(Obj(name=name, photo=os.fspath(image_dir / image["file_name"]),
+                       category="", height=image["height"], width=image["width"],
+                       segmentation={"size": [int(v) for v in rle["size"]],
+                                     "counts": rle["counts"].decode("ascii")}))
+  return objects
+
+
 def sample_objects(config, summary: Summary) -> dict[str, list[Obj]]:
-  """The embedded sample photos' objects, split by photo."""
+  """The embedded sample photos' objects, split by photo; the training photos
+  also give `config.blobs_per_photo` random blob regions each."""
   annotations = json.loads((SAMPLE_DIR / "annotations.json").read_text())
   objects = _coco_objects(annotations, SAMPLE_DIR, "", 0.0, 1.0, 3, summary)
-  test = [o for o in objects if os.path.basename(o.photo) in SAMPLE_TEST_PHOTOS]
+  is_test = lambda path: os.path.basename(path) in SAMPLE_TEST_PHOTOS
+  blobs = getattr(config, "blobs_per_photo", 0)
+  for image in sorted(annotations["images"], key=lambda im: im["id"]):
+    if not is_test(image["file_name"]):
+      objects += _blob_objects(image, SAMPLE_DIR, blobs)
+  test = [o for o in objects if is_test(o.photo)]
   return {"train": [o for o in objects if o not in test], "test": test}
 
 
