@@ -22,3 +22,17 @@ from absl import flags  # noqa: E402
 # Grain workers and TFDS read absl flags; under pytest nobody parses them.
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
+
+import pytest  # noqa: E402
+
+# Files whose tests are independent runs of one recipe each: spread over the
+# pytest-xdist workers one by one. Every other file's tests stay on one worker
+# (tests/run.sh: --dist loadgroup), so its module fixtures are built once.
+_SPREAD = ("configs_test.py", "mixed_precision_test.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if item.path.name not in _SPREAD:
+      item.add_marker(pytest.mark.xdist_group(item.path.name))

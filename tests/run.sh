@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 python3 -m ruff check --quiet .
 # Two workers (pytest-xdist): most of the suite's time is XLA compiling on one
 # thread, so the 2-core CI machine runs about twice as fast. HARMONAX_TEST_WORKERS=0
-# runs in one process.
-exec python3 -m pytest -q -n "${HARMONAX_TEST_WORKERS:-2}" "$@"
+# runs in one process. A file's tests share a worker (conftest.py) unless listed there.
+exec python3 -m pytest -q -n "${HARMONAX_TEST_WORKERS:-2}" --dist loadgroup --durations=25 "$@"
