@@ -10,7 +10,7 @@ Layout of the manual dir (the official download, unpacked):
     <Subset>_train.txt  <Subset>_test.txt
 
 Images are stored as the original JPEG bytes; they are only re-encoded (Pillow) when a
-config resizes them (`max_size`, e.g. `hadobe5k_1024`). Masks are stored as HxWx1 PNGs
+config resizes them (`max_size`, e.g. `hadobe5k_1024`, `hadobe5k_2048`). Masks are stored as HxWx1 PNGs
 with values 0/255. No TensorFlow is needed: build with `file_format='array_record'`.
 """
 
@@ -87,6 +87,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       _config("hday2night", ("Hday2night",)),
       _config("all_1024", SUBSETS, max_size=1024),
       _config("hadobe5k_1024", ("HAdobe5k",), max_size=1024),
+      # CDTNet's 2048 evaluation (square-resized from these at evaluation time).
+      _config("hadobe5k_2048", ("HAdobe5k",), max_size=2048),
   ]
   DEFAULT_CONFIG_NAME = "all"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """

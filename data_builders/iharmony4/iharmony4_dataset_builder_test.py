@@ -131,6 +131,13 @@ def test_manual_dir_one_level_up_is_accepted(tmp_path):
   assert builder.info.splits["train"].num_examples == 2
 
 
+def test_resized_configs_bound_the_long_side():
+  configs = {c.name: c for c in ihd.Builder.BUILDER_CONFIGS}
+  assert {n: (c.subsets, c.max_size) for n, c in configs.items() if c.max_size} == {
+      "all_1024": (ihd.SUBSETS, 1024), "hadobe5k_1024": (("HAdobe5k",), 1024),
+      "hadobe5k_2048": (("HAdobe5k",), 2048)}
+
+
 def test_max_size_resizes_long_side_and_keeps_binary_masks(tmp_path):
   config = ihd.BuilderConfig(name="hadobe5k_16", subsets=("HAdobe5k",), max_size=16)
   builder = _build(tmp_path, config)
