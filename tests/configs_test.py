@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 
+from flax import nnx
 import jax
 import numpy as np
 import pytest
@@ -65,7 +66,9 @@ def test_runlocal_trains_resumes_and_evaluates(name, tmp_path, monkeypatch):
   rng = np.random.default_rng(0)
   inputs = {k: rng.uniform(0, 1, (1, 40, 56, 1 if k == "mask" else 3)).astype(np.float32)
             for k in family.INPUTS}
-  out = np.asarray(family.predict(loaded_config, networks, inputs))
+  # Jitted: eagerly, each of the network's ops would compile on its own.
+  out = np.asarray(nnx.jit(lambda n, i: family.predict(loaded_config, n, i))(
+      networks, inputs))
   assert out.shape == (1, 40, 56, 3) and np.isfinite(out).all()
 
 
