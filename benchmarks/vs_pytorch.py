@@ -270,6 +270,8 @@ def main() -> None:
   parser.add_argument("--output", default=RESULTS)
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if ROOT not in sys.path:  # harmonax for format_table, when run as a script.
+    sys.path.insert(0, ROOT)
   if args.child:
     args.threads = int(args.threads)
     child(args)
