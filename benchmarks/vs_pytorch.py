@@ -10,8 +10,10 @@ with the same architecture and loss (`benchmarks/torch_models/`), loads the
 harmonax weights into the twin, checks that both predict the same image, and
 then alternates harmonax, PyTorch, harmonax, ... : the trainer's jitted update
 step (forward, gradients, Adam) against `loss.backward(); adam.step()` for each
-batch size at 256x256, and the family's jitted `predict` against the twin's
-forward pass (no grad) at each size, batch 1. Times are medians of `--repeats`
+batch size at 256x256 (PCT-Net and CDTNet: at their recipe's full-resolution
+crop size, config.data.image_size, from which they make their low-resolution
+view; --train_size overrides both), and the family's jitted `predict` against
+the twin's forward pass (no grad) at each size, batch 1. Times are medians of `--repeats`
 calls after one warm-up call (plus compilation). Both frameworks get the same
 threads: the process is pinned to that many cores, `torch.set_num_threads`,
 and XLA's CPU thread pool follows the affinity. XLA runs with the flags
@@ -38,9 +40,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "vs_pytorch.md")
-MODELS = ("idih", "issam", "harmonizer", "dovenet", "bargainnet")
+MODELS = ("idih", "issam", "harmonizer", "dovenet", "bargainnet", "pctnet_cnn", "pctnet_vit",
+          "cdtnet", "hrnet_idih")
 TWINS = {"idih": "dih", "issam": "dih", "harmonizer": "harmonizer",
-         "dovenet": "gan", "bargainnet": "gan"}
+         "dovenet": "gan", "bargainnet": "gan", "pctnet_cnn": "pctnet", "pctnet_vit": "pctnet",
+         "cdtnet": "cdtnet", "hrnet_idih": "hrnet"}
+# Families whose networks see a low-resolution view of full-resolution training
+# crops: by default their train step runs at the recipe's crop size
+# (config.data.image_size: PCT-Net 512, CDTNet 1024), not at 256.
+FULL_RES_TRAIN = ("pctnet_cnn", "pctnet_vit", "cdtnet")
 
 
 def load_config(name: str, arg: str = ""):
@@ -101,6 +109,8 @@ def child(args) -> None:
   to_torch = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
   report = lambda **row: print("RESULT " + json.dumps(row), flush=True)
 
+  train_size = args.train_size or (config.data.image_size if args.models in FULL_RES_TRAIN
+                                   else 256)
   for b in [int(x) for x in args.batches.split(",") if x]:
     config.batch_size = b
     fns = train.make_train_fns(config, steps_per_epoch=1000)
@@ -110,7 +120,7 @@ def child(args) -> None:
     getattr(twin, "load", load_twin)(model, nets)
     optimizers = getattr(twin, "make_optimizers", make_optimizers)(model, config)
     train_step = getattr(twin, "train_step", torch_train_step)
-    local = batch_of(b, args.train_size, args.train_size)
+    local = batch_of(b, train_size, train_size)
     with jax.set_mesh(mesh):
       batch = sharding.global_batch(local, mesh)
       step = jax.jit(fns.train_step, donate_argnums=(0,))
@@ -127,7 +137,7 @@ def child(args) -> None:
       def torch_step():
         train_step(twin, model, optimizers, tbatch, gen)
       t = alternate({"harmonax": jax_step, "torch": torch_step}, args.repeats)
-    report(model=args.models, kind="train", batch=b, size=args.train_size, threads=args.threads,
+    report(model=args.models, kind="train", batch=b, size=train_size, threads=args.threads,
            harmonax=t["harmonax"], torch=t["torch"])
     del state
     holder.clear()  # Frees the train state before the next batch size.
@@ -249,7 +259,9 @@ def main() -> None:
   parser.add_argument("--batches", default="1,4,8")
   parser.add_argument("--sizes", default="256,1024,2048")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--train_size", type=int, default=256)
+  parser.add_argument("--train_size", type=int, default=0,
+                      help="train crop size; 0: 256, or config.data.image_size for "
+                      f"{', '.join(FULL_RES_TRAIN)}")
   parser.add_argument("--config_arg", default="",
                       help="config argument, e.g. 'runlocal' for a tiny smoke run")
   parser.add_argument("--quick", action="store_true",
@@ -258,6 +270,8 @@ def main() -> None:
   parser.add_argument("--output", default=RESULTS)
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if ROOT not in sys.path:  # harmonax for format_table, when run as a script.
+    sys.path.insert(0, ROOT)
   if args.child:
     args.threads = int(args.threads)
     child(args)

@@ -1,9 +1,11 @@
 """benchmarks/torch_models: every PyTorch twin loads its harmonax network's
-weights strictly and predicts the same image (runlocal sizes)."""
+weights strictly and predicts the same image (runlocal sizes); the twins of the
+full-resolution families compute the family's loss."""
 
 import importlib
 
 from flax import nnx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -34,3 +36,47 @@ def test_twin_predicts_like_harmonax(name):
   with torch.inference_mode():
     want = twin.predict(model, to_torch(composite), to_torch(mask)).numpy()
   np.testing.assert_allclose(np.asarray(got), want.transpose(0, 2, 3, 1), atol=1e-4)
+
+
+def test_cdtnet_twin_trilinear_equals_harmonax_lut_and_official_kernel():
+  from benchmarks.torch_models import cdtnet  # pylint: disable=g-import-not-at-top
+  from harmonax.models import lut  # pylint: disable=g-import-not-at-top
+  from lut_test import official_kernel  # pylint: disable=g-import-not-at-top
+  from lut_test import random_images  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  table = (lut.identity_lut(9) + rng.normal(0, 0.1, (3, 9, 9, 9))).astype(np.float32)
+  images = random_images(2, 6, 7)
+  got = np.asarray(lut.apply_lut(jnp.asarray(table), jnp.asarray(images)))
+  for b in range(2):
+    want = cdtnet.trilinear(torch.from_numpy(table),
+                            torch.from_numpy(images[b].transpose(2, 0, 1).copy())).numpy()
+    np.testing.assert_allclose(got[b], want.transpose(1, 2, 0), atol=1e-6)
+    official = official_kernel(table, images[b:b + 1].transpose(0, 3, 1, 2), False)[0]
+    np.testing.assert_allclose(want, official, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pctnet_cnn", "pctnet_vit", "cdtnet"])
+def test_twin_loss_equals_family_loss(name):
+  """The full-resolution families' losses (eval mode: no dropout, running BN
+  statistics) at 96, above their runlocal low-resolution view (64). HRNet+iDIH's
+  twin uses the dih twin's loss."""
+  config = vs_pytorch.load_config(name, "runlocal")
+  family = models.get_family(config.model.name)
+  twin = importlib.import_module(f"benchmarks.torch_models.{vs_pytorch.TWINS[name]}")
+  nets = family.create_networks(config, nnx.Rngs(0))
+  model = twin.build(config)
+  getattr(twin, "load", vs_pytorch.load_twin)(model, nets)
+  for net in nets.values():
+    net.eval()
+  model.eval()
+  rng = np.random.default_rng(1)
+  batch = {k: rng.uniform(size=(2, 96, 96, c)).astype(np.float32)
+           for k, c in (("composite", 3), ("real", 3), ("mask", 1))}
+  batch["mask"] = (batch["mask"] > 0.7).astype(np.float32)
+  losses, _, _ = nnx.jit(lambda n, b: family.compute_losses(config, n, b, jax.random.key(0)))(
+      nets, {k: jnp.asarray(v) for k, v in batch.items()})
+  to_torch = lambda x: torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  with torch.no_grad():
+    want = twin.train_loss(model, {k: to_torch(v) for k, v in batch.items()}, None)
+  for loss in losses.values():
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)

@@ -1,4 +1,9 @@
-"""iDIH and iS2AM in PyTorch, mirroring harmonax/models/dih.py name for name."""
+"""iDIH and iS2AM in PyTorch, mirroring harmonax/models/dih.py name for name.
+
+The encoders take backbone features ('cat' connectors, as HRNet+iDIH's
+FeaturesConnector) from level `backbone_from` on; `features` gives the
+encoder outputs, the last decoder features and the image (PCT-Net CNN, CDTNet).
+Written from harmonax's modules; no official code is copied."""
 
 import torch
 from torch import nn
@@ -43,10 +48,17 @@ class _Head(nn.Module):
     return a * image + (1.0 - a) * rgb
 
 
+def _connect(connected: set, level: int, x: torch.Tensor, features: list) -> torch.Tensor:
+  """FeaturesConnector(mode='cat'): the level's backbone features concatenated."""
+  return torch.cat([x, features.pop(0)], 1) if level in connected else x
+
+
 class ConvEncoder(nn.Module):
 
-  def __init__(self, depth: int, ch: int, batchnorm_from: int, max_ch: int):
+  def __init__(self, depth: int, ch: int, batchnorm_from: int, max_ch: int,
+               backbone_from: int = -1, backbone_channels: tuple[int, ...] = ()):
     super().__init__()
+    remaining, self.connected = list(backbone_channels), set()
     self.block0 = ConvBlock(4, ch, norm=batchnorm_from == 0)
     self.block1 = ConvBlock(ch, ch, norm=0 <= batchnorm_from <= 1)
     self.channels = [ch, ch]
@@ -56,16 +68,20 @@ class ConvEncoder(nn.Module):
         in_ch = out_ch
       else:
         in_ch, out_ch = out_ch, min(2 * out_ch, max_ch)
+      if 0 <= backbone_from <= i and remaining:
+        in_ch += remaining.pop(0)
+        self.connected.add(i)
       blocks[f"block{i}"] = ConvBlock(in_ch, out_ch, norm=0 <= batchnorm_from <= i,
                                       padding=int(i < depth - 1))
       self.channels.append(out_ch)
     self.blocks_connected = nn.ModuleDict(blocks)
 
-  def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+  def forward(self, x: torch.Tensor, backbone_features=None) -> list[torch.Tensor]:
+    features = list(backbone_features or [])
     outputs = [self.block0(x)]
     outputs.append(self.block1(outputs[-1]))
-    for block in self.blocks_connected.values():
-      outputs.append(block(outputs[-1]))
+    for i, block in enumerate(self.blocks_connected.values(), 2):
+      outputs.append(block(_connect(self.connected, i, outputs[-1], features)))
     return outputs[::-1]
 
 
@@ -83,22 +99,38 @@ class DeconvDecoder(_Head):
     self.deconv_blocks = nn.ModuleList(blocks)
     self._init_head(in_ch, image_fusion)
 
-  def forward(self, encoder_outputs, image):
+  def features(self, encoder_outputs, mask=None):
+    del mask
     x = encoder_outputs[0]
     for block, skip in zip(self.deconv_blocks[:-1], encoder_outputs[1:]):
       x = block(x) + skip
-    return self._head(self.deconv_blocks[-1](x), image)
+    return self.deconv_blocks[-1](x)
+
+  def forward(self, encoder_outputs, image):
+    return self._head(self.features(encoder_outputs), image)
 
 
-class DeepImageHarmonization(nn.Module):
+class _Model(nn.Module):
 
-  def __init__(self, depth=7, ch=64, max_channels=512, batchnorm_from=2, image_fusion=True):
+  def features(self, image, mask, backbone_features=None) -> dict:
+    """{'encoder': outputs (deepest first), 'decoder': last features, 'images'}."""
+    encoded = self.encoder(torch.cat([image, mask], 1), backbone_features)
+    decoded = self.decoder.features(encoded, mask)
+    return {"encoder": encoded, "decoder": decoded,
+            "images": self.decoder._head(decoded, image)}
+
+  def forward(self, image, mask, backbone_features=None):
+    return self.features(image, mask, backbone_features)["images"]
+
+
+class DeepImageHarmonization(_Model):
+
+  def __init__(self, depth=7, ch=64, max_channels=512, batchnorm_from=2, image_fusion=True,
+               backbone_from=-1, backbone_channels=()):
     super().__init__()
-    self.encoder = ConvEncoder(depth, ch, batchnorm_from, max_channels)
+    self.encoder = ConvEncoder(depth, ch, batchnorm_from, max_channels, backbone_from,
+                               backbone_channels)
     self.decoder = DeconvDecoder(depth, self.encoder.channels, image_fusion)
-
-  def forward(self, image, mask):
-    return self.decoder(self.encoder(torch.cat([image, mask], 1)), image)
 
 
 class DoubleConv(nn.Module):
@@ -126,8 +158,10 @@ class DownBlock(nn.Module):
 
 class UNetEncoder(nn.Module):
 
-  def __init__(self, depth: int, ch: int, batchnorm_from: int, max_ch: int):
+  def __init__(self, depth: int, ch: int, batchnorm_from: int, max_ch: int,
+               backbone_from: int = -1, backbone_channels: tuple[int, ...] = ()):
     super().__init__()
+    remaining, self.connected = list(backbone_channels), set()
     self.block0 = DownBlock(4, ch, batchnorm_from == 0, True)
     out_ch = min(2 * ch, max_ch)
     self.block1 = DownBlock(ch, out_ch, 0 <= batchnorm_from <= 1, True)
@@ -135,14 +169,18 @@ class UNetEncoder(nn.Module):
     blocks = {}
     for i in range(2, depth):
       in_ch, out_ch = out_ch, min(2 * out_ch, max_ch)
+      if 0 <= backbone_from <= i and remaining:
+        in_ch += remaining.pop(0)
+        self.connected.add(i)
       blocks[f"block{i}"] = DownBlock(in_ch, out_ch, 0 <= batchnorm_from <= i, i < depth - 1)
       self.channels.append(out_ch)
     self.blocks_connected = nn.ModuleDict(blocks)
 
-  def forward(self, x):
+  def forward(self, x, backbone_features=None):
+    features = list(backbone_features or [])
     outputs = []
-    for block in [self.block0, self.block1, *self.blocks_connected.values()]:
-      y, x = block(x)
+    for i, block in enumerate([self.block0, self.block1, *self.blocks_connected.values()]):
+      y, x = block(_connect(self.connected, i, x, features))
       outputs.append(y)
     return outputs[::-1]
 
@@ -223,35 +261,37 @@ class UNetDecoder(_Head):
     self.up_blocks = nn.ModuleList(blocks)
     self._init_head(in_ch, image_fusion)
 
-  def forward(self, encoder_outputs, image, mask):
+  def features(self, encoder_outputs, mask):
     x = encoder_outputs[0]
     for block, skip in zip(self.up_blocks, encoder_outputs[1:]):
       x = block(x, skip, mask)
-    return self._head(x, image)
+    return x
 
 
-class SSAMImageHarmonization(nn.Module):
+class SSAMImageHarmonization(_Model):
 
   def __init__(self, depth=4, ch=32, max_channels=512, batchnorm_from=2, attend_from=2,
-               attention_mid_k=0.5, image_fusion=True):
+               attention_mid_k=0.5, image_fusion=True, backbone_from=-1, backbone_channels=()):
     super().__init__()
-    self.encoder = UNetEncoder(depth, ch, batchnorm_from, max_channels)
+    self.encoder = UNetEncoder(depth, ch, batchnorm_from, max_channels, backbone_from,
+                               backbone_channels)
     self.decoder = UNetDecoder(depth, self.encoder.channels, attend_from, attention_mid_k,
                                image_fusion)
 
-  def forward(self, image, mask):
-    return self.decoder(self.encoder(torch.cat([image, mask], 1)), image, mask)
+
+def base_network(m, backbone_from: int = -1, backbone_channels=()) -> nn.Module:
+  """config.model's iDIH or iS2AM (m.variant), with 'cat' backbone connectors."""
+  kw = dict(backbone_from=backbone_from, backbone_channels=backbone_channels)
+  if m.variant == "idih":
+    return DeepImageHarmonization(m.depth, m.ch, m.max_channels, m.batchnorm_from,
+                                  m.image_fusion, **kw)
+  return SSAMImageHarmonization(m.depth, m.ch, m.max_channels, m.batchnorm_from,
+                                m.attend_from, m.attention_mid_k, m.image_fusion, **kw)
 
 
 def build(config) -> nn.Module:
   """The config's generator (config.model.variant 'idih' or 'issam')."""
-  m = config.model
-  if m.variant == "idih":
-    model = DeepImageHarmonization(m.depth, m.ch, m.max_channels, m.batchnorm_from,
-                                   m.image_fusion)
-  else:
-    model = SSAMImageHarmonization(m.depth, m.ch, m.max_channels, m.batchnorm_from,
-                                   m.attend_from, m.attention_mid_k, m.image_fusion)
+  model = base_network(config.model)
   model.min_area = config.loss.min_area
   return model
 
