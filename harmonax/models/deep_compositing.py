@@ -20,7 +20,6 @@ at zero, so an untrained fusion network is alpha blending.
 networks and are scored through the same `predict` by `harmonax.evaluate`.
 """
 
-from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -140,10 +139,6 @@ class FusionNet(nnx.Module):
     return blending.alpha_blend(foreground, background, mask) + residual
 
 
-def _perceptual_on(config: ml_collections.ConfigDict) -> bool:
-  return config.loss.get("perceptual", 0.0) > 0 and bool((config.get("init") or {}).get("vgg"))
-
-
 def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
                     ) -> dict[str, nnx.Module]:
   """'network': {'segmentation', 'refinement', 'fusion'} (+ a frozen 'vgg' when
@@ -160,7 +155,7 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
       "fusion": FusionNet(tuple(m.assumption_fusion_channels), m.assumption_dense, rngs,
                           zero_heads=m.get("assumption_zero_band_heads", False)),
   }
-  if _perceptual_on(config):
+  if vgg.term_on(config, "perceptual"):
     nets["vgg"] = vgg.VGG16Features(PERCEPTUAL_TAPS, rngs)
   return nets
 
@@ -170,11 +165,7 @@ def load_pretrained(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
   """config.init.vgg: a torchvision VGG16 state dict (its `features.*` keys up
   to relu3_3 are used) for the perceptual loss."""
   del config
-  for name, path in paths.items():
-    if name != "vgg" or name not in networks:
-      raise ValueError(f"deep_compositing: config.init names {name!r}; only 'vgg' "
-                       "(torchvision VGG16, with config.loss.perceptual > 0) is loadable")
-    vgg.load_features(networks["vgg"], path)
+  vgg.load_pretrained("deep_compositing", "perceptual", networks, paths)
 
 
 def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
@@ -189,7 +180,7 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
         f"deep_compositing variant {config.model.variant!r} has no networks to train; "
         "score it with harmonax.compositing.save_baseline(dir, config) and "
         "python -m harmonax.evaluate --checkpoint=dir")
-  log_perceptual_state(config)
+  vgg.log_term_state("deep_compositing", config, "perceptual")
   trained = tuple(config.model.trained)
   if unknown := set(trained) - set(NETWORKS):
     raise ValueError(f"config.model.trained names {sorted(unknown)}; valid: {NETWORKS}")
@@ -288,11 +279,3 @@ def predict(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
     else:
       mask = jnp.clip(mask, 0.0, 1.0)
   return compose_with_mask(config, networks, fg, bg, mask)
-
-
-def log_perceptual_state(config: ml_collections.ConfigDict) -> None:
-  """Says whether the perceptual term is on (it needs config.init.vgg)."""
-  if config.loss.get("perceptual", 0.0) > 0 and not _perceptual_on(config):
-    logging.warning("deep_compositing: config.loss.perceptual=%s but config.init.vgg is "
-                    "empty: the perceptual term is OFF (L1 only).", config.loss.perceptual)
-

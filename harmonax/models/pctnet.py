@@ -18,7 +18,6 @@ config.init.vgg, a torchvision VGG16 state dict) the official contrastive term
 on the low-resolution branch (`pct_contrastive`).
 """
 
-from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -62,7 +61,7 @@ class PCTNetCNN(dih.SSAMImageHarmonization):
 
 def contrastive_on(config: ml_collections.ConfigDict) -> bool:
   """The contrastive term needs loss.contrastive > 0 and VGG16 weights (config.init.vgg)."""
-  return config.loss.contrastive > 0 and bool((config.get("init") or {}).get("vgg"))
+  return vgg.term_on(config, "contrastive")
 
 
 def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
@@ -92,11 +91,7 @@ def load_pretrained(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
   """config.init.vgg: a torchvision VGG16 state dict (`features.*` up to
   relu4_3 are used) for the contrastive term."""
   del config
-  for name, path in paths.items():
-    if name != "vgg" or name not in networks:
-      raise ValueError(f"pctnet: config.init names {name!r}; only 'vgg' (torchvision "
-                       "VGG16, with config.loss.contrastive > 0) is loadable")
-    vgg.load_features(networks["vgg"], path)
+  vgg.load_pretrained("pctnet", "contrastive", networks, paths)
 
 
 def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
@@ -106,13 +101,7 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
   then per-epoch linear decay to 0 over linear_epochs (ViT's SequentialLR of
   ConstantLR and LinearLR, stepped once an epoch)."""
   o = config.optim
-  if contrastive_on(config):
-    logging.info("pctnet: contrastive VGG16 term ON (x %s, VGG16 from %s).",
-                 config.loss.contrastive, config.init.vgg)
-  elif config.loss.contrastive > 0:
-    logging.warning("pctnet: config.loss.contrastive=%s but config.init.vgg is empty: the "
-                    "contrastive term is OFF (pass torchvision VGG16 weights with "
-                    "--config.init.vgg=PATH).", config.loss.contrastive)
+  vgg.log_term_state("pctnet", config, "contrastive")
   lr = o.lr * config.batch_size / 16
   if o.schedule == "step":
     scaled = ml_collections.ConfigDict(o.to_dict())

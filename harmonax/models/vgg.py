@@ -5,8 +5,10 @@ Parameters sit at the torchvision state dict's paths ('features.0.weight',
 convolutions up to the deepest requested tap are built.
 """
 
+from absl import logging
 from flax import nnx
 import jax
+import ml_collections
 
 from harmonax import torch_import
 from harmonax.models import layers
@@ -60,3 +62,38 @@ def load_features(net: VGG16Features, path: str) -> None:
   state = torch_import.load_state_dict(path)
   wanted = set(torch_import.expected_shapes(net))
   torch_import.load_into(net, {k: v for k, v in state.items() if k in wanted}, context=path)
+
+
+def term_on(config: ml_collections.ConfigDict, term: str) -> bool:
+  """Whether the VGG loss term config.loss.<term> is on: a weight > 0 and VGG16
+  weights in config.init.vgg (nothing is downloaded)."""
+  return (config.loss.get(term, 0.0) > 0
+          and bool((config.get("init") or {}).get("vgg")))
+
+
+def log_term_state(family: str, config: ml_collections.ConfigDict, term: str) -> None:
+  """Says whether the VGG term is on; warns when its weight asks for it but no
+  VGG16 weights were given (the term is then left out)."""
+  weight = config.loss.get(term, 0.0)
+  if term_on(config, term):
+    logging.info("%s: %s VGG16 term ON (x %s, VGG16 from %s).", family, term, weight,
+                 config.init.vgg)
+  elif weight > 0:
+    logging.warning("%s: config.loss.%s=%s but config.init.vgg is empty: the %s term is OFF "
+                    "(pass torchvision VGG16 weights with --config.init.vgg=PATH).",
+                    family, term, weight, term)
+
+
+def load_pretrained(family: str, term: str, networks: dict[str, nnx.Module],
+                    paths: dict[str, str]) -> None:
+  """A family's `load_pretrained` when config.init can only name 'vgg': loads
+  the torchvision VGG16 state dict into networks['vgg'] (built when `term` is on).
+
+  Raises:
+    ValueError: for any other name, or 'vgg' while the term is off (no network).
+  """
+  for name, path in paths.items():
+    if name != "vgg" or name not in networks:
+      raise ValueError(f"{family}: config.init names {name!r}; only 'vgg' (torchvision "
+                       f"VGG16, with config.loss.{term} > 0) is loadable")
+    load_features(networks["vgg"], path)
