@@ -135,7 +135,7 @@ def measure_model(name: str, args, deadline: float) -> list[dict]:
       config.dtype = dtype
     config.batch_size, config.data.image_size = batch_size, size
     fns = train.make_train_fns(config, steps_per_epoch=1000)
-    state = jax.jit(fns.init_state, out_shardings=sharding.replicated(mesh))()
+    state = train.initial_state(fns, sharding.replicated(mesh))
     with jax.set_mesh(mesh):
       batch = sharding.global_batch(_random_batch(batch_size, size, size), mesh)
       started = time.perf_counter()

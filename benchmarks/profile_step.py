@@ -82,7 +82,7 @@ def main() -> None:
   config.batch_size, config.data.image_size = args.batch_size, args.image_size
   mesh = sharding.make_mesh()
   fns = train.make_train_fns(config, steps_per_epoch=1000)
-  state = jax.jit(fns.init_state, out_shardings=sharding.replicated(mesh))()
+  state = train.initial_state(fns, sharding.replicated(mesh))
   b, s = args.batch_size, args.image_size
   rng = np.random.default_rng(0)
   mask = np.zeros((b, s, s, 1), np.float32)

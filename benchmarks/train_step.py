@@ -71,7 +71,7 @@ def child(args) -> None:
   config.data.image_size = args.image_size
   mesh = sharding.make_mesh()
   fns = train.make_train_fns(config, steps_per_epoch=1000)
-  state = jax.jit(fns.init_state, out_shardings=sharding.replicated(mesh))()
+  state = train.initial_state(fns, sharding.replicated(mesh))
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   rng = np.random.default_rng(0)
   b, s = args.batch_size, args.image_size

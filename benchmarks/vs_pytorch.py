@@ -114,7 +114,7 @@ def child(args) -> None:
   for b in [int(x) for x in args.batches.split(",") if x]:
     config.batch_size = b
     fns = train.make_train_fns(config, steps_per_epoch=1000)
-    state = jax.jit(fns.init_state, out_shardings=sharding.replicated(mesh))()
+    state = train.initial_state(fns, sharding.replicated(mesh))
     nets = fns.merge(state["params"], state["rest"])
     model = twin.build(config)
     getattr(twin, "load", load_twin)(model, nets)
@@ -145,7 +145,7 @@ def child(args) -> None:
   sizes = [int(x) for x in args.sizes.split(",") if x]
   if sizes:
     fns = train.make_train_fns(config, steps_per_epoch=1000)
-    state = jax.jit(fns.init_state)()
+    state = train.initial_state(fns)
     nets = fns.merge(state["params"], state["rest"])
     for net in nets.values():
       net.eval()
