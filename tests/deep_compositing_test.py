@@ -2,6 +2,7 @@
 compositing library and compositing datasets through the input pipeline."""
 
 import importlib
+import logging
 import os
 
 from flax import nnx
@@ -119,6 +120,18 @@ def test_perceptual_loss_with_vgg_weights_from_config_init(tmp_path):
   x["real"] = x["background"]
   _, metrics, _ = dc.compute_losses(config, nets, x, None)
   assert float(metrics["perceptual"]) > 0
+
+
+def test_perceptual_term_off_without_vgg_weights_says_so(caplog):
+  config = _config()
+  assert config.loss.perceptual > 0 and not config.init.get("vgg")
+  with caplog.at_level(logging.WARNING):
+    dc.make_optimizers(config, 10)
+  assert "perceptual term is OFF" in caplog.text and "--config.init.vgg" in caplog.text
+  with pytest.raises(ValueError, match=r"deep_compositing: config.init names 'backbone'"):
+    dc.load_pretrained(config, {}, {"backbone": "x.pth"})
+  with pytest.raises(ValueError, match=r"only 'vgg'"):  # The term is off: no VGG network.
+    dc.load_pretrained(config, dc.create_networks(config, nnx.Rngs(0)), {"vgg": "x.pth"})
 
 
 @pytest.mark.parametrize("variant", blending.BLENDS)
