@@ -36,15 +36,8 @@ import pytest  # noqa: E402
 _SPREAD = ("configs_test.py", "mixed_precision_test.py")
 
 
-# Tests that compile the same update step as another file's test: run on that
-# file's worker, after it (collection order), so the persistent compilation cache
-# turns the second compile into a hit.
-_SHARE = {"test_runlocal_trains_resumes_and_evaluates[harmonizer]": "harmonizer_test.py"}
-
-
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
-    group = _SHARE.get(item.name)
-    if group or item.path.name not in _SPREAD:
-      item.add_marker(pytest.mark.xdist_group(group or item.path.name))
+    if item.path.name not in _SPREAD:
+      item.add_marker(pytest.mark.xdist_group(item.path.name))
