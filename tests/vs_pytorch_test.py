@@ -15,8 +15,8 @@ from benchmarks import vs_pytorch
 from harmonax import models
 
 
-@pytest.mark.parametrize("name", vs_pytorch.MODELS)
-def test_twin_predicts_like_harmonax(name):
+def _eval_pair(name):
+  """The runlocal harmonax networks and the twin holding their weights, both in eval mode."""
   config = vs_pytorch.load_config(name, "runlocal")
   family = models.get_family(config.model.name)
   twin = importlib.import_module(f"benchmarks.torch_models.{vs_pytorch.TWINS[name]}")
@@ -26,6 +26,12 @@ def test_twin_predicts_like_harmonax(name):
   for net in nets.values():
     net.eval()
   model.eval()
+  return config, family, twin, nets, model
+
+
+@pytest.mark.parametrize("name", vs_pytorch.MODELS)
+def test_twin_predicts_like_harmonax(name):
+  config, family, twin, nets, model = _eval_pair(name)
   rng = np.random.default_rng(0)
   composite = rng.uniform(size=(2, 64, 64, 3)).astype(np.float32)
   mask = np.zeros((2, 64, 64, 1), np.float32)
@@ -60,15 +66,7 @@ def test_twin_loss_equals_family_loss(name):
   """The full-resolution families' losses (eval mode: no dropout, running BN
   statistics) at 96, above their runlocal low-resolution view (64). HRNet+iDIH's
   twin uses the dih twin's loss."""
-  config = vs_pytorch.load_config(name, "runlocal")
-  family = models.get_family(config.model.name)
-  twin = importlib.import_module(f"benchmarks.torch_models.{vs_pytorch.TWINS[name]}")
-  nets = family.create_networks(config, nnx.Rngs(0))
-  model = twin.build(config)
-  getattr(twin, "load", vs_pytorch.load_twin)(model, nets)
-  for net in nets.values():
-    net.eval()
-  model.eval()
+  config, family, twin, nets, model = _eval_pair(name)
   rng = np.random.default_rng(1)
   batch = {k: rng.uniform(size=(2, 96, 96, c)).astype(np.float32)
            for k, c in (("composite", 3), ("real", 3), ("mask", 1))}
