@@ -1,7 +1,8 @@
 """Every recipe in configs/: its runlocal variant trains a step through the
 trainer, checkpoints, resumes for a second step, evaluates and writes an image
 grid (synthetic data at the config's size, uint8 batches as the real
-pipeline's, 8 CPU devices). The resumed run compiles from the persistent cache."""
+pipeline's, 8 CPU devices). The resumed run compiles from the persistent cache.
+Recipes with pretrained initialisation (config.init) start from a state dict."""
 
 import glob
 import importlib
@@ -16,12 +17,34 @@ import pytest
 from harmonax import checkpoint
 from harmonax import evaluation
 from harmonax import models
+from harmonax import torch_import
 from harmonax import train
 import fake_family
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
                  if not os.path.basename(p).startswith("_"))
+
+
+def _harmonizer_backbone(config, folder):
+  """config.init.harmonizer: a backbone state dict (EfficientNet keys, .npz),
+  applied once before step 1. Returns the check of the first run's state."""
+  donor = models.get_family("harmonizer").create_networks(
+      config, nnx.Rngs(7))["harmonizer"].backbone
+  path = folder / "backbone.npz"
+  np.savez(path, **torch_import.to_state_dict(donor))
+  config.init.harmonizer = str(path)
+  kernel = lambda b: np.asarray(b["_blocks"][0]["_depthwise_conv"]["kernel"])
+
+  def check(state):
+    trained = kernel(state["params"]["harmonizer"]["backbone"])
+    assert np.abs(trained - kernel(nnx.to_pure_dict(nnx.state(donor)))).max() < 1e-2
+    path.unlink()  # Resuming and serving need no pretrained file: it is in the checkpoint.
+
+  return check
+
+
+PRETRAINED = {"harmonizer": _harmonizer_backbone}
 
 
 def test_every_recipe_is_listed():
@@ -41,26 +64,33 @@ def test_runlocal_trains_resumes_and_evaluates(name, tmp_path, monkeypatch):
   assert data.image_size == config.data.image_size < 256
   fake_family.install_synthetic_data(monkeypatch.setattr)
   config.data.num_examples = 16
+  check_pretrained = (PRETRAINED[name](config, tmp_path) if name in PRETRAINED
+                      else lambda state: None)
+  workdir = tmp_path / "run"
   config.update(total_steps=1, eval_every=0, checkpoint_every=1, log_every=1, image_every=0)
-  first = jax.device_get(train.train_and_evaluate(config, os.fspath(tmp_path)))
+  first = jax.device_get(train.train_and_evaluate(config, os.fspath(workdir)))
+  check_pretrained(first)
   # Same workdir: resumes from step 1, then evaluates and draws at step 2.
   config.update(total_steps=2, eval_every=2, image_every=2)
-  second = jax.device_get(train.train_and_evaluate(config, os.fspath(tmp_path)))
+  second = jax.device_get(train.train_and_evaluate(config, os.fspath(workdir)))
   assert int(second["step"]) == 2
-  assert checkpoint.good_steps(tmp_path / "checkpoints")[:2] == [2, 1]
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert checkpoint.good_steps(workdir / "checkpoints")[:2] == [2, 1]
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   evals = [l for l in lines if any(k.startswith("eval/") for k in l)]
   assert [l["step"] for l in evals] == [2]
   assert any(k.endswith("/mse") for k in evals[0])
   trained = family.make_optimizers(config, 2)
-  logged = [l for l in lines if any(k.startswith("loss/") for k in l)][-1]
+  train_lines = [l for l in lines if any(k.startswith("loss/") for k in l)]
+  assert [l["step"] for l in train_lines] == [1, 2]  # Each step once across the resume.
   for net in trained:
-    assert np.isfinite(logged[f"loss/{net}"]) and logged[f"lr/{net}"] > 0, net
+    for key in (f"loss/{net}", f"grad_norm/{net}"):
+      assert all(np.isfinite(l[key]) for l in train_lines), key
+    assert train_lines[-1][f"lr/{net}"] > 0, net
     moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), first["params"][net],
                          second["params"][net])
     assert max(jax.tree.leaves(moved)) > 0, f"{net} did not train after resuming"
   # The workdir serves inference: eval-mode networks, any input size.
-  loaded_config, networks = checkpoint.load_networks(tmp_path)
+  loaded_config, networks = checkpoint.load_networks(workdir)
   as_json = lambda c: json.loads(c.to_json())  # Tuples come back as lists.
   assert as_json(loaded_config.model) == as_json(config.model)
   rng = np.random.default_rng(0)

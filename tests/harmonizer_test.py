@@ -1,7 +1,7 @@
 """Harmonizer family: regressor, losses, full-resolution prediction, training
-pairs, weight conversion and a runlocal training run through the trainer."""
+pairs and weight conversion (tests/configs_test.py trains the runlocal recipe
+through the trainer, from a pretrained backbone)."""
 
-import json
 import ast
 import os
 
@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from configs import harmonizer as harmonizer_config
-import fake_family
 from harmonax import filters
 from harmonax import models
 from harmonax import torch_import
@@ -24,8 +23,6 @@ from harmonax.models import layers
 
 KEYS = os.path.join(os.path.dirname(__file__), "data", "torch_keys",
                     "harmonizer_keys.txt")
-# The resumed training run recompiles the same train step: a cache hit.
-fake_family.enable_compilation_cache()
 
 
 def _official_shapes():
@@ -233,49 +230,6 @@ def test_config_and_optimizer_schedule():
   # Adam with a constant gradient moves by -lr: x0.1 at epochs 25 and 50.
   np.testing.assert_allclose([steps[0], steps[249], steps[250], steps[500]],
                              [-3e-4, -3e-4, -3e-5, -3e-6], rtol=1e-3)
-
-
-def test_runlocal_trains_and_resumes_through_the_trainer(tmp_path, monkeypatch):
-  from harmonax import checkpoint  # pylint: disable=g-import-not-at-top
-  from harmonax import train  # pylint: disable=g-import-not-at-top
-  fake_family.install_synthetic_data(monkeypatch.setattr)
-  config = harmonizer_config.get_config("runlocal")
-  config.data.num_examples = 16  # Synthetic 64x64 data.
-  config.total_steps = 2
-  config.eval_every = config.image_every = config.checkpoint_every = 2
-  config.log_every = 1
-  # Pretrained initialisation through config.init: a backbone state dict
-  # (EfficientNet keys) saved as .npz, applied once before step 1.
-  donor = harmonizer.create_networks(config, nnx.Rngs(7))["harmonizer"].backbone
-  init_file = tmp_path / "backbone.npz"
-  np.savez(init_file, **torch_import.to_state_dict(donor))
-  config.init.harmonizer = str(init_file)
-  first = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert int(first["step"]) == 2
-  kernel = lambda p: np.asarray(p["backbone"]["_blocks"][0]["_depthwise_conv"]["kernel"])
-  trained = kernel(jax.device_get(first["params"]["harmonizer"]))
-  donor_kernel = np.asarray(donor._blocks[0]._depthwise_conv.kernel[...])
-  assert np.abs(trained - donor_kernel).max() < 1e-2  # Two Adam steps of 3e-4 from it.
-  # Resuming and serving need no pretrained file: it is in the checkpoint.
-  init_file.unlink()
-  config.total_steps = 3  # The same workdir: resumes from step 2.
-  tmp_path = tmp_path / "run"
-  state = train.train_and_evaluate(config, str(tmp_path))
-  assert int(state["step"]) == 3
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  train_lines = [l for l in lines if "loss/harmonizer" in l]
-  assert [l["step"] for l in train_lines] == [1, 2, 3]
-  for key in ("loss/harmonizer", "real_loss", "filter_5_shadow", "grad_norm/harmonizer"):
-    assert all(np.isfinite(l[key]) for l in train_lines), key
-  assert train_lines[-1]["lr/harmonizer"] == pytest.approx(3e-4)
-
-  _, networks = checkpoint.load_networks(tmp_path)
-  batch = _batch(b=2)
-  out = nnx.jit(lambda n, i: harmonizer.predict(config, n, i))(
-      networks, {"composite": batch["composite"], "mask": batch["mask"]})
-  background = np.asarray(batch["mask"][..., 0]) == 0
-  np.testing.assert_array_equal(np.asarray(out)[background],
-                                np.asarray(batch["composite"])[background])
 
 
 def _photo_like_batch(b: int, size: int = 64, seed: int = 0) -> dict[str, jax.Array]:
