@@ -59,7 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = 24
   config.num_epochs = 60
   config.optim = dict(lr=3e-4, b1=0.9, b2=0.999, eps=1e-8,
-                      decay_epochs=(25, 50), decay_factor=0.1)
+                      decay_epochs=(25, 50), decay_factor=0.1,
+                      ema_decay=0.0)  # > 0: evaluate and save parameter averages.
   config_args.add_loop_config(config, arg.runlocal or arg.demo)
 
   if arg.runlocal or arg.demo:
