@@ -38,8 +38,9 @@ def _rss_mib() -> float:
 def _networks(config):
   """Full-size networks filled from numpy (no per-shape random-op compilation)."""
   from harmonax import checkpoint  # pylint: disable=g-import-not-at-top
+  from harmonax import variables  # pylint: disable=g-import-not-at-top
   from harmonax.models import cdtnet  # pylint: disable=g-import-not-at-top
-  nets = nnx.eval_shape(lambda: cdtnet.create_networks(config, nnx.Rngs(0)))
+  nets = nnx.eval_shape(lambda: cdtnet.create_networks(config, variables.rngs(0)))
   rng = np.random.default_rng(0)
 
   def fill(path, leaf):

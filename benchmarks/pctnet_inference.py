@@ -31,10 +31,11 @@ def worker(variant: str, h: int, w: int, repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from harmonax import torch_import  # pylint: disable=g-import-not-at-top
+  from harmonax import variables  # pylint: disable=g-import-not-at-top
   from harmonax.models import pctnet  # pylint: disable=g-import-not-at-top
 
   config = importlib.import_module(f"configs.pctnet_{variant}").get_config("")
-  nets = nnx.eval_shape(lambda: pctnet.create_networks(config, nnx.Rngs(0)))
+  nets = nnx.eval_shape(lambda: pctnet.create_networks(config, variables.rngs(0)))
   rng = np.random.default_rng(0)
   shapes = torch_import.expected_shapes(nets["generator"])
   torch_import.load_into(nets["generator"], {

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 
 from harmonax import model_card
 from harmonax import models
+from harmonax import variables
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -101,7 +102,7 @@ def update_networks(networks: dict[str, nnx.Module], states: dict[str, dict]) ->
 def abstract_networks(config: ml_collections.ConfigDict) -> dict[str, nnx.Module]:
   """The config's networks with ShapeDtypeStruct leaves (no memory, no compute)."""
   family = models.get_family(config.model.name)
-  return nnx.eval_shape(lambda: family.create_networks(config, nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: family.create_networks(config, variables.rngs(0)))
 
 
 def _numpy_restore_args(tree: PyTree) -> PyTree:

@@ -24,6 +24,7 @@ import numpy as np
 from harmonax import checkpoint
 from harmonax import image_io
 from harmonax import inference
+from harmonax import variables
 from harmonax.models import deep_compositing
 from harmonax.models import layers
 
@@ -40,7 +41,7 @@ def baseline_config(variant: str, **model_fields) -> ml_collections.ConfigDict:
   config = module.get_config("runlocal")
   config.model.variant = variant
   config.model.update(model_fields)
-  deep_compositing.create_networks(config, nnx.Rngs(0))  # Validates the variant.
+  deep_compositing.create_networks(config, variables.rngs(0))  # Validates the variant.
   return config
 
 

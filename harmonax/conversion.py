@@ -18,6 +18,7 @@ from harmonax import checkpoint
 from harmonax import model_card
 from harmonax import models
 from harmonax import torch_import
+from harmonax import variables
 
 
 def parse_checkpoint_arg(arg: str) -> dict[str, str]:
@@ -97,14 +98,14 @@ def convert(model: str, checkpoints: dict[str, str], output: str | None,
     config = adapted
   converted = family.convert_torch(state_dicts, config)
 
-  abstract = nnx.eval_shape(lambda: family.create_networks(config, nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: family.create_networks(config, variables.rngs(0)))
   missing = sorted(set(abstract) - set(converted))
   if missing:
     # The checkpoint must hold every network load_networks will rebuild; a
     # network without official weights (e.g. an unreleased discriminator)
     # keeps its random initialization.
     logging.warning("No weights for networks %s: they keep a random init", missing)
-    fresh = family.create_networks(config, nnx.Rngs(config.get("seed", 0)))
+    fresh = family.create_networks(config, variables.rngs(config.get("seed", 0)))
   networks = {}
   for name in abstract:
     value = converted.get(name)

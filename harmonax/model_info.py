@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from harmonax import models
+from harmonax import variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,7 @@ def summarize(config: ml_collections.ConfigDict, image_size: int | None = None) 
   size = image_size or config.data.image_size
   if not size:
     raise ValueError("config.data.image_size is unset: pass --image_size")
-  networks = nnx.eval_shape(lambda: family.create_networks(config, nnx.Rngs(0)))
+  networks = nnx.eval_shape(lambda: family.create_networks(config, variables.rngs(0)))
   for net in networks.values():
     net.eval()
   graphdef, state = nnx.split(networks)

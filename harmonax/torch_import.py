@@ -43,6 +43,8 @@ from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 
+from harmonax import variables
+
 DEFAULT_IGNORE = ("num_batches_tracked",)
 
 
@@ -305,6 +307,6 @@ def convert_single(state_dicts: Mapping[str, Mapping[str, np.ndarray]], config,
     raise ValueError(f"{config.model.name} takes one checkpoint (role 'default' or "
                      f"{network!r}); got roles {sorted(state_dicts)}")
   (state_dict,) = state_dicts.values()
-  net = nnx.eval_shape(lambda: create_networks(config, nnx.Rngs(0)))[network]
+  net = nnx.eval_shape(lambda: create_networks(config, variables.rngs(0)))[network]
   load_into(net, state_dict, context=f"model {config.model.name}")
   return {network: nnx.state(net)}

@@ -47,6 +47,7 @@ from harmonax import metric_writers
 from harmonax import models
 from harmonax import optimizers as optimizers_lib
 from harmonax import sharding
+from harmonax import variables
 from harmonax import workdir_lock
 from harmonax.models import layers
 
@@ -140,7 +141,7 @@ def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> T
                      f"does not make (networks: {sorted(graphdefs)})")
 
   def init_state():
-    nets = family.create_networks(config, nnx.Rngs(config.seed))
+    nets = family.create_networks(config, variables.rngs(config.seed))
     params = checkpoint.network_states(nets, nnx.Param)
     state = {"params": params,
              "rest": checkpoint.network_states(nets, nnx.Not(nnx.Param)),

@@ -16,6 +16,7 @@ from dovenet_test import random_state_dicts
 from dovenet_test import assert_matches_torch
 from dovenet_test import torch_attention_unet
 from harmonax import models
+from harmonax import variables
 from harmonax.evaluators import harmony_score
 from harmonax.models import bargainnet
 
@@ -50,7 +51,7 @@ def test_code_triplet_loss_matches_torch_on_official_shapes():
 
 def test_full_size_parameter_counts_match_official():
   config = bargainnet_config.get_config()
-  nets = nnx.eval_shape(lambda: bargainnet.create_networks(config, nnx.Rngs(0)))
+  nets = nnx.eval_shape(lambda: bargainnet.create_networks(config, variables.rngs(0)))
   count = lambda net: sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))
   assert count(nets["generator"]) == 54_776_324  # official: 54.78M
   assert count(nets["encoder"]) == 3_919_376     # official: 3.92M
@@ -195,7 +196,7 @@ def test_convert_round_trips_official_keys():
   sds = random_state_dicts(KEYS)
   states = bargainnet.convert_torch(sds, config)
   assert set(states) == {"generator", "encoder"}
-  abstract = nnx.eval_shape(lambda: bargainnet.create_networks(config, nnx.Rngs(1)))
+  abstract = nnx.eval_shape(lambda: bargainnet.create_networks(config, variables.rngs(1)))
   for name, short in bargainnet.TORCH_NAMES.items():
     back = bargainnet.to_torch(nnx.merge(nnx.graphdef(abstract[name]), states[name]))
     expected = {k: v for k, v in sds[short].items() if not k.endswith("num_batches_tracked")}

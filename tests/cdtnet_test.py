@@ -11,6 +11,7 @@ import pytest
 
 from harmonax import checkpoint
 from harmonax import torch_import
+from harmonax import variables
 from harmonax.models import cdtnet
 from harmonax.models import lut as lut_ops
 import convert_test
@@ -42,7 +43,7 @@ def _official_shapes(nets) -> dict[str, tuple]:
                                        ("cdtnet_sim", "sim")])
 def test_module_tree_equals_official_keys_and_parameter_count(name, arg):
   config = _config(arg)
-  nets = nnx.eval_shape(lambda: cdtnet.create_networks(config, nnx.Rngs(0)))
+  nets = nnx.eval_shape(lambda: cdtnet.create_networks(config, variables.rngs(0)))
   official = {k: s for k, s in read_key_list(name).items()
               if not k.endswith("num_batches_tracked")}
   if config.model.sim:  # The sim file carries an unused refinement.
@@ -63,7 +64,7 @@ def test_convert_torch_round_trip(name, arg):
   config = _config(arg)
   states = cdtnet.convert_torch({"default": state}, config)
   assert set(states) == ({"base", "lut"} if config.model.sim else {"base", "lut", "refine"})
-  nets = nnx.eval_shape(lambda: cdtnet.create_networks(config, nnx.Rngs(0)))
+  nets = nnx.eval_shape(lambda: cdtnet.create_networks(config, variables.rngs(0)))
   checkpoint.update_networks(nets, {k: s.to_pure_dict() for k, s in states.items()})
   np.testing.assert_array_equal(np.asarray(nets["lut"].LUT2.LUT[...]), state["lut.LUT2.LUT"])
   back = torch_import.to_state_dict(nets["base"])
@@ -80,7 +81,7 @@ def _small_config(sim=False):
 
 
 def _random_networks(config, seed=3):
-  nets = nnx.eval_shape(lambda: cdtnet.create_networks(config, nnx.Rngs(0)))
+  nets = nnx.eval_shape(lambda: cdtnet.create_networks(config, variables.rngs(0)))
   state = random_state_dict(_official_shapes(nets), seed)
   rng = np.random.default_rng(seed)
   for i in range(config.model.n_luts):  # Plausible tables: identity + noise.
@@ -216,7 +217,7 @@ def test_fresh_lut_branch_is_the_identity():
 
 def test_load_pretrained_base_from_official_file(tmp_path):
   config = _small_config()
-  nets = nnx.eval_shape(lambda: cdtnet.create_networks(config, nnx.Rngs(0)))
+  nets = nnx.eval_shape(lambda: cdtnet.create_networks(config, variables.rngs(0)))
   state = random_state_dict(torch_import.expected_shapes(nets["base"]), seed=7)
   np.savez(tmp_path / "issam.npz", **state)
   nets = cdtnet.create_networks(config, nnx.Rngs(0))

@@ -11,6 +11,7 @@ import pytest
 from harmonax import checkpoint
 from harmonax import conversion
 from harmonax import torch_import
+from harmonax import variables
 from harmonax.models import get_family
 from harmonax.models import layers
 from models_dih_test import random_state_dict
@@ -47,7 +48,7 @@ def _official_state_dict(name, seed):
 
 @pytest.mark.parametrize("name", ["idih", "issam"])
 def test_module_tree_equals_official_keys(name):
-  net = nnx.eval_shape(lambda: get_family("dih").create_networks(_config(name), nnx.Rngs(0)))
+  net = nnx.eval_shape(lambda: get_family("dih").create_networks(_config(name), variables.rngs(0)))
   official = {k: s for k, s in read_key_list(name).items()
               if not k.endswith("num_batches_tracked")}
   assert torch_import.expected_shapes(net["generator"]) == official
@@ -71,7 +72,7 @@ def test_convert_cli_round_trip_full_size(name, tmp_path):
 
 def test_single_conv_matches_torch():
   conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
-  net = nnx.eval_shape(lambda: layers.conv(3, 5, 3, stride=2, padding=1, rngs=nnx.Rngs(0)))
+  net = nnx.eval_shape(lambda: layers.conv(3, 5, 3, stride=2, padding=1, rngs=variables.rngs(0)))
   torch_import.load_into(net, {k: v.detach().numpy() for k, v in conv.state_dict().items()})
   x = np.random.default_rng(0).standard_normal((2, 3, 9, 8)).astype(np.float32)
   expected = conv(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)
@@ -182,7 +183,7 @@ def torch_ssam(sd, image, mask, features=False, backbone=None):
     ("idih", torch_dih, 64), ("issam", torch_ssam, 32)])
 def test_converted_network_matches_torch_forward(name, torch_forward, size, tmp_path):
   config = _config(name, "runlocal")
-  abstract = nnx.eval_shape(lambda: get_family("dih").create_networks(config, nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: get_family("dih").create_networks(config, variables.rngs(0)))
   state = random_state_dict(torch_import.expected_shapes(abstract["generator"]), seed=3)
   np.savez(tmp_path / "w.npz", **state)
   _, networks = conversion.convert(name, {"default": str(tmp_path / "w.npz")}, None, config)

@@ -14,6 +14,7 @@ from configs import dovenet as dovenet_config
 from harmonax import checkpoint
 from harmonax import models
 from harmonax import torch_import
+from harmonax import variables
 from harmonax.models import dovenet
 
 KEYS = os.path.join(os.path.dirname(__file__), "data", "torch_keys", "dovenet_keys.txt")
@@ -53,7 +54,7 @@ def numpy_networks(create, config, seed: int = 0) -> dict[str, nnx.Module]:
   dominates these small CPU tests; the values mimic the official init
   (conv kernels N(0, 0.02), zero biases, unit norms, unit-length u and v).
   """
-  nets = nnx.eval_shape(lambda: create(config, nnx.Rngs(seed)))
+  nets = nnx.eval_shape(lambda: create(config, variables.rngs(seed)))
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -103,13 +104,13 @@ def test_gradient_penalty_hand_value():
 def test_full_size_parameter_counts_match_official():
   config = dovenet_config.get_config()
   count = lambda net: sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))
-  nets = nnx.eval_shape(lambda: dovenet.create_networks(config, nnx.Rngs(0)))
+  nets = nnx.eval_shape(lambda: dovenet.create_networks(config, variables.rngs(0)))
   # Batch norm (the default, as the official README): BN scales and offsets,
   # no conv biases before them.
   assert count(nets["generator"]) == 54_759_939
   assert count(nets["discriminator"]) == 17_789_954
   config.model.norm = "instance"  # The released files' key lists (no norm tensors).
-  nets = nnx.eval_shape(lambda: dovenet.create_networks(config, nnx.Rngs(0)))
+  nets = nnx.eval_shape(lambda: dovenet.create_networks(config, variables.rngs(0)))
   assert count(nets["generator"]) == 54_755_587  # official: 54.76M
   assert count(nets["discriminator"]) == 17_787_138  # official: 17.79M
 
@@ -205,7 +206,7 @@ def test_convert_detects_the_generator_norm_from_its_keys():
   adapted = dovenet.adapt_config(config, sds)
   assert adapted.model.norm == "instance" and config.model.norm == "batch"
   batch_sd = {k: np.zeros(shape, np.float32) for k, shape in torch_import.expected_shapes(
-      nnx.eval_shape(lambda: dovenet.create_networks(config, nnx.Rngs(0)))["generator"]).items()}
+      nnx.eval_shape(lambda: dovenet.create_networks(config, variables.rngs(0)))["generator"]).items()}
   assert dovenet.norm_of_state_dict(batch_sd) == "batch"
   assert dovenet.adapt_config(config, {"default": batch_sd}) is config
 
@@ -216,7 +217,7 @@ def test_convert_round_trips_official_keys():
   states = dovenet.convert_torch(sds, dovenet.adapt_config(config, sds))
   assert set(states) == {"generator", "discriminator"}
   config = dovenet.adapt_config(config, sds)
-  abstract = nnx.eval_shape(lambda: dovenet.create_networks(config, nnx.Rngs(1)))
+  abstract = nnx.eval_shape(lambda: dovenet.create_networks(config, variables.rngs(1)))
   for name, short in dovenet.TORCH_NAMES.items():
     back = dovenet.to_torch(nnx.merge(nnx.graphdef(abstract[name]), states[name]))
     assert sorted(back) == sorted(sds[short])

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from harmonax import torch_import
+from harmonax import variables
 from harmonax.models import efficientnet
 
 KEYS = os.path.join(os.path.dirname(__file__), "data", "torch_keys",
@@ -32,7 +33,7 @@ def _official_backbone_shapes():
 
 
 def test_b0_tree_matches_official_keys_and_param_count():
-  net = nnx.eval_shape(lambda: efficientnet.EfficientNet(rngs=nnx.Rngs(0)))
+  net = nnx.eval_shape(lambda: efficientnet.EfficientNet(rngs=variables.rngs(0)))
   assert torch_import.expected_shapes(net) == _official_backbone_shapes()
   params = sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))
   # harmonizer_keys.txt: 4,726,882 in all, minus the regressor's 719,046.
@@ -140,7 +141,7 @@ def _b0_lukemelas_state_dict(seed=0, width=1.0):
   width < 1 keeps B0's block layout with fewer channels (cheaper to build).
   """
   net = nnx.eval_shape(lambda: efficientnet.EfficientNet(
-      width=width, stem="rgb", rngs=nnx.Rngs(0)))
+      width=width, stem="rgb", rngs=variables.rngs(0)))
   rng = np.random.default_rng(seed)
   sd = {k: rng.normal(0, 1, s).astype(np.float32)
         for k, s in torch_import.expected_shapes(net).items()}

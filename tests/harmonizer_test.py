@@ -18,6 +18,7 @@ import fake_family
 from harmonax import filters
 from harmonax import models
 from harmonax import torch_import
+from harmonax import variables
 from harmonax.models import harmonizer
 from harmonax.models import layers
 
@@ -59,7 +60,7 @@ def _batch(b=8, size=64, seed=0):
 
 def test_full_model_matches_official_keys_and_param_count():
   config = harmonizer_config.get_config("")
-  net = nnx.eval_shape(lambda: harmonizer.create_networks(config, nnx.Rngs(0)))["harmonizer"]
+  net = nnx.eval_shape(lambda: harmonizer.create_networks(config, variables.rngs(0)))["harmonizer"]
   assert torch_import.expected_shapes(net) == _official_shapes()
   # The official checkpoint's 4,726,882 (paper: 4.73M).
   assert sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param))) == 4_726_882
@@ -71,7 +72,7 @@ def test_convert_round_trip_of_official_layout():
   state_dict = {k: rng.normal(0, 1, s).astype(np.float32) for k, s in _official_shapes().items()}
   state_dict["backbone._bn1.num_batches_tracked"] = np.array(5)
   states = harmonizer.convert_torch({"default": state_dict}, config)
-  net = nnx.eval_shape(lambda: harmonizer.create_networks(config, nnx.Rngs(0)))["harmonizer"]
+  net = nnx.eval_shape(lambda: harmonizer.create_networks(config, variables.rngs(0)))["harmonizer"]
   nnx.update(net, states["harmonizer"])
   back = torch_import.to_state_dict(net)
   # num_batches_tracked is optional: imported where given (layers.BatchNorm's

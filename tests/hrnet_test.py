@@ -14,6 +14,7 @@ import pytest
 
 from harmonax import conversion
 from harmonax import torch_import
+from harmonax import variables
 from harmonax.models import backboned
 from harmonax.models import dih
 from convert_test import read_key_list
@@ -33,9 +34,8 @@ def _config(arg=""):
 
 @functools.cache
 def _abstract(arg: str) -> nnx.Module:
-  # Abstract construction of HRNet is slow under nnx.eval_shape (each rng draw
-  # costs in proportion to the trace so far): build each config once.
-  return nnx.eval_shape(lambda: dih.create_networks(_config(arg), nnx.Rngs(0)))["generator"]
+  # Built once per config (variables.rngs: see harmonax/variables.py).
+  return nnx.eval_shape(lambda: dih.create_networks(_config(arg), variables.rngs(0)))["generator"]
 
 
 def _random(arg: str, seed: int) -> nnx.Module:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from harmonax import torch_import
+from harmonax import variables
 from harmonax.models import dih
 from harmonax import models
 from harmonax.models import get_family
@@ -86,7 +87,7 @@ def _batch(h, w, b=2, seed=0):
 def test_full_size_parameter_counts_match_official(name, official):
   config = _config(name, "")
   assert (config.model.name, config.model.variant) == ("dih", name)
-  nets = nnx.eval_shape(lambda: get_family("dih").create_networks(config, nnx.Rngs(0)))
+  nets = nnx.eval_shape(lambda: get_family("dih").create_networks(config, variables.rngs(0)))
   count = _params(nets["generator"])
   # The paper rounds to 8.30M / 2.19M; our module tree reproduces the checkpoints exactly.
   assert abs(count - official) / official < 0.01

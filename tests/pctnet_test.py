@@ -15,6 +15,7 @@ from harmonax import image_io
 from harmonax import inference
 from harmonax import torch_import
 from harmonax import train
+from harmonax import variables
 from harmonax.models import layers
 from harmonax.models import pct_contrastive
 from harmonax.models import pct_ops
@@ -36,7 +37,7 @@ def _config(variant, arg="runlocal", **model):
 
 
 def _abstract(config):
-  return nnx.eval_shape(lambda: pctnet.create_networks(config, nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: pctnet.create_networks(config, variables.rngs(0)))
 
 
 @pytest.mark.parametrize("variant, count", [("cnn", 2_185_736), ("vit", 4_809_896)])
@@ -439,6 +440,24 @@ def test_vit_matches_torch_forward():
     params = model.get_params(encoder.dec(grid))
     theirs = _torch_pct(params, _nchw(mask), _nchw(image), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
   np.testing.assert_allclose(ours, theirs.numpy().transpose(0, 2, 3, 1), atol=2e-5)
+
+
+@pytest.mark.parametrize("n,block", [(64, 16), (48, 16), (12, 16), (40, 16)])
+def test_blockwise_attention_equals_whole_softmax_attention(n, block):
+  # Blocks of queries (n = 64, 48), and the whole product where blocks do not fit
+  # (12 <= block) or divide (40): the same values, on a batch-sharded input.
+  from harmonax import sharding  # pylint: disable=g-import-not-at-top
+  from harmonax.models import pctnet_vit  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(n)
+  q, k, v = (rng.normal(0, 2, (8, n, 2, 8)).astype(np.float32) for _ in range(3))
+  logits = np.einsum("bqhc,bkhc->bhqk", q, k) / np.sqrt(8)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  expected = np.einsum("bhqk,bkhc->bqhc", weights / weights.sum(-1, keepdims=True), v)
+  mesh = sharding.make_mesh()
+  with jax.set_mesh(mesh):
+    q, k, v = (sharding.global_batch({"x": x}, mesh)["x"] for x in (q, k, v))
+    ours = jax.jit(lambda *a: pctnet_vit.blockwise_attention(*a, block=block))(q, k, v)
+  np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- command line

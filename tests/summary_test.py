@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from harmonax import model_info as summary
+from harmonax import variables
 from harmonax.models import get_family
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
@@ -57,7 +58,7 @@ def test_every_runlocal_config_summarizes(name):
   config = _config(name)
   result = summary.summarize(config)
   family = get_family(config.model.name)
-  networks = nnx.eval_shape(lambda: family.create_networks(config, nnx.Rngs(0)))
+  networks = nnx.eval_shape(lambda: family.create_networks(config, variables.rngs(0)))
   assert set(result.params) == set(networks)
   assert all(count > 0 for count in result.params.values())
   assert result.gflops_per_image > 0

@@ -37,8 +37,9 @@ def make_norm(kind: str, features: int, rngs: nnx.Rngs) -> nnx.Module:
     return nnx.InstanceNorm(features, epsilon=1e-5, use_scale=False, use_bias=False,
                             use_fast_variance=False, rngs=rngs)
   if kind == "batch":
-    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
-                         scale_init=_bn_scale_init, rngs=rngs)
+    return layers.statistics_as(nnx.BatchNorm(
+        features, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+        scale_init=_bn_scale_init, rngs=rngs))
   raise ValueError(f"Unknown norm {kind!r}: expected 'instance' or 'batch'")
 
 

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from harmonax import variables
 from harmonax.models import attention_unet
 from harmonax.models import dovenet
 from harmonax.models import layers
@@ -132,7 +133,7 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
   # Same call order as the official forward(), so batch-norm statistics match.
   z_bg = enc(real, 1.0 - mask)
   z_real = enc(real, mask)
-  harm = gen(_generator_input(comp, mask, z_bg), nnx.Rngs(dropout=rng))
+  harm = gen(_generator_input(comp, mask, z_bg), variables.rngs(dropout=rng))
   z_harm = enc(harm, mask)
   z_comp = enc(comp, mask)
   l1 = jnp.mean(jnp.abs(harm - real))

@@ -36,6 +36,7 @@ from harmonax import checkpoint
 from harmonax import losses
 from harmonax import optimizers
 from harmonax import torch_import
+from harmonax import variables
 from harmonax.models import dih
 from harmonax.models import layers
 from harmonax.models import lut as lut_ops
@@ -293,7 +294,7 @@ def convert_torch(state_dicts: dict[str, dict[str, np.ndarray]],
   if len(state_dicts) != 1:
     raise ValueError(f"cdtnet takes one checkpoint; got roles {sorted(state_dicts)}")
   (state_dict,) = state_dicts.values()
-  nets = nnx.eval_shape(lambda: create_networks(config, nnx.Rngs(0)))
+  nets = nnx.eval_shape(lambda: create_networks(config, variables.rngs(0)))
   parts = split_state_dict(state_dict, tuple(nets))
   for name, net in nets.items():
     torch_import.load_into(net, parts[name], context=f"cdtnet {name}")

@@ -21,6 +21,7 @@ import optax
 from harmonax import losses
 from harmonax import optimizers
 from harmonax import torch_import
+from harmonax import variables
 from harmonax.models import backboned
 from harmonax.models import layers
 
@@ -481,7 +482,7 @@ def forward(net: Network, composite: jax.Array, mask: jax.Array,
     x, crop = layers.pad_to_multiple(x, net.size_multiple, net.min_size, mode=padding)
   image = layers.imagenet_normalize(x[..., :3])
   if isinstance(net, backboned.HRNetIHModel):
-    out = net(image, x[..., 3:], None if rng is None else nnx.Rngs(dropout=rng))
+    out = net(image, x[..., 3:], None if rng is None else variables.rngs(dropout=rng))
   else:
     out = net(image, x[..., 3:])
   return out[:, crop[0], crop[1]]

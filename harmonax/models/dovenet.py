@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from harmonax import torch_import
+from harmonax import variables
 from harmonax.models import attention_unet
 from harmonax.models import layers
 from harmonax.models import partial_conv
@@ -165,7 +166,7 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
   comp, mask = batch["composite"] * 2.0 - 1.0, batch["mask"]
   real = batch["real"] * 2.0 - 1.0
   dropout_key, gp_key = jax.random.split(rng)
-  output = gen(jnp.concatenate([comp, mask], -1), nnx.Rngs(dropout=dropout_key))
+  output = gen(jnp.concatenate([comp, mask], -1), variables.rngs(dropout=dropout_key))
 
   # One D pass on the fake serves both losses: the trainer pulls the D loss
   # back into D's params only and the G loss into G's params only.
@@ -268,7 +269,7 @@ def convert_networks(config: ml_collections.ConfigDict, create, state_dicts: dic
   The networks are built abstractly (no random init of ~70M parameters): every
   variable must come from the state dicts, which load_into enforces.
   """
-  networks = nnx.eval_shape(lambda: create(config, nnx.Rngs(0)))
+  networks = nnx.eval_shape(lambda: create(config, variables.rngs(0)))
   if "default" in state_dicts and len(state_dicts) == 1:
     state_dicts = {"generator": state_dicts["default"]}  # one unnamed file: the generator
   if not any(k in state_dicts for k in ("generator", torch_names["generator"])):

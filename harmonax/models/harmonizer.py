@@ -30,6 +30,7 @@ import optax
 from harmonax import filters
 from harmonax import optimizers
 from harmonax import torch_import
+from harmonax import variables
 from harmonax.models import efficientnet
 from harmonax.models import layers
 
@@ -237,7 +238,7 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
   inputs = jnp.where(row, made, composite)
   targets = [jnp.where(row, t, real) for t in targets[:-1]] + [jittered]
 
-  pred_args = net(inputs, mask, rngs=nnx.Rngs(dropout=k_drop))
+  pred_args = net(inputs, mask, rngs=variables.rngs(dropout=k_drop))
   _, outputs = filters.apply_filters(inputs, mask, pred_args)
   stage = jnp.stack([filter_loss(o, t, mask) for o, t in zip(outputs, targets)])
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from harmonax import torch_import
+from harmonax import variables
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -344,13 +345,21 @@ def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int =
                   use_bias=use_bias, kernel_init=kernel_init, rngs=rngs)
 
 
+def statistics_as(bn: nnx.BatchNorm) -> nnx.BatchNorm:
+  """bn with its running mean and variance held as `variables.Statistic`s (same
+  values: only writes under jit are cheaper)."""
+  bn.mean = variables.Statistic(bn.mean.get_value())
+  bn.var = variables.Statistic(bn.var.get_value())
+  return bn
+
+
 def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
   """nn.BatchNorm2d defaults: eps 1e-5, running stats updated with weight 0.1.
 
   (PyTorch's running_var uses the unbiased batch variance, Flax the biased one:
   a negligible difference for training, none for imported weights.)
   """
-  return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+  return statistics_as(nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs))
 
 
 def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
@@ -415,7 +424,8 @@ class BatchNorm(nnx.BatchNorm):
                rngs: nnx.Rngs, **kwargs):
     super().__init__(num_features, momentum=momentum, epsilon=epsilon, rngs=rngs,
                      **kwargs)
-    self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+    statistics_as(self)
+    self.num_batches_tracked = variables.Statistic(jnp.zeros((), jnp.int32))
 
   def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
                mask: jax.Array | None = None) -> jax.Array:

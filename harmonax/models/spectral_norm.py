@@ -5,8 +5,8 @@ into the wrapped layer's `nnx.Param`, so the parameter the optimizer updates is
 no longer the raw weight and every call divides again. This wrapper keeps the
 raw weight as the parameter (PyTorch's `weight_orig`) and passes the
 normalized weight to the layer for the call only. The power-iteration vectors
-`u` and `v` are `nnx.BatchStat` variables: non-Param state that the trainer
-carries alongside batch-norm statistics.
+`u` and `v` are `nnx.BatchStat` variables (`variables.Statistic`): non-Param state
+that the trainer carries alongside batch-norm statistics.
 
 Matches `torch.nn.utils.spectral_norm` (one power iteration per training
 call, eps 1e-12; in eval mode sigma comes from the stored u and v). The
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from harmonax import torch_import
+from harmonax import variables
 
 
 def _l2_normalize(x: jax.Array, eps: float) -> jax.Array:
@@ -67,8 +68,8 @@ class SpectralNorm(nnx.Module):
     self.use_running_average = False
     w = weight_matrix(layer.kernel[...])
     ku, kv = jax.random.split(rngs.params())
-    self.u = nnx.BatchStat(_l2_normalize(jax.random.normal(ku, (w.shape[0],)), eps))
-    self.v = nnx.BatchStat(_l2_normalize(jax.random.normal(kv, (w.shape[1],)), eps))
+    self.u = variables.Statistic(_l2_normalize(jax.random.normal(ku, (w.shape[0],)), eps))
+    self.v = variables.Statistic(_l2_normalize(jax.random.normal(kv, (w.shape[1],)), eps))
 
   def normalized_kernel(self, update_stats: bool | None = None) -> jax.Array:
     """The layer's kernel divided by its estimated largest singular value."""
