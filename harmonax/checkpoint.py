@@ -1,8 +1,9 @@
 """Checkpoints: the training state with its data iterator, and networks for inference.
 
 A training workdir holds `config.json` and `checkpoints/<step>/` with two orbax
-items: `state` (the train state pytree of docs/architecture.md, as pure dicts)
-and `data_iter` (the grain iterator state, one JSON file per process).
+items: `state` (the train state pytree of docs/architecture.md, as pure dicts,
+with the parameter averages 'ema' when config.optim.ema_decay > 0) and
+`data_iter` (the grain iterator state, one JSON file per process).
 
 `save_networks` writes a standalone directory (`config.json` + `networks/`, the
 full nnx state of every network) that `load_networks` reads back, as does a
@@ -166,11 +167,13 @@ def _restore_newest(checkpoint_dir: epath.Path, restore_one) -> tuple[Any, int]:
       + "; ".join(errors))
 
 
-def load_networks(path: str | os.PathLike
+def load_networks(path: str | os.PathLike, average: bool = True
                   ) -> tuple[ml_collections.ConfigDict, dict[str, nnx.Module]]:
   """Loads (config, networks in eval mode) from a training workdir or a save_networks dir.
 
-  A training workdir gives the networks of its newest restorable step.
+  A training workdir gives the networks of its newest restorable step: their
+  Polyak averages (the state's 'ema', kept when config.optim.ema_decay > 0)
+  unless `average` is False, then the last update's weights.
   """
   path = _path(path)
   config = load_config(path)
@@ -187,6 +190,8 @@ def load_networks(path: str | os.PathLike
     params = network_states(networks, nnx.Param)
     rest = network_states(networks, nnx.Not(nnx.Param))
     target = {"params": params, "rest": rest}
+    if average and (config.get("optim") or {}).get("ema_decay", 0.0):
+      target = {"ema": target}
 
     def restore_one(step):
       with ocp.PyTreeCheckpointer() as checkpointer:
@@ -197,7 +202,9 @@ def load_networks(path: str | os.PathLike
                 partial_restore=True))
 
     restored, step = _restore_newest(path / CHECKPOINT_DIR, restore_one)
-    logging.info("Loaded networks of step %d from %s", step, path)
+    restored = restored.get("ema", restored)
+    logging.info("Loaded networks of step %d from %s%s", step, path,
+                 " (parameter averages)" if "ema" in target else "")
     # Recombine Param and non-Param leaves into one pure dict per network.
     states = {}
     for name in networks:

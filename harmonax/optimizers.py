@@ -1,7 +1,13 @@
-"""Optimizers shared by model families."""
+"""Optimizers shared by model families, and the trainer's parameter averaging."""
 
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+PyTree = Any
 
 
 def step_decay_adam(optim: ml_collections.ConfigDict,
@@ -19,3 +25,23 @@ def step_decay_adam(optim: ml_collections.ConfigDict,
   schedule = optax.piecewise_constant_schedule(optim.lr, boundaries)
   return optax.inject_hyperparams(optax.adam)(
       learning_rate=schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+
+
+def ema_update(average: PyTree, new: PyTree, decay: float, count: jax.Array) -> PyTree:
+  """Polyak averaging: `average` moved toward `new`, the state after `count` updates.
+
+  Each floating leaf becomes a + w (x - a) with w = max(1 - decay, 1 / (count + 1)):
+  while 1 / (count + 1) is larger (the first 1 / (1 - decay) updates) the average
+  is the plain mean of the initial state and every update so far, so the random
+  initialisation fades as fast as it can (as layers.BatchNorm warms up); then an
+  exponential moving average of horizon 1 / (1 - decay) updates. Other leaves
+  (counters) take the new value.
+  """
+  weight = jnp.maximum(1.0 - decay, 1.0 / (count.astype(jnp.float32) + 1.0))
+
+  def update(a, x):
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+      return x
+    return (a + weight.astype(a.dtype) * (x - a)).astype(a.dtype)
+
+  return jax.tree.map(update, average, new)

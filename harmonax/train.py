@@ -45,6 +45,7 @@ from harmonax import inference
 from harmonax import input_pipeline
 from harmonax import metric_writers
 from harmonax import models
+from harmonax import optimizers as optimizers_lib
 from harmonax import sharding
 from harmonax import variables
 from harmonax import workdir_lock
@@ -92,6 +93,16 @@ def learning_rates(opt_state) -> dict[str, jax.Array]:
   return found
 
 
+def ema_decay_of(config: ml_collections.ConfigDict) -> float:
+  """config.optim.ema_decay, 0 (no averaging) when absent."""
+  return float((config.get("optim") or {}).get("ema_decay", 0.0) or 0.0)
+
+
+def eval_variables(state: dict) -> dict:
+  """{'params', 'rest'} of the networks to evaluate: the averages when kept."""
+  return state.get("ema") or {"params": state["params"], "rest": state["rest"]}
+
+
 def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
@@ -112,15 +123,19 @@ class TrainFns(NamedTuple):
 def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> TrainFns:
   """Builds the train state initializer and the update step of config's model family.
 
-  The state is `{'params', 'rest', 'opt_state': {network: ...}, 'step'}`; the step
-  makes one forward pass and pulls back a one-hot cotangent per trained network.
-  Batches may hold uint8 images: families convert them on the device.
+  The state is `{'params', 'rest', 'opt_state': {network: ...}, 'step'}`, plus
+  `'ema': {'params', 'rest'}` when config.optim.ema_decay > 0 (Polyak averages of
+  the networks' floating state, see optimizers.ema_update: what evaluation,
+  the image grids and checkpoint.load_networks use); the step makes one forward
+  pass and pulls back a one-hot cotangent per trained network. Batches may hold
+  uint8 images: families convert them on the device.
   """
   # Networks -> (graphdef, Param state, other state) per network.
   family = models.get_family(config.model.name)
   abstract_nets = checkpoint.abstract_networks(config)
   graphdefs = {k: nnx.split(net, nnx.Param, ...)[0] for k, net in abstract_nets.items()}
   optimizers = family.make_optimizers(config, steps_per_epoch)
+  ema_decay = ema_decay_of(config)
   if unknown := set(optimizers) - set(graphdefs):
     raise ValueError(f"make_optimizers names {sorted(unknown)}, which create_networks "
                      f"does not make (networks: {sorted(graphdefs)})")
@@ -128,10 +143,13 @@ def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> T
   def init_state():
     nets = family.create_networks(config, variables.rngs(config.seed))
     params = checkpoint.network_states(nets, nnx.Param)
-    return {"params": params,
-            "rest": checkpoint.network_states(nets, nnx.Not(nnx.Param)),
-            "opt_state": {k: opt.init(params[k]) for k, opt in optimizers.items()},
-            "step": jnp.zeros((), jnp.int32)}
+    state = {"params": params,
+             "rest": checkpoint.network_states(nets, nnx.Not(nnx.Param)),
+             "opt_state": {k: opt.init(params[k]) for k, opt in optimizers.items()},
+             "step": jnp.zeros((), jnp.int32)}
+    if ema_decay:
+      state["ema"] = jax.tree.map(jnp.copy, {"params": params, "rest": state["rest"]})
+    return state
 
   dtype = models.compute_dtype(config)
 
@@ -175,6 +193,9 @@ def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> T
     metrics.update({f"lr/{k}": v for k, v in learning_rates(opt_state).items()})
     new_state = {"params": params, "rest": rest, "opt_state": opt_state,
                  "step": state["step"] + 1}
+    if ema_decay:
+      new_state["ema"] = optimizers_lib.ema_update(
+          state["ema"], {"params": params, "rest": rest}, ema_decay, new_state["step"])
     # Checked before every save, so a diverged state is never written.
     metrics["finite"] = _all_finite(losses) & _all_finite(params) & _all_finite(rest)
     return new_state, metrics
@@ -236,7 +257,8 @@ def predict_images(config: ml_collections.ConfigDict, fns: TrainFns, state: dict
                    batch: dict[str, np.ndarray], max_rows: int = 4, max_size: int = 256
                    ) -> np.ndarray:
   """An image grid (composite | output | real | mask) of a few training rows,
-  predicted in eval mode, at most `max_size` pixels a tile."""
+  predicted in eval mode (by the averaged networks when kept), at most
+  `max_size` pixels a tile."""
   family = models.get_family(config.model.name)
   rows = {k: np.asarray(v[:max_rows]) for k, v in batch.items()}
   size = min(max_size, rows["real"].shape[1])
@@ -244,7 +266,7 @@ def predict_images(config: ml_collections.ConfigDict, fns: TrainFns, state: dict
     rows = {k: np.asarray(jax.image.resize(layers.to_float(jnp.asarray(v)),
                                            v.shape[:1] + (size, size) + v.shape[3:],
                                            "bilinear")) for k, v in rows.items()}
-  host = jax.tree.map(evaluation.host_local, {"params": state["params"], "rest": state["rest"]})
+  host = jax.tree.map(evaluation.host_local, eval_variables(state))
   nets = fns.merge(host["params"], host["rest"])
   models.set_modes(nets)
   pred = inference.jitted_predict(ml_collections.FrozenConfigDict(config))(
@@ -350,8 +372,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   # ---- Evals: each set of config.evals (dataset, split, size), averaged metrics.
   def run_eval(step):
-    host = jax.tree.map(evaluation.host_local,
-                        {"params": state["params"], "rest": state["rest"]})
+    host = jax.tree.map(evaluation.host_local, eval_variables(state))
     nets = fns.merge(host["params"], host["rest"])
     models.set_modes(nets)
     scalars = {}

@@ -153,6 +153,55 @@ def test_resume_matches_an_uninterrupted_run(straight, tmp_path, monkeypatch):
   _assert_trees_equal(resumed["opt_state"], straight_state["opt_state"])
 
 
+def _ema_config(**overrides):
+  config = _gan_config(**overrides)
+  config.optim.ema_decay = 0.6
+  return config
+
+
+def test_ema_is_a_warmed_up_moving_average_of_the_parameters():
+  config = _ema_config()
+  fns = train.make_train_fns(config, steps_per_epoch=8)
+  step = jax.jit(fns.train_step)
+  state = train.initial_state(fns)
+  assert "ema" not in train.initial_state(train.make_train_fns(_gan_config(), 8))
+  batches = fake_family.make_train_iterator(config.data, 8, 0)
+  history = [jax.device_get(state["params"])]
+  for _ in range(3):
+    state, _ = step(state, next(batches))
+    history.append(jax.device_get(state["params"]))
+  # Weights 1/2, 1/3 (the mean of every state so far), then 1 - 0.6.
+  expected = history[0]
+  for n, params in enumerate(history[1:], start=1):
+    w = max(1 - 0.6, 1 / (n + 1))
+    expected = jax.tree.map(lambda a, x, w=w: a + w * (x - a), expected, params)
+  for got, want in zip(jax.tree.leaves(state["ema"]["params"]), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+  # Batch statistics are averaged too; integer counters are the last step's.
+  for got, live in zip(jax.tree.leaves(state["ema"]["rest"]), jax.tree.leaves(state["rest"])):
+    if not np.issubdtype(np.asarray(live).dtype, np.floating):
+      np.testing.assert_array_equal(got, live)
+  assert train.eval_variables(state) is state["ema"]
+
+
+def test_ema_resumes_bit_identically_and_is_what_load_networks_reads(tmp_path, monkeypatch):
+  straight_dir = tmp_path / "straight"
+  straight, _ = _run(monkeypatch.setattr, straight_dir, _ema_config())
+  first, _ = _run(monkeypatch.setattr, tmp_path / "resumed", _ema_config(total_steps=2))
+  assert int(first["step"]) == 2
+  resumed, _ = _run(monkeypatch.setattr, tmp_path / "resumed", _ema_config())
+  _assert_trees_equal(resumed["ema"], straight["ema"])
+  _assert_trees_equal(resumed["params"], straight["params"])
+  assert not np.allclose(jax.tree.leaves(straight["ema"]["params"])[0],
+                         jax.tree.leaves(straight["params"])[0])
+  _, averaged = checkpoint.load_networks(straight_dir)
+  _assert_trees_equal(checkpoint.network_states(averaged, nnx.Param), straight["ema"]["params"])
+  _assert_trees_equal(checkpoint.network_states(averaged, nnx.Not(nnx.Param)),
+                      straight["ema"]["rest"])
+  _, last = checkpoint.load_networks(straight_dir, average=False)
+  _assert_trees_equal(checkpoint.network_states(last, nnx.Param), straight["params"])
+
+
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(
     straight, tmp_path, monkeypatch, caplog):
   workdir, straight_state, straight_fingerprints, _ = straight
