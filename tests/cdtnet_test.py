@@ -197,7 +197,7 @@ def test_refinement_in_strips_equals_whole_image():
   config = _small_config()
   nets, _ = _random_networks(config)
   image, mask = _inputs(h=37)
-  whole = cdtnet.forward(config, nets, image, mask)["images"]
+  whole = jax.jit(lambda i, m: cdtnet.forward(config, nets, i, m))(image, mask)["images"]
   strips = jax.jit(lambda i, m: cdtnet.forward(config, nets, i, m, refine_rows=8))(image, mask)
   np.testing.assert_allclose(strips["images"], whole, atol=1e-5)
 
@@ -205,10 +205,12 @@ def test_refinement_in_strips_equals_whole_image():
 def test_fresh_lut_branch_is_the_identity():
   """LUT0 identity, the rest zero, weights = fc bias 1 when its kernel is zero."""
   config = _small_config()
-  nets = cdtnet.create_networks(config, nnx.Rngs(0))
+  # Jitted: eagerly, each op of the initialisation and the forward pass would compile.
+  nets = nnx.jit(lambda: cdtnet.create_networks(config, variables.rngs(0)))()
   nets["lut"].classifier.fc.kernel.value = jnp.zeros_like(nets["lut"].classifier.fc.kernel)
   image, mask = _inputs()
-  out = cdtnet.forward(config, nets, image, mask)["lut_images"]
+  out = nnx.jit(lambda n, i, m: cdtnet.forward(config, n, i, m)["lut_images"])(
+      nets, image, mask)
   np.testing.assert_allclose(out, image, atol=2e-6)
   assert cdtnet.make_optimizers(config, 10).keys() == {"lut", "refine"}
   config.model.finetune_base = True

@@ -1,8 +1,8 @@
 """Every recipe in configs/: its runlocal variant trains a step through the
-trainer, checkpoints, resumes for a second step, evaluates and writes an image
-grid (synthetic data at the config's size, uint8 batches as the real
-pipeline's, 8 CPU devices). The resumed run compiles from the persistent cache.
-Recipes with pretrained initialisation (config.init) start from a state dict."""
+trainer, is preempted and checkpoints, resumes for a second step, evaluates and
+writes an image grid (synthetic data at the config's size, uint8 batches as
+the real pipeline's, 8 CPU devices). Recipes with pretrained initialisation
+(config.init) start from a state dict."""
 
 import glob
 import importlib
@@ -19,6 +19,7 @@ from harmonax import evaluation
 from harmonax import models
 from harmonax import torch_import
 from harmonax import train
+from harmonax import variables
 import fake_family
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
@@ -29,8 +30,12 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
 def _harmonizer_backbone(config, folder):
   """config.init.harmonizer: a backbone state dict (EfficientNet keys, .npz),
   applied once before step 1. Returns the check of the first run's state."""
-  donor = models.get_family("harmonizer").create_networks(
-      config, nnx.Rngs(7))["harmonizer"].backbone
+  # Random weights of the backbone's shapes (an eager init would compile each op).
+  graphdef, shapes = nnx.split(nnx.eval_shape(lambda: models.get_family(
+      "harmonizer").create_networks(config, variables.rngs(7)))["harmonizer"].backbone)
+  rng = np.random.default_rng(7)
+  donor = nnx.merge(graphdef, jax.tree.map(
+      lambda x: rng.uniform(0.5, 1.5, x.shape).astype(x.dtype), shapes))
   path = folder / "backbone.npz"
   np.savez(path, **torch_import.to_state_dict(donor))
   config.init.harmonizer = str(path)
@@ -45,6 +50,31 @@ def _harmonizer_backbone(config, folder):
 
 
 PRETRAINED = {"harmonizer": _harmonizer_backbone}
+
+
+def _preempt_at_step_1_and_reuse_the_update_step(monkeypatch):
+  """The first run is preempted after step 1 (as orbax reports a TPU
+  maintenance event: the trainer saves and stops); the rerun, with the same
+  config, resumes. It reuses the first run's update step as a second process
+  would its persistent compilation cache, without tracing it again."""
+  make_manager = checkpoint.make_manager
+
+  def preempted_at_step_1(*args, **kwargs):
+    manager = make_manager(*args, **kwargs)
+    manager.reached_preemption = lambda step: step == 1
+    return manager
+
+  built = {}
+
+  def make_train_fns_once(config, steps_per_epoch):
+    key = (config.to_json(sort_keys=True), steps_per_epoch)
+    if key not in built:
+      built[key] = make_train_fns(config, steps_per_epoch)
+    return built[key]
+
+  make_train_fns = train.make_train_fns
+  monkeypatch.setattr(checkpoint, "make_manager", preempted_at_step_1)
+  monkeypatch.setattr(train, "make_train_fns", make_train_fns_once)
 
 
 def test_every_recipe_is_listed():
@@ -67,11 +97,12 @@ def test_runlocal_trains_resumes_and_evaluates(name, tmp_path, monkeypatch):
   check_pretrained = (PRETRAINED[name](config, tmp_path) if name in PRETRAINED
                       else lambda state: None)
   workdir = tmp_path / "run"
-  config.update(total_steps=1, eval_every=0, checkpoint_every=1, log_every=1, image_every=0)
+  config.update(total_steps=2, eval_every=2, checkpoint_every=1, log_every=1, image_every=2)
+  _preempt_at_step_1_and_reuse_the_update_step(monkeypatch)
   first = jax.device_get(train.train_and_evaluate(config, os.fspath(workdir)))
+  assert int(first["step"]) == 1
   check_pretrained(first)
-  # Same workdir: resumes from step 1, then evaluates and draws at step 2.
-  config.update(total_steps=2, eval_every=2, image_every=2)
+  # The same command again: resumes from step 1, then evaluates and draws at step 2.
   second = jax.device_get(train.train_and_evaluate(config, os.fspath(workdir)))
   assert int(second["step"]) == 2
   assert checkpoint.good_steps(workdir / "checkpoints")[:2] == [2, 1]

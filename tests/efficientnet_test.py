@@ -101,6 +101,7 @@ def _small(stem="fg_bg", drop_connect_rate=0.2, depth=0.34):
 
 
 @nnx.jit
+@nnx.jit  # Eagerly, each of the backbone's ops would compile on its own.
 def _forward(net, image, mask, rngs=None):
   return net(image, mask, rngs=rngs)
 

@@ -73,6 +73,11 @@ def _apply(net, image, mask):
   return net(image, mask)
 
 
+def _predict(config, nets, inputs):
+  """The family's predict, jitted: eagerly, each of its ops would compile on its own."""
+  return np.asarray(nnx.jit(lambda n, i: get_family("dih").predict(config, n, i))(nets, inputs))
+
+
 def _batch(h, w, b=2, seed=0):
   rng = np.random.default_rng(seed)
   mask = np.zeros((b, h, w, 1), np.float32)
@@ -141,7 +146,7 @@ def test_predict_any_size_pads_as_the_official_predictor(name, hw):
   nets = _family_nets(name, 1)
   batch = _batch(*hw)
   inputs = {k: batch[k] for k in ("composite", "mask")}
-  out = np.asarray(jax.jit(lambda n, i: get_family("dih").predict(config, n, i))(nets, inputs))
+  out = _predict(config, nets, inputs)
   assert out.shape == batch["composite"].shape
   assert out.min() >= 0.0 and out.max() <= 1.0
   want = _official_padding_reference(nets["generator"], batch["composite"], batch["mask"])
@@ -152,7 +157,7 @@ def test_predict_any_size_pads_as_the_official_predictor(name, hw):
   # uint8 inputs give the same result (converted on the device).
   as_uint8 = {"composite": np.round(batch["composite"] * 255).astype(np.uint8),
               "mask": batch["mask"]}
-  out8 = get_family("dih").predict(config, nets, as_uint8)
+  out8 = _predict(config, nets, as_uint8)
   want8 = _official_padding_reference(nets["generator"], as_uint8["composite"] / 255.0,
                                       batch["mask"])
   np.testing.assert_allclose(out8, want8, atol=1e-5)
@@ -163,9 +168,9 @@ def test_edge_padding_option_differs_for_idih():
   config = _config("idih")
   nets = _family_nets("idih", 1)
   batch = {k: v for k, v in _batch(37, 50).items() if k != "real"}
-  official = get_family("dih").predict(config, nets, batch)
+  official = _predict(config, nets, batch)
   config.model.padding = "edge"
-  edge = get_family("dih").predict(config, nets, batch)
+  edge = _predict(config, nets, batch)
   assert edge.shape == official.shape
   assert not np.allclose(edge, official, atol=1e-3)
 
@@ -176,7 +181,7 @@ def test_predict_crop_equals_network_on_fitting_size():
   config = _config("issam")
   nets = _family_nets("issam", 2)
   batch = _batch(32, 32)
-  out = get_family("dih").predict(config, nets, batch)
+  out = _predict(config, nets, batch)
   raw = _apply(nets["generator"], layers.imagenet_normalize(batch["composite"]), batch["mask"])
   expected = jnp.clip(layers.imagenet_denormalize(raw), 0, 1)
   np.testing.assert_allclose(out, expected, atol=1e-6)
