@@ -41,13 +41,17 @@ def _official_shapes():
 def nets():
   """The runlocal network (tiny backbone, arguments at 64x64), eval mode."""
   config = harmonizer_config.get_config("runlocal")
-  networks = harmonizer.create_networks(config, nnx.Rngs(0))
+  networks = _create(config)
   networks["harmonizer"].eval()
   return networks
 
 
-# The regressor jitted: eagerly, each of its ops would compile on its own.
+# Initialisation and the regressor jitted: eagerly, each op would compile on its own.
 _regress = nnx.jit(lambda net, composite, mask: net(composite, mask))
+
+
+def _create(config):
+  return nnx.jit(lambda: harmonizer.create_networks(config, variables.rngs(0)))()
 
 
 def _batch(b=8, size=64, seed=0):
@@ -199,14 +203,7 @@ def test_compute_losses_trains_on_synthetic_rows_and_real_composites(nets):
                              losses["harmonizer"], rtol=1e-5)
   assert abs(float(step(nets, real_changed, key)[1]["real_loss"])
              - float(metrics["real_loss"])) > 1e-4
-
-  grads = nnx.jit(nnx.grad(
-      lambda n, b, k: harmonizer.compute_losses(config, {"harmonizer": n}, b, k)[0][
-          "harmonizer"]))(
-          nets["harmonizer"], batch, key)
-  leaves = jax.tree.leaves(nnx.state(grads))
-  assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
-  assert any(np.abs(np.asarray(g)).max() > 0 for g in leaves)
+  # The gradients of this loss: test_briefly_trained_arguments_vary_across_images_in_eval_mode.
   nets["harmonizer"].eval()
 
 
@@ -261,7 +258,7 @@ def test_briefly_trained_arguments_vary_across_images_in_eval_mode():
   # the 32 batch norms and every image got the same arguments in eval mode
   # (spread 0.000 against 0.19 in train mode). layers.BatchNorm warms up.
   config = harmonizer_config.get_config("runlocal")
-  net = harmonizer.create_networks(config, nnx.Rngs(0))["harmonizer"]
+  net = _create(config)["harmonizer"]
   opt = nnx.Optimizer(net, harmonizer.make_optimizers(config, 10)["harmonizer"], wrt=nnx.Param)
 
   net.train()  # As the trainer sets it.
@@ -271,9 +268,13 @@ def test_briefly_trained_arguments_vary_across_images_in_eval_mode():
     loss_fn = lambda n: harmonizer.compute_losses(config, {"harmonizer": n}, batch, key)[0]
     grads = nnx.grad(lambda n: loss_fn(n)["harmonizer"])(net)
     opt.update(net, grads)
+    leaves = jax.tree.leaves(nnx.state(grads))
+    return (jnp.all(jnp.stack([jnp.isfinite(g).all() for g in leaves])),
+            jnp.max(jnp.stack([jnp.abs(g).max() for g in leaves])))
 
   for step in range(10):
-    train_step(net, opt, _photo_like_batch(8, seed=step), jax.random.key(step))
+    finite, largest = train_step(net, opt, _photo_like_batch(8, seed=step), jax.random.key(step))
+    assert finite and largest > 0, step  # The loss trains the regressor at every step.
   test = _photo_like_batch(16, seed=100)
   net.eval()
   eval_spread = float(np.asarray(_regress(net, test["composite"], test["mask"])
