@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 
 from harmonax import model_card
 from harmonax import models
+from harmonax import optimizers
 from harmonax import variables
 
 CONFIG_FILE = "config.json"
@@ -190,7 +191,7 @@ def load_networks(path: str | os.PathLike, average: bool = True
     params = network_states(networks, nnx.Param)
     rest = network_states(networks, nnx.Not(nnx.Param))
     target = {"params": params, "rest": rest}
-    if average and (config.get("optim") or {}).get("ema_decay", 0.0):
+    if average and optimizers.ema_decay_of(config):
       target = {"ema": target}
 
     def restore_one(step):

@@ -7,7 +7,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from harmonax import variables
+
 PyTree = Any
+
+
+def ema_decay_of(config: ml_collections.ConfigDict) -> float:
+  """config.optim.ema_decay, 0 (no averaging) when absent."""
+  return float((config.get("optim") or {}).get("ema_decay", 0.0) or 0.0)
 
 
 def step_decay_adam(optim: ml_collections.ConfigDict,
@@ -37,7 +44,7 @@ def ema_update(average: PyTree, new: PyTree, decay: float, count: jax.Array) -> 
   exponential moving average of horizon 1 / (1 - decay) updates. Other leaves
   (counters) take the new value.
   """
-  weight = jnp.maximum(1.0 - decay, 1.0 / (count.astype(jnp.float32) + 1.0))
+  weight = variables.averaging_rate(decay, count)
 
   def update(a, x):
     if not jnp.issubdtype(x.dtype, jnp.inexact):

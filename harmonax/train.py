@@ -93,11 +93,6 @@ def learning_rates(opt_state) -> dict[str, jax.Array]:
   return found
 
 
-def ema_decay_of(config: ml_collections.ConfigDict) -> float:
-  """config.optim.ema_decay, 0 (no averaging) when absent."""
-  return float((config.get("optim") or {}).get("ema_decay", 0.0) or 0.0)
-
-
 def eval_variables(state: dict) -> dict:
   """{'params', 'rest'} of the networks to evaluate: the averages when kept."""
   return state.get("ema") or {"params": state["params"], "rest": state["rest"]}
@@ -135,7 +130,7 @@ def make_train_fns(config: ml_collections.ConfigDict, steps_per_epoch: int) -> T
   abstract_nets = checkpoint.abstract_networks(config)
   graphdefs = {k: nnx.split(net, nnx.Param, ...)[0] for k, net in abstract_nets.items()}
   optimizers = family.make_optimizers(config, steps_per_epoch)
-  ema_decay = ema_decay_of(config)
+  ema_decay = optimizers_lib.ema_decay_of(config)
   if unknown := set(optimizers) - set(graphdefs):
     raise ValueError(f"make_optimizers names {sorted(unknown)}, which create_networks "
                      f"does not make (networks: {sorted(graphdefs)})")

@@ -11,11 +11,13 @@ about 60 s, a third of a DoveNet train step's trace was these writes.
 
 The classes here store the same value without the check when it is a tracer
 of the stored shape and dtype (concrete arrays take flax's path unchanged);
-`rngs` is `nnx.Rngs` with such counters.
+`rngs` is `nnx.Rngs` with such counters. `averaging_rate` is the warm-up weight
+of the running averages kept in such variables.
 """
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 
 
 class _TracedWrites:
@@ -45,3 +47,13 @@ def rngs(*args, **kwargs) -> nnx.Rngs:
     stream = out[name]
     stream.count = RngCount(stream.count.get_value(), tag=stream.tag)
   return out
+
+
+def averaging_rate(decay: float, count: jax.Array) -> jax.Array:
+  """max(1 - decay, 1 / (count + 1)), float32: the weight of the newest value in a
+  running average after `count` earlier updates (layers.BatchNorm's statistics,
+  optimizers.ema_update's parameter averages). While 1 / (count + 1) is larger,
+  the average is the plain mean of every value so far, so the initial value fades
+  as fast as it can; after 1 / (1 - decay) updates it is the usual exponential
+  moving average."""
+  return jnp.maximum(1.0 - decay, 1.0 / (jnp.asarray(count).astype(jnp.float32) + 1.0))

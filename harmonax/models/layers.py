@@ -435,7 +435,7 @@ class BatchNorm(nnx.BatchNorm):
               else self.use_running_average)
     if not frozen:
       n = self.num_batches_tracked[...]
-      rate = jnp.maximum(1.0 - self.momentum, 1.0 / (n + 1).astype(jnp.float32))
+      rate = variables.averaging_rate(self.momentum, n)
       # nnx moved each statistic by (1 - momentum) of the way to the batch's.
       gain = rate / (1.0 - self.momentum)
       self.mean[...] = old_mean + gain * (self.mean[...] - old_mean)
