@@ -22,7 +22,7 @@ harmonax's CLIs use (`harmonax.xla_setup`: oneDNN where supported).
 Ratio = harmonax time / PyTorch time: below 1 means harmonax is faster. The
 1-minute load average is recorded before and after every child: a ratio is
 only meaningful on a quiet machine (an oversubscribed 2-thread PyTorch stalls).
-Writes the table to benchmarks/results/vs_pytorch.md.
+Appends the table to benchmarks/results/vs_pytorch.md (--output), after the earlier runs.
 """
 
 import argparse
@@ -290,8 +290,13 @@ def main() -> None:
   table = format_table(rows, started, (load_start, os.getloadavg()[0]))
   print(table)
   os.makedirs(os.path.dirname(args.output), exist_ok=True)
+  # Appended: the file keeps every run (each table says when and at what load).
+  earlier = ""
+  if os.path.exists(args.output):
+    with open(args.output) as f:
+      earlier = f.read().rstrip("\n") + "\n\n"
   with open(args.output, "w") as f:
-    f.write("# harmonax / PyTorch, side by side\n\n" + table)
+    f.write((earlier or "# harmonax / PyTorch, side by side\n\n") + table)
 
 
 if __name__ == "__main__":

@@ -65,10 +65,10 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   Each block's [heads, block, n] weights see every key, so the softmax is the
   exact one (no running maximum). Why: the 256 view is 4,096 tokens, and
   XLA:CPU computes a whole layer's [2, 4096, 4096] weights (134 MB, out of every
-  cache) in each of exp, sum and product; in blocks of 512 queries a layer is
-  about 2x faster with the same values, the full-size predict at 1024 2.95 s ->
-  2.16 s (BENCHMARKS.md). Fewer tokens, or a count that blocks do not divide,
-  take the whole product.
+  cache) in each of exp, sum and product; in blocks of 512 queries the values
+  are the same and the full-size predict at 1024 went from 2.95 s to 2.16 s
+  (benchmarks/vs_pytorch.py, BENCHMARKS.md). Fewer tokens, or a count that
+  blocks do not divide, take the whole product.
   """
   b, n, h, c = q.shape
   if n <= block or n % block:
