@@ -124,9 +124,12 @@ class FusionNet(nnx.Module):
     self.heads = nnx.List(heads)
     # Why: a soft edge is (alpha - mask) * (fg - bg), a product that the RGB
     # bands must learn to form, while d out / d alpha is fg - bg directly (the
-    # bands alone stayed alpha blending in a 400-step run). Zero init: the
-    # untrained correction is none; its kernel still gets gradient at step 1.
-    self.alpha_head = (layers.conv(channels[0], 1, 3, padding=1, rngs=rngs,
+    # bands alone stayed alpha blending in a 400-step run). The head also sees
+    # the mask itself: a 3x3 filter of it is a feather, linear in the head's
+    # weights (on the decoder's features alone it barely moved in 400 steps).
+    # Zero init: the untrained correction is none; its kernel still gets
+    # gradient at step 1.
+    self.alpha_head = (layers.conv(channels[0] + 1, 1, 3, padding=1, rngs=rngs,
                                    kernel_init=nnx.initializers.zeros_init())
                        if alpha_head else None)
 
@@ -152,7 +155,8 @@ class FusionNet(nnx.Module):
     """The blend's alpha: the mask, or clip(mask + correction) with alpha_head."""
     if self.alpha_head is None:
       return mask
-    return jnp.clip(mask + self.alpha_head(finest), 0.0, 1.0)
+    correction = self.alpha_head(jnp.concatenate([finest, mask.astype(finest.dtype)], axis=-1))
+    return jnp.clip(mask + correction, 0.0, 1.0)
 
 
 def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
@@ -188,6 +192,7 @@ def load_pretrained(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
     ValueError: a checkpoint of another family or with other widths.
   """
   del config
+  paths = {k: v for k, v in paths.items() if v}  # Empty: not initialised.
   ours = {k: v for k, v in paths.items() if k in NETWORKS}
   for path in sorted(set(ours.values())):
     loaded_config, loaded = checkpoint.load_networks(path)
