@@ -215,7 +215,12 @@ def write_round(workdir: str, output: str, harder: tuple[str, ...] = ("mask",),
   round_builder = RoundBuilder(
       splits=splits, data_dir=output, file_format="array_record",
       description=f"Self-taught round {info['round']}: {json.dumps(info)}")
-  round_builder.download_and_prepare()
+  shown = tfds.core.utils.tqdm_utils._active  # pylint: disable=protected-access
+  tfds.display_progress_bar(False)  # Ours counts the triplets (TFDS' would be a second bar).
+  try:
+    round_builder.download_and_prepare()
+  finally:
+    tfds.display_progress_bar(shown)
   with open(os.path.join(output, ROUND_FILE), "w") as f:
     json.dump(info, f, indent=1)
   return info

@@ -333,12 +333,14 @@ def test_self_taught_round_writes_harder_triplets_and_the_next_round_trains(
   round0 = dc.create_networks(config, nnx.Rngs(7))  # Not the trainer's seed-0 init.
   checkpoint.save_networks(tmp_path / "r0", config, round0)
   harder = ("mask", "foreground")
-  info = self_taught.write_round(tmp_path / "r0", tmp_path / "r1", harder, bucket=32)
+  info = self_taught.write_round(tmp_path / "r0", tmp_path / "r1", harder, bucket=32,
+                                 max_examples=8)
   assert info["round"] == 1 and info["harder"] == list(harder)
   source = input_pipeline.get_builder(data_config.name, data_config.data_dir)
   raw = {s: [dict(r) for r in source.as_data_source(split=s)] for s in ("train", "test")}
+  raw["train"] = raw["train"][:8]  # max_examples: the first eight (one batch).
   got = {s: sorted(_records(tmp_path / "r1", s), key=lambda r: r["name"]) for s in raw}
-  assert info["examples"] == {s: len(raw[s]) for s in raw} and len(got["train"]) == len(raw["train"])
+  assert info["examples"] == {s: len(raw[s]) for s in raw} == {s: len(got[s]) for s in raw}
   # The held-back test split is the source's, unchanged.
   by_name = lambda rows: sorted(rows, key=lambda r: r["name"])
   for a, b in zip(by_name(raw["test"]), got["test"]):
@@ -361,7 +363,7 @@ def test_self_taught_round_writes_harder_triplets_and_the_next_round_trains(
     assert np.abs(b["foreground"].astype(float) - composite).max() <= 1.0
     assert not np.array_equal(a["mask"], b["mask"])
   # Deterministic: a second write holds the same triplets.
-  self_taught.write_round(tmp_path / "r0", tmp_path / "r1b", harder, bucket=32)
+  self_taught.write_round(tmp_path / "r0", tmp_path / "r1b", harder, bucket=32, max_examples=8)
   again = sorted(_records(tmp_path / "r1b", "train"), key=lambda r: r["name"])
   assert all(np.array_equal(a[k], b[k]) for a, b in zip(got["train"], again)
              for k in ("foreground", "mask", "real"))
