@@ -341,8 +341,9 @@ def test_self_taught_round_writes_harder_triplets_and_the_next_round_trains(
   raw["train"] = raw["train"][:8]  # max_examples: the first eight (one batch).
   got = {s: sorted(_records(tmp_path / "r1", s), key=lambda r: r["name"]) for s in raw}
   assert info["examples"] == {s: len(raw[s]) for s in raw} == {s: len(got[s]) for s in raw}
-  # The held-back test split is the source's, unchanged.
+  # The held-back test split is the source's, unchanged and in its order.
   by_name = lambda rows: sorted(rows, key=lambda r: r["name"])
+  assert [r["name"] for r in _records(tmp_path / "r1", "test")] == [r["name"] for r in raw["test"]]
   for a, b in zip(by_name(raw["test"]), got["test"]):
     assert all(np.array_equal(a[k], b[k]) for k in ("foreground", "mask", "real", "alpha"))
   # Train: targets and backgrounds unchanged; the mask is the round-0 model's
