@@ -11,7 +11,12 @@ this implementation's choices (README, "Deep Image Compositing"). Baselines
 through the same path: `--config.model.variant=alpha|feathered|laplacian`
 (no networks; see harmonax.compositing.save_baseline).
 `runlocal`: 64x64, 3-level networks with 8-32 channels, 20 steps.
+`self_taught=DIR`: train the next easy-to-hard round on the triplets that
+`python -m harmonax.self_taught --workdir=<round k> --output=DIR` wrote.
 """
+
+import json
+import os
 
 import ml_collections
 
@@ -25,7 +30,7 @@ DATA_PRESETS = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The config; `arg` as 'runlocal,data=folder' (see config_args.parse_arg)."""
-  arg = config_args.parse_arg(arg, runlocal=False, data="sample")
+  arg = config_args.parse_arg(arg, runlocal=False, data="sample", self_taught="")
   config = ml_collections.ConfigDict()
   config.model = dict(
       name="deep_compositing",
@@ -40,6 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Zero-initialised band heads make the untrained net alpha blending, but
       # stall learning (the decoder gets no gradient): off by default.
       assumption_zero_band_heads=False,
+      # The finest decoder level also predicts a correction of the mask, and the
+      # blend uses clip(mask + correction): soft edges from a binary mask are
+      # one product away (False: the RGB bands alone, which stayed alpha blending).
+      assumption_alpha_head=True,
       # The mask the fusion network trains with: 'given' (ground truth, the
       # easy composites) or 'refined' (the networks' own, end to end).
       assumption_train_mask="given",
@@ -51,7 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # composite, BCE of both mask networks. The perceptual term is on only when
   # config.init.vgg names torchvision VGG16 weights (logged otherwise).
   config.loss = dict(l1=1.0, perceptual=0.1, mask=1.0)
-  config.init = dict(vgg="")
+  # vgg: torchvision VGG16 weights; segmentation, refinement, fusion: a
+  # deep_compositing workdir (or save_networks dir) to start that network from.
+  config.init = dict(vgg="", segmentation="", refinement="", fusion="")
   # Assumption: the issue's suggestion, train at 384 (test at 768: evals.full).
   config.data = config_args.data_config(DATA_PRESETS.get(arg.data, arg.data), image_size=384)
   # The images a batch carries: the family's INPUTS (+ mask) and the target.
@@ -64,6 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_epochs = 100  # Assumption.
   config.optim = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, decay_epochs=(80,),
                       decay_factor=0.1)  # Assumption.
+  if arg.self_taught:
+    _self_taught_round(config, arg.self_taught)
   config_args.add_loop_config(config, arg.runlocal, psnr_peak="255",
                               eval_metrics=("boundary",))
   config.eval.boundary_band = 5  # Boundary-band half width k (pixels, at eval size).
@@ -76,3 +89,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     config.evals.full = dict(dataset="", split="", image_size=768, max_examples=-1)
   return config
+
+
+def _self_taught_round(config: ml_collections.ConfigDict, directory: str) -> None:
+  """Trains on a round written by `python -m harmonax.self_taught --output=directory`:
+  its harder train triplets, the same held-back test split."""
+  path = os.path.join(os.path.expanduser(directory), "self_taught.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"self_taught={directory}: no self_taught.json (write the round "
+                            "with python -m harmonax.self_taught --workdir=... --output=...)")
+  with open(path) as f:
+    workdir = json.load(f)["workdir"]
+  config.data.name = "compositing_self_taught/harder"
+  config.data.data_dir = os.path.expanduser(directory)
+  # Assumptions: each round starts from the networks of the round that wrote
+  # its data, and trains the fusion network only: the mask networks would
+  # otherwise learn their own predictions (the round's `mask`) as targets.
+  config.init.update(segmentation=workdir, refinement=workdir, fusion=workdir)
+  config.model.trained = ["fusion"]

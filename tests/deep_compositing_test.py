@@ -2,6 +2,7 @@
 compositing library and compositing datasets through the input pipeline."""
 
 import importlib
+import io
 import logging
 import os
 
@@ -18,7 +19,9 @@ from harmonax import checkpoint
 from harmonax import compositing
 from harmonax import evaluation
 from harmonax import input_pipeline
+from harmonax import self_taught_lib as self_taught
 from harmonax import torch_import
+from harmonax import train
 from harmonax.evaluators import boundary
 from harmonax.models import deep_compositing as dc
 
@@ -64,6 +67,20 @@ def test_fusion_shapes_and_dense_multiscale_wiring(nets):
   coarse.heads[2].bias[...] = jnp.ones(3)
   delta = np.asarray(coarse(x["foreground"], x["background"], x["mask"]) - out)
   np.testing.assert_allclose(delta, 1.0, atol=1e-5)
+
+
+def test_alpha_head_softens_the_mask_it_blends_with():
+  channels = _config().model.assumption_fusion_channels
+  fusion = dc.FusionNet(channels, True, nnx.Rngs(0), zero_heads=True, alpha_head=True)
+  x = _inputs()
+  run = nnx.jit(lambda f, a: f(a["foreground"], a["background"], a["mask"]))
+  alpha = lambda m: blending.alpha_blend(x["foreground"], x["background"], m)
+  # Zero-initialised: no correction, the untrained network is alpha blending.
+  np.testing.assert_allclose(np.asarray(run(fusion, x)), alpha(x["mask"]), atol=1e-6)
+  fusion.alpha_head.bias[...] = jnp.full((1,), -0.25)  # alpha = clip(mask - 0.25, 0, 1).
+  np.testing.assert_allclose(np.asarray(run(fusion, x)), alpha(x["mask"] * 0.75), atol=1e-5)
+  assert _config().model.assumption_alpha_head  # The recipe's default.
+  assert dc.FusionNet(channels, True, nnx.Rngs(0)).alpha_head is None
 
 
 def test_predict_uses_given_mask_else_the_segmentation(nets):
@@ -297,3 +314,94 @@ def test_read_matte_keeps_soft_values_in_every_mode():
                              want, atol=1e-6)
   np.testing.assert_allclose(
       image_modes.mask_to_alpha(Image.fromarray(a.astype(np.float32) / 255.0)), want, atol=1e-6)
+
+
+def _records(directory, split):
+  builder = input_pipeline.get_builder(self_taught.DATASET, os.fspath(directory))
+  return [dict(r) for r in builder.as_data_source(split=split)]
+
+
+def _png(data):
+  array = np.asarray(Image.open(io.BytesIO(data)))
+  return array[..., None] if array.ndim == 2 else array
+
+
+def test_self_taught_round_writes_harder_triplets_and_the_next_round_trains(
+    data_config, tmp_path):
+  config = _config()
+  config.data = data_config.copy_and_resolve_references()
+  round0 = dc.create_networks(config, nnx.Rngs(7))  # Not the trainer's seed-0 init.
+  checkpoint.save_networks(tmp_path / "r0", config, round0)
+  harder = ("mask", "foreground")
+  info = self_taught.write_round(tmp_path / "r0", tmp_path / "r1", harder, bucket=32,
+                                 max_examples=8)
+  assert info["round"] == 1 and info["harder"] == list(harder)
+  source = input_pipeline.get_builder(data_config.name, data_config.data_dir)
+  raw = {s: [dict(r) for r in source.as_data_source(split=s)] for s in ("train", "test")}
+  raw["train"] = raw["train"][:8]  # max_examples: the first eight (one batch).
+  got = {s: sorted(_records(tmp_path / "r1", s), key=lambda r: r["name"]) for s in raw}
+  assert info["examples"] == {s: len(raw[s]) for s in raw} == {s: len(got[s]) for s in raw}
+  # The held-back test split is the source's, unchanged and in its order.
+  by_name = lambda rows: sorted(rows, key=lambda r: r["name"])
+  assert [r["name"] for r in _records(tmp_path / "r1", "test")] == [r["name"] for r in raw["test"]]
+  for a, b in zip(by_name(raw["test"]), got["test"]):
+    assert all(np.array_equal(a[k], b[k]) for k in ("foreground", "mask", "real", "alpha"))
+  # Train: targets and backgrounds unchanged; the mask is the round-0 model's
+  # refined mask and the foreground its composite with that mask (binarized).
+  forward = nnx.jit(lambda n, fg, bg: (
+      jax.nn.sigmoid(dc.mask_logits(n, fg)[1]),
+      dc.compose_with_mask(config, n, fg, bg, (jax.nn.sigmoid(dc.mask_logits(n, fg)[1])
+                                                >= 0.5).astype(jnp.float32))))
+  for a, b in zip(by_name(raw["train"])[:3], got["train"][:3]):
+    assert a["name"] == b["name"]
+    for k in ("real", "alpha", "background"):
+      np.testing.assert_array_equal(a[k], b[k])
+    fg, bg = (a[k][None].astype(np.float32) / 255.0 for k in ("foreground", "background"))
+    h, w = fg.shape[1:3]
+    pad = lambda x: np.pad(x, ((0, 0), (0, -h % 32), (0, -w % 32), (0, 0)), mode="edge")
+    mask, composite = (np.asarray(x)[0, :h, :w] * 255.0 for x in forward(round0, pad(fg), pad(bg)))
+    assert np.abs(b["mask"].astype(float) - mask).max() <= 1.0
+    assert np.abs(b["foreground"].astype(float) - composite).max() <= 1.0
+    assert not np.array_equal(a["mask"], b["mask"])
+  # Deterministic: a second write holds the same triplets.
+  self_taught.write_round(tmp_path / "r0", tmp_path / "r1b", harder, bucket=32, max_examples=8)
+  again = sorted(_records(tmp_path / "r1b", "train"), key=lambda r: r["name"])
+  assert all(np.array_equal(a[k], b[k]) for a, b in zip(got["train"], again)
+             for k in ("foreground", "mask", "real"))
+  # The next round: the config points at the round's data, starts from round
+  # 0's networks and trains the fusion network (one step of the real trainer).
+  next_config = importlib.import_module("configs.deep_compositing").get_config(
+      f"runlocal,self_taught={tmp_path / 'r1'}")
+  assert next_config.data.name == self_taught.DATASET and next_config.model.trained == ["fusion"]
+  assert self_taught.source_data(next_config) == (data_config.name, data_config.data_dir, 1)
+  next_config.data.update(image_size=32, num_workers=0, max_eval_examples=4)
+  next_config.update(total_steps=1, eval_every=0, checkpoint_every=1, log_every=1,
+                     image_every=0)
+  state = jax.device_get(train.train_and_evaluate(next_config, os.fspath(tmp_path / "w1")))
+  assert int(state["step"]) == 1
+  start = checkpoint.network_states(round0, nnx.Param)
+  for name in ("segmentation", "refinement"):  # Frozen at round 0's.
+    jax.tree.map(np.testing.assert_array_equal, state["params"][name], start[name])
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), state["params"]["fusion"],
+                       start["fusion"])
+  assert 0 < max(jax.tree.leaves(moved)) < 0.01  # One small step from round 0's.
+
+
+def test_self_taught_refuses_bad_inputs_in_one_line(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    self_taught.write_round(tmp_path / "missing", tmp_path / "out")
+  compositing.save_baseline(tmp_path / "alpha", compositing.baseline_config("alpha"))
+  with pytest.raises(ValueError, match="need a deep_compositing 'network' model"):
+    self_taught.write_round(tmp_path / "alpha", tmp_path / "out")
+  with pytest.raises(ValueError, match="name one or more of"):
+    self_taught.write_round(tmp_path / "alpha", tmp_path / "out", ("edges",))
+  with pytest.raises(FileNotFoundError, match="not a self-taught round"):
+    self_taught.read_round(tmp_path)
+  with pytest.raises(FileNotFoundError, match="no self_taught.json"):
+    importlib.import_module("configs.deep_compositing").get_config(f"self_taught={tmp_path}")
+  import fake_family  # pylint: disable=g-import-not-at-top
+  proc = fake_family.run_cli("self_taught", [f"--workdir={tmp_path / 'alpha'}",
+                                             f"--output={tmp_path / 'out'}"],
+                             register_fake=False)
+  assert proc.returncode == 1, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in proc.stderr

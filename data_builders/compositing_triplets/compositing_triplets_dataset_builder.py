@@ -176,6 +176,17 @@ def make_example(fg: Foreground, bg_path: str, variant: int, config: BuilderConf
   }
 
 
+def features() -> tfds.features.FeaturesDict:
+  """The triplets' features (also those of harmonax.self_taught's rounds)."""
+  rgb = lambda: tfds.features.Image(shape=(None, None, 3), encoding_format="png")
+  gray = lambda: tfds.features.Image(shape=(None, None, 1), encoding_format="png")
+  return tfds.features.FeaturesDict({
+      "foreground": rgb(), "background": rgb(), "real": rgb(),
+      "mask": gray(), "alpha": gray(),
+      "name": tfds.features.Text(), "category": tfds.features.Text(),
+  })
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for compositing triplets."""
 
@@ -207,15 +218,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self.summary = Summary()
 
   def _info(self) -> tfds.core.DatasetInfo:
-    rgb = lambda: tfds.features.Image(shape=(None, None, 3), encoding_format="png")
-    gray = lambda: tfds.features.Image(shape=(None, None, 1), encoding_format="png")
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "foreground": rgb(), "background": rgb(), "real": rgb(),
-            "mask": gray(), "alpha": gray(),
-            "name": tfds.features.Text(), "category": tfds.features.Text(),
-        }),
-        supervised_keys=None)
+    return self.dataset_info_from_configs(features=features(), supervised_keys=None)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config

@@ -27,6 +27,7 @@ import ml_collections
 import optax
 
 from harmonax import blending
+from harmonax import checkpoint
 from harmonax import losses
 from harmonax import optimizers
 from harmonax.models import layers
@@ -100,11 +101,13 @@ class FusionNet(nnx.Module):
   features of the level with the upsampled outputs of every coarser decoder
   level (dense connections; only the next coarser one when dense=False) and
   emits an RGB band per level. The output is the alpha blend plus the bands
-  collapsed as a Laplacian pyramid.
+  collapsed as a Laplacian pyramid. With alpha_head, the finest level also
+  predicts a correction of the mask (zero-initialised): the blend then uses
+  alpha = clip(mask + correction, 0, 1), a soft matte from a binary mask.
   """
 
   def __init__(self, channels: tuple[int, ...], dense: bool, rngs: nnx.Rngs,
-               zero_heads: bool = False):
+               zero_heads: bool = False, alpha_head: bool = False):
     self.fg_encoder = Encoder(4, channels, rngs)
     self.bg_encoder = Encoder(4, channels, rngs)
     self.dense = dense
@@ -119,6 +122,16 @@ class FusionNet(nnx.Module):
       heads.append(layers.conv(c, 3, 3, padding=1, rngs=rngs, kernel_init=init))
     self.decoder = nnx.List(decoder)
     self.heads = nnx.List(heads)
+    # Why: a soft edge is (alpha - mask) * (fg - bg), a product that the RGB
+    # bands must learn to form, while d out / d alpha is fg - bg directly (the
+    # bands alone stayed alpha blending in a 400-step run). The head also sees
+    # the mask itself: a 3x3 filter of it is a feather, linear in the head's
+    # weights (on the decoder's features alone it barely moved in 400 steps).
+    # Zero init: the untrained correction is none; its kernel still gets
+    # gradient at step 1.
+    self.alpha_head = (layers.conv(channels[0] + 1, 1, 3, padding=1, rngs=rngs,
+                                   kernel_init=nnx.initializers.zeros_init())
+                       if alpha_head else None)
 
   def __call__(self, foreground: jax.Array, background: jax.Array,
                mask: jax.Array) -> jax.Array:
@@ -136,7 +149,14 @@ class FusionNet(nnx.Module):
     residual = bands[0]
     for band in bands[1:]:  # Pyramid collapse, coarse to fine.
       residual = band + layers.resize_bilinear(residual, band.shape[1:3])
-    return blending.alpha_blend(foreground, background, mask) + residual
+    return blending.alpha_blend(foreground, background, self.alpha(mask, outputs[-1])) + residual
+
+  def alpha(self, mask: jax.Array, finest: jax.Array) -> jax.Array:
+    """The blend's alpha: the mask, or clip(mask + correction) with alpha_head."""
+    if self.alpha_head is None:
+      return mask
+    correction = self.alpha_head(jnp.concatenate([finest, mask.astype(finest.dtype)], axis=-1))
+    return jnp.clip(mask + correction, 0.0, 1.0)
 
 
 def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
@@ -153,7 +173,8 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
       "segmentation": MaskUNet(3, tuple(m.assumption_segmentation_channels), rngs),
       "refinement": MaskUNet(4, tuple(m.assumption_refinement_channels), rngs),
       "fusion": FusionNet(tuple(m.assumption_fusion_channels), m.assumption_dense, rngs,
-                          zero_heads=m.get("assumption_zero_band_heads", False)),
+                          zero_heads=m.get("assumption_zero_band_heads", False),
+                          alpha_head=m.get("assumption_alpha_head", False)),
   }
   if vgg.term_on(config, "perceptual"):
     nets["vgg"] = vgg.VGG16Features(PERCEPTUAL_TAPS, rngs)
@@ -163,9 +184,30 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
 def load_pretrained(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
                     paths: dict[str, str]) -> None:
   """config.init.vgg: a torchvision VGG16 state dict (its `features.*` keys up
-  to relu3_3 are used) for the perceptual loss."""
+  to relu3_3 are used) for the perceptual loss; config.init.<network> for
+  NETWORKS: a deep_compositing workdir or save_networks directory (the
+  self-taught rounds start from the previous round's networks).
+
+  Raises:
+    ValueError: a checkpoint of another family or with other widths.
+  """
   del config
-  vgg.load_pretrained("deep_compositing", "perceptual", networks, paths)
+  paths = {k: v for k, v in paths.items() if v}  # Empty: not initialised.
+  ours = {k: v for k, v in paths.items() if k in NETWORKS}
+  for path in sorted(set(ours.values())):
+    loaded_config, loaded = checkpoint.load_networks(path)
+    if loaded_config.model.name != "deep_compositing" or not loaded:
+      raise ValueError(f"config.init: {path} holds a {loaded_config.model.name} "
+                       f"{loaded_config.model.get('variant', '')!r} model, not a "
+                       "deep_compositing network")
+    for name in (k for k, v in ours.items() if v == path):
+      shapes = lambda net: jax.tree.map(jnp.shape, nnx.state(net).to_pure_dict())
+      if shapes(loaded[name]) != shapes(networks[name]):
+        raise ValueError(f"config.init.{name}: {path}'s {name} network has other layers "
+                         "or widths than this config's")
+      nnx.update(networks[name], nnx.state(loaded[name]))
+  vgg.load_pretrained("deep_compositing", "perceptual", networks,
+                      {k: v for k, v in paths.items() if k not in NETWORKS})
 
 
 def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
