@@ -51,9 +51,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       argument_ranges=(0.3, 0.5, 0.5, 0.6, 0.4, 0.4),
       # torchvision ColorJitter of the synthetic pairs' real images.
       color_jitter=dict(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.03),
-      # Not in the paper: the probability that a dataset composite's photo is
-      # turned gray around its colored foreground (harmonizer.gray_photos).
-      gray_fraction=0.0,
   )
   # Pretrained initialisation, applied by the trainer once before step 1:
   # the path of an ImageNet EfficientNet-B0 state dict (lukemelas, torchvision

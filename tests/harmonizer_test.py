@@ -216,23 +216,6 @@ def test_random_rot90_rotates_every_array_of_an_example_alike():
     np.testing.assert_array_equal(ry[i], np.rot90(np.asarray(y[i]), k[0]))
 
 
-def test_gray_photos_keep_the_colored_foreground_on_a_gray_photo():
-  batch = _photo_like_batch(4)
-  rows = jnp.asarray([False, True, False, True])
-  composite, real = harmonizer.gray_photos(batch["composite"], batch["mask"],
-                                           batch["real"], rows)
-  np.testing.assert_array_equal(composite[::2], batch["composite"][::2])
-  np.testing.assert_array_equal(real[::2], batch["real"][::2])
-  luma = np.asarray(batch["real"][1::2]) @ np.asarray([0.299, 0.587, 0.114])
-  np.testing.assert_allclose(real[1::2], np.repeat(luma[..., None], 3, -1), atol=1e-6)
-  fg = np.asarray(batch["mask"][1::2, ..., 0]) > 0
-  np.testing.assert_array_equal(np.asarray(composite[1::2])[fg],
-                                np.asarray(batch["composite"][1::2])[fg])
-  np.testing.assert_allclose(np.asarray(composite[1::2])[~fg], np.asarray(real[1::2])[~fg])
-  # The config's default leaves the paper recipe's draws alone.
-  assert harmonizer_config.get_config("").loss.gray_fraction == 0.0
-
-
 def test_config_and_optimizer_schedule():
   config = harmonizer_config.get_config("")
   assert (config.batch_size, config.num_epochs, config.optim.lr) == (24, 60, 3e-4)

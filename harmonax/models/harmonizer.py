@@ -199,18 +199,6 @@ def color_jitter(image: jax.Array, key: jax.Array, strength: dict[str, float]) -
   return jnp.clip(pix.hsv_to_rgb(hsv), 0, 1)
 
 
-def gray_photos(composite: jax.Array, mask: jax.Array, real: jax.Array,
-                rows: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(composite, real) with the photos of `rows` [B] turned gray (ITU-R 601 luma,
-  as Pillow's 'L') and the composite's foreground kept in color: a colored object
-  pasted on a grayscale photo, whose harmonized foreground is gray."""
-  luma = jnp.sum(real * jnp.asarray([0.299, 0.587, 0.114]), -1, keepdims=True)
-  gray = jnp.broadcast_to(luma, real.shape)
-  row = rows[:, None, None, None]
-  return (jnp.where(row, composite * mask + gray * (1 - mask), composite),
-          jnp.where(row, gray, real))
-
-
 def random_rot90(images: list[jax.Array], key: jax.Array) -> list[jax.Array]:
   """Official rotation: with p 0.5 rotate by k*90 degrees, k uniform in 1..3,
   the same k for every array of one example. Square images only (else as is)."""
@@ -232,8 +220,7 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
                    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
   """Harmonizer's training loss (see the module docstring), config.loss:
   real_fraction (last rows: dataset composites), real_weight (10), argument_ranges,
-  color_jitter, and gray_fraction (optional, not in the paper: the probability that a
-  dataset composite's photo is turned gray around its colored foreground)."""
+  color_jitter."""
   cl = config.loss
   net = networks["harmonizer"]
   batch = layers.floats(batch)
@@ -243,10 +230,6 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
   b = composite.shape[0]
   num_real = int(round(b * cl.real_fraction))
   synthetic = (jnp.arange(b) < b - num_real)  # [B]: rows made from `real`.
-  if cl.get("gray_fraction", 0.0):
-    # A key of its own (not a 5-way split), so that recipes without it keep their draws.
-    gray = jax.random.bernoulli(jax.random.fold_in(rng, 4), cl.gray_fraction, (b,))
-    composite, real = gray_photos(composite, mask, real, gray & ~synthetic)
   row = synthetic[:, None, None, None]
 
   jittered = jnp.where(row, color_jitter(real, k_jitter, dict(cl.color_jitter)), real)
