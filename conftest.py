@@ -8,9 +8,10 @@ import tempfile
 # parallelism over a ('data',) mesh of 8 CPU devices.
 # The suite's time is almost all XLA compiling (single-threaded) small programs
 # that then run a step or two. Two flags cut the compile of a training step
-# (Harmonizer runlocal, 8 devices: 86 s -> 47 s -> 22 s) and leave values within
-# float32 rounding: LLVM's backend optimisation level 0, and XLA:CPU's older
-# elemental IR emitters instead of its MLIR fusion emitters.
+# (Harmonizer runlocal, 8 devices: 46.5 s -> 31.8 s -> 22.5 s, measured with
+# benchmarks/compile_time.py, BENCHMARKS.md) and leave values within float32
+# rounding: LLVM's backend optimisation level 0, and XLA:CPU's older elemental
+# IR emitters instead of its MLIR fusion emitters.
 # HARMONAX_TEST_XLA_OPT=1 restores XLA's defaults.
 _FLAGS = ["--xla_force_host_platform_device_count=8"]
 if os.environ.get("HARMONAX_TEST_XLA_OPT", "0") == "0":
