@@ -108,14 +108,11 @@ def main() -> None:
            f"process(es); 1-minute load average {loads[0]:.1f} at the start and "
            f"{loads[1]:.1f} at the end.\n\n" + "\n".join(lines) + "\n")
   print(table)
-  os.makedirs(os.path.dirname(args.output), exist_ok=True)
-  earlier = ""
-  if os.path.exists(args.output):
-    with open(args.output) as f:
-      earlier = f.read().rstrip("\n") + "\n\n"
-  with open(args.output, "w") as f:
-    f.write((earlier or "# Compile time of the runlocal update steps (test flags)\n\n")
-            + table)
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  report.append_table(args.output, "# Compile time of the runlocal update steps (test flags)",
+                      table)
 
 
 if __name__ == "__main__":

@@ -289,14 +289,8 @@ def main() -> None:
       rows += new_rows
   table = format_table(rows, started, (load_start, os.getloadavg()[0]))
   print(table)
-  os.makedirs(os.path.dirname(args.output), exist_ok=True)
-  # Appended: the file keeps every run (each table says when and at what load).
-  earlier = ""
-  if os.path.exists(args.output):
-    with open(args.output) as f:
-      earlier = f.read().rstrip("\n") + "\n\n"
-  with open(args.output, "w") as f:
-    f.write((earlier or "# harmonax / PyTorch, side by side\n\n") + table)
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  report.append_table(args.output, "# harmonax / PyTorch, side by side", table)
 
 
 if __name__ == "__main__":
