@@ -193,13 +193,18 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int
         .shuffle(seed=seed).repeat()
         .batch(global_batch_size)
         .map(lambda ids: ids[index * local:(index + 1) * local])
-        # uint8, as the real pipeline's batches (converted on the device).
-        .map(lambda ids: {k: np.round(255 * np.stack([_example(int(i), size)[k]
-                                                      for i in ids])).astype(np.uint8)
-                          for k in ("composite", "mask", "real", "foreground",
-                                    "background")}))
-  return iter(input_pipeline.prefetch_in_workers(ds.to_iter_dataset(),
-                                                 data_config.get("num_workers", 0)))
+        .map(lambda ids: _uint8_batch([_example(int(i), size) for i in ids])))
+  # A short read-ahead, as the real pipeline's: grain's default (16 threads,
+  # 500 batches ahead of an endless dataset) made batches that nobody read, on
+  # the cores that compile the update step.
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+  return iter(input_pipeline.prefetch_in_workers(ds, data_config.get("num_workers", 0)))
+
+
+def _uint8_batch(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """uint8, as the real pipeline's batches (converted on the device)."""
+  return {k: np.round(255 * np.stack([e[k] for e in examples])).astype(np.uint8)
+          for k in examples[0]}
 
 
 def num_examples(data_config, split: str) -> int:
