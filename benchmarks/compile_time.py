@@ -12,13 +12,16 @@ the update step (no persistent compilation cache; the initialiser always
 compiles at LLVM level 0, train.initial_state). Modes:
   default    XLA's defaults;
   o0         --xla_backend_optimization_level=0 (LLVM's optimisation level 0);
-  tests      o0 plus --xla_cpu_use_fusion_emitters=false (conftest.py's flags).
+  tests      o0 plus --xla_cpu_use_fusion_emitters=false (conftest.py's flags);
+  jemalloc   tests, with jemalloc preloaded instead of glibc's malloc, as
+             tests/run.sh does where libjemalloc2 is installed.
 Compiling is single-threaded, so this needs a quiet machine: the 1-minute load
 average is recorded. Appends a table to benchmarks/results/compile_time.md.
 """
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
@@ -33,6 +36,8 @@ MODES = {
     "o0": ["--xla_backend_optimization_level=0"],
     "tests": ["--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"],
 }
+MODES["jemalloc"] = MODES["tests"]
+PRELOADED = {"jemalloc": "/usr/lib/*/libjemalloc.so.2"}
 
 
 def child(model: str) -> dict[str, float]:
@@ -73,6 +78,12 @@ def run_child(model: str, mode: str) -> dict[str, float]:
   env["JAX_PLATFORMS"] = "cpu"
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+  env.pop("LD_PRELOAD", None)
+  if mode in PRELOADED:
+    found = glob.glob(PRELOADED[mode])
+    if not found:
+      raise SystemExit(f"mode {mode}: no {PRELOADED[mode]} (Debian/Ubuntu: apt install libjemalloc2)")
+    env["LD_PRELOAD"] = found[0]
   out = subprocess.run([sys.executable, __file__, "--child", "--models", model],
                        env=env, capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -99,6 +110,8 @@ def main() -> None:
       median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
       print(model, mode, json.dumps(median), flush=True)
       flags = " ".join(f"`{f}`" for f in MODES[mode]) or "none"
+      if mode in PRELOADED:
+        flags += f", {mode} preloaded"
       lines.append(f"| {model} | {mode} | {flags} | {median['init']:.1f} | "
                    f"{median['trace_and_lower']:.1f} | {median['compile']:.1f} |")
   loads.append(os.getloadavg()[0])

@@ -5,6 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The linter first (ruff.toml: pyflakes-class mistakes), then every test.
 python3 -m ruff check --quiet .
+# XLA compiles about a quarter faster with jemalloc than with glibc's malloc
+# (BENCHMARKS.md): preloaded where installed (.ci/run installs it; Debian/Ubuntu:
+# libjemalloc2). HARMONAX_TEST_MALLOC=system keeps glibc's.
+if [ -z "${LD_PRELOAD:-}" ] && [ "${HARMONAX_TEST_MALLOC:-jemalloc}" != system ]; then
+  for lib in /usr/lib/*/libjemalloc.so.2; do
+    if [ -e "$lib" ]; then export LD_PRELOAD="$lib"; break; fi
+  done
+fi
 # Two workers (pytest-xdist): most of the suite's time is XLA compiling on one
 # thread, so the 2-core CI machine runs about twice as fast. HARMONAX_TEST_WORKERS=0
 # runs in one process. A file's tests share a worker (conftest.py) unless listed there.
