@@ -5,13 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The linter first (ruff.toml: pyflakes-class mistakes), then every test.
 python3 -m ruff check --quiet .
-# XLA compiles about a quarter faster with jemalloc than with glibc's malloc
-# (BENCHMARKS.md): preloaded where installed (.ci/run installs it; Debian/Ubuntu:
-# libjemalloc2). HARMONAX_TEST_MALLOC=system keeps glibc's.
+# jemalloc where installed (.ci/run installs it; Debian/Ubuntu: libjemalloc2):
+# XLA compiles about 30% faster (tests/jemalloc.sh). HARMONAX_TEST_MALLOC=system
+# keeps glibc's malloc.
+source tests/jemalloc.sh
 if [ -z "${LD_PRELOAD:-}" ] && [ "${HARMONAX_TEST_MALLOC:-jemalloc}" != system ]; then
-  for lib in /usr/lib/*/libjemalloc.so.2; do
-    if [ -e "$lib" ]; then export LD_PRELOAD="$lib"; break; fi
-  done
+  lib="$(find_jemalloc)"
+  if [ -n "$lib" ]; then export LD_PRELOAD="$lib"; fi
 fi
 # Two workers (pytest-xdist): most of the suite's time is XLA compiling on one
 # thread, so the 2-core CI machine runs about twice as fast. HARMONAX_TEST_WORKERS=0
