@@ -112,22 +112,24 @@ def _numpy_restore_args(tree: PyTree) -> PyTree:
   return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
 
 
-def _placed(tree: PyTree, abstract: PyTree) -> PyTree:
+def placed(tree: PyTree, abstract: PyTree) -> PyTree:
   """Host arrays onto the shardings of `abstract`'s ShapeDtypeStructs, the same
   bytes: this host's in one batched transfer; a sharding that spans other
-  hosts' devices too (multi-host) takes each addressable shard of the array."""
+  hosts' devices too (multi-host) takes each addressable shard of the array.
+  Restored train states and pretrained weights (train.apply_pretrained) both
+  come this way."""
   treedef = jax.tree.structure(abstract)
   leaves, targets = treedef.flatten_up_to(tree), jax.tree.leaves(abstract)
   local = [i for i, t in enumerate(targets) if t.sharding.is_fully_addressable]
-  placed = list(leaves)
+  out = list(leaves)
   moved = jax.device_put([leaves[i] for i in local], [targets[i].sharding for i in local])
   for i, x in zip(local, moved):
-    placed[i] = x
+    out[i] = x
   for i, (x, target) in enumerate(zip(leaves, targets)):
     if not target.sharding.is_fully_addressable:
-      placed[i] = jax.make_array_from_callback(
+      out[i] = jax.make_array_from_callback(
           target.shape, target.sharding, lambda index, x=x: np.asarray(x)[index])
-  return treedef.unflatten(placed)
+  return treedef.unflatten(out)
 
 
 def _materialize(networks: dict[str, nnx.Module], states: dict[str, dict]) -> None:
@@ -334,7 +336,7 @@ def restore_train_state(manager: ocp.CheckpointManager, abstract_state: PyTree,
                         "(saved with another process count?): the data order "
                         "restarts from the beginning.", index, count, step)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return _placed(restored[STATE_ITEM], abstract_state)
+    return placed(restored[STATE_ITEM], abstract_state)
 
   state, step = _restore_newest(directory, restore_one)
   if corrupt := [s for s in good_steps(directory) if s > step]:

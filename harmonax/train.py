@@ -242,10 +242,9 @@ def apply_pretrained(config: ml_collections.ConfigDict, fns: TrainFns, state: di
     logging.info("Initialised %s from %s", name, path)
   loaded = {"params": checkpoint.network_states(nets, nnx.Param),
             "rest": checkpoint.network_states(nets, nnx.Not(nnx.Param))}
-  loaded = jax.tree.map(
-      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
-                                             lambda idx, x=np.asarray(x): x[idx]), loaded)
-  return {**state, **loaded}
+  loaded = jax.tree.map(np.asarray, loaded)
+  return {**state, **checkpoint.placed(loaded, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), loaded))}
 
 
 def predict_images(config: ml_collections.ConfigDict, fns: TrainFns, state: dict,
