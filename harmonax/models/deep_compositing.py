@@ -194,6 +194,7 @@ def load_pretrained(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
   del config
   paths = {k: v for k, v in paths.items() if v}  # Empty: not initialised.
   ours = {k: v for k, v in paths.items() if k in NETWORKS}
+  shapes = lambda net: jax.tree.map(jnp.shape, nnx.state(net).to_pure_dict())
   for path in sorted(set(ours.values())):
     loaded_config, loaded = checkpoint.load_networks(path)
     if loaded_config.model.name != "deep_compositing" or not loaded:
@@ -201,7 +202,6 @@ def load_pretrained(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
                        f"{loaded_config.model.get('variant', '')!r} model, not a "
                        "deep_compositing network")
     for name in (k for k, v in ours.items() if v == path):
-      shapes = lambda net: jax.tree.map(jnp.shape, nnx.state(net).to_pure_dict())
       if shapes(loaded[name]) != shapes(networks[name]):
         raise ValueError(f"config.init.{name}: {path}'s {name} network has other layers "
                          "or widths than this config's")
