@@ -26,24 +26,10 @@ import datetime
 import os
 import platform
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "vit_attention.md")
 TOKENS, HEADS, HEAD_DIM, BLOCK = 4096, 2, 128, 512
-
-
-def median_ms(fns: dict, repeats: int) -> dict[str, float]:
-  """Median milliseconds of each no-argument callable, called in turn."""
-  for fn in fns.values():
-    fn()  # Warm-up (and compilation).
-  times = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      started = time.perf_counter()
-      fn()
-      times[k].append(1000 * (time.perf_counter() - started))
-  return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 def main() -> None:
@@ -54,6 +40,7 @@ def main() -> None:
   args = parser.parse_args()
   os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
   sys.path.insert(0, ROOT)
+  from benchmarks import vs_pytorch  # pylint: disable=g-import-not-at-top
   from harmonax import xla_setup  # pylint: disable=g-import-not-at-top
   xla_setup.configure()  # The CLIs' XLA flags, before JAX starts.
   if args.threads == 1:
@@ -102,7 +89,8 @@ def main() -> None:
   load_before = os.getloadavg()[0]
   rows = []
   for name, (gflop, exact, xla_fn, torch_fn) in cases.items():
-    t = median_ms({"xla": xla_fn, "torch": torch_fn}, args.repeats)
+    t = {k: 1000 * v for k, v in
+         vs_pytorch.alternate({"xla": xla_fn, "torch": torch_fn}, args.repeats).items()}
     errors = [float(np.abs(np.asarray(fn()) - exact).max()) for fn in (xla_fn, torch_fn)]
     rows.append((name, t["xla"], t["torch"], gflop, *errors))
   load_after = os.getloadavg()[0]
