@@ -199,6 +199,94 @@ def color_jitter(image: jax.Array, key: jax.Array, strength: dict[str, float]) -
   return jnp.clip(pix.hsv_to_rgb(hsv), 0, 1)
 
 
+# Reinhard et al. 2001: RGB -> LMS cone space, then log10 LMS -> l-alpha-beta
+# (data_builders/harmonization_composites/color_transfer.py's, in float32).
+_RGB_TO_LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782],
+                        [0.0241, 0.1288, 0.8444]], np.float32)
+_LOGLMS_TO_LAB = (np.diag([1 / math.sqrt(3), 1 / math.sqrt(6), 1 / math.sqrt(2)])
+                  @ np.array([[1.0, 1.0, 1.0], [1.0, 1.0, -2.0], [1.0, -1.0, 0.0]])
+                  ).astype(np.float32)
+
+
+def rgb_to_lab(rgb: jax.Array) -> jax.Array:
+  """[0, 1] RGB -> Reinhard's l-alpha-beta (LMS floored at 1e-3 before the log)."""
+  lms = jnp.maximum(rgb @ _RGB_TO_LMS.T, 1e-3)
+  return jnp.log10(lms) @ _LOGLMS_TO_LAB.T
+
+
+def lab_to_rgb(lab: jax.Array) -> jax.Array:
+  lms = 10.0 ** (lab @ np.linalg.inv(_LOGLMS_TO_LAB).T)
+  return lms @ np.linalg.inv(_RGB_TO_LMS).T
+
+
+def transfer_composites(real: jax.Array, mask: jax.Array, key: jax.Array,
+                        min_strength: float = 0.5) -> jax.Array:
+  """Composites made in the step, as the dataset's Reinhard ones: each row's
+  masked foreground takes the l-alpha-beta mean and std of another row's
+  foreground (or, with p 0.5, of that row's whole image), moved by a random
+  strength in [min_strength, 1]; std ratios are clipped to [1/4, 4]. The
+  reference is another row of the batch (every row shifted by one random
+  offset), so the correction a row needs depends on its foreground, not on
+  which photo it is. Background pixels are `real`'s."""
+  b = real.shape[0]
+  k_shift, k_whole, k_strength = jax.random.split(key, 3)
+  shift = jax.random.randint(k_shift, (), 1, max(b, 2))
+  ref, ref_mask = jnp.roll(real, shift, axis=0), jnp.roll(mask, shift, axis=0)
+  whole = jax.random.bernoulli(k_whole, 0.5, (b, 1, 1, 1))
+  ref_mask = jnp.where(whole, jnp.ones_like(ref_mask), ref_mask)
+
+  def stats(lab, weights):
+    area = jnp.sum(weights, axis=(1, 2), keepdims=True) + 1e-6
+    mean = jnp.sum(lab * weights, axis=(1, 2), keepdims=True) / area
+    var = jnp.sum(jnp.square(lab - mean) * weights, axis=(1, 2), keepdims=True) / area
+    return mean, jnp.sqrt(var + 1e-8)
+
+  lab = rgb_to_lab(real)
+  mean, std = stats(lab, mask)
+  ref_mean, ref_std = stats(rgb_to_lab(ref), ref_mask)
+  moved = (lab - mean) * jnp.clip(ref_std / std, 0.25, 4.0) + ref_mean
+  strength = jax.random.uniform(k_strength, (b, 1, 1, 1), minval=min_strength, maxval=1.0)
+  recolored = jnp.clip(lab_to_rgb(lab + strength * (moved - lab)), 0, 1)
+  return filters.blend(recolored, mask, real)
+
+
+def training_rows(cl: ml_collections.ConfigDict, composite: jax.Array, mask: jax.Array,
+                  real: jax.Array, keys: tuple[jax.Array, jax.Array], rng: jax.Array
+                  ) -> tuple[jax.Array, list[jax.Array], jax.Array]:
+  """A batch's network inputs, per-stage targets and synthetic-row flags [B].
+
+  The first rows are synthetic pairs: `real`, color-jittered, with random
+  filter arguments on its foreground (keys: jitter, arguments); the targets
+  are the cascade's stages. The last `real_fraction` rows are the dataset's
+  composites (target: `real`); with `transfer_fraction` > 0, that share of them
+  is recolored in the step instead (`transfer_composites`). With
+  `identity_fraction` > 0, that share of all rows keeps its real foreground
+  (input = every target): a foreground that fits needs no correction.
+  """
+  k_jitter, k_args = keys
+  b = composite.shape[0]
+  num_real = int(round(b * cl.real_fraction))
+  synthetic = (jnp.arange(b) < b - num_real)  # [B]: rows made from `real`.
+  row = synthetic[:, None, None, None]
+
+  jittered = jnp.where(row, color_jitter(real, k_jitter, dict(cl.color_jitter)), real)
+  args = jax.random.uniform(k_args, (b, NUM_FILTERS), minval=-1.0, maxval=1.0)
+  made, targets = synthesize(jittered, mask, args * jnp.asarray(tuple(cl.argument_ranges)))
+  if cl.get("transfer_fraction", 0.0) > 0:
+    k_made, k_use = jax.random.split(jax.random.fold_in(rng, 11))
+    use = jax.random.bernoulli(k_use, cl.transfer_fraction, (b, 1, 1, 1))
+    composite = jnp.where(use, transfer_composites(real, mask, k_made), composite)
+  if cl.get("identity_fraction", 0.0) > 0:
+    same = jax.random.bernoulli(jax.random.fold_in(rng, 13), cl.identity_fraction,
+                                (b, 1, 1, 1))
+    composite = jnp.where(same, real, composite)
+    made = jnp.where(same, jittered, made)
+    targets = [jnp.where(same, jittered, t) for t in targets]
+  inputs = jnp.where(row, made, composite)
+  targets = [jnp.where(row, t, real) for t in targets[:-1]] + [jittered]
+  return inputs, targets, synthetic
+
+
 def random_rot90(images: list[jax.Array], key: jax.Array) -> list[jax.Array]:
   """Official rotation: with p 0.5 rotate by k*90 degrees, k uniform in 1..3,
   the same k for every array of one example. Square images only (else as is)."""
@@ -220,23 +308,16 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
                    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
   """Harmonizer's training loss (see the module docstring), config.loss:
   real_fraction (last rows: dataset composites), real_weight (10), argument_ranges,
-  color_jitter."""
+  color_jitter, and optionally transfer_fraction, identity_fraction (training_rows)."""
   cl = config.loss
   net = networks["harmonizer"]
   batch = layers.floats(batch)
   k_rot, k_jitter, k_args, k_drop = jax.random.split(rng, 4)
   composite, mask, real = random_rot90(
       [batch["composite"], batch["mask"], batch["real"]], k_rot)
-  b = composite.shape[0]
-  num_real = int(round(b * cl.real_fraction))
-  synthetic = (jnp.arange(b) < b - num_real)  # [B]: rows made from `real`.
-  row = synthetic[:, None, None, None]
-
-  jittered = jnp.where(row, color_jitter(real, k_jitter, dict(cl.color_jitter)), real)
-  args = jax.random.uniform(k_args, (b, NUM_FILTERS), minval=-1.0, maxval=1.0)
-  made, targets = synthesize(jittered, mask, args * jnp.asarray(tuple(cl.argument_ranges)))
-  inputs = jnp.where(row, made, composite)
-  targets = [jnp.where(row, t, real) for t in targets[:-1]] + [jittered]
+  inputs, targets, synthetic = training_rows(cl, composite, mask, real,
+                                             (k_jitter, k_args), rng)
+  num_real = int(round(composite.shape[0] * cl.real_fraction))
 
   pred_args = net(inputs, mask, rngs=variables.rngs(dropout=k_drop))
   _, outputs = filters.apply_filters(inputs, mask, pred_args)
