@@ -20,17 +20,17 @@ from data_builders.harmonization_composites import white_box
 METHODS = ("reinhard", "covariance", "histogram", "idt", "exposure", "filters")
 
 # Reinhard et al. 2001, "Color Transfer between Images": RGB -> LMS cone space.
-_RGB_TO_LMS = np.array([[0.3811, 0.5783, 0.0402],
+RGB_TO_LMS = np.array([[0.3811, 0.5783, 0.0402],
                         [0.1967, 0.7244, 0.0782],
                         [0.0241, 0.1288, 0.8444]])
-_LMS_TO_RGB = np.linalg.inv(_RGB_TO_LMS)
+LMS_TO_RGB = np.linalg.inv(RGB_TO_LMS)
 # log10 LMS -> l-alpha-beta (decorrelated axes: achromatic, yellow-blue, red-green).
-_LOGLMS_TO_LAB = np.diag([1 / math.sqrt(3), 1 / math.sqrt(6), 1 / math.sqrt(2)]) @ np.array(
+LOGLMS_TO_LAB = np.diag([1 / math.sqrt(3), 1 / math.sqrt(6), 1 / math.sqrt(2)]) @ np.array(
     [[1.0, 1.0, 1.0], [1.0, 1.0, -2.0], [1.0, -1.0, 0.0]])
-_LAB_TO_LOGLMS = np.linalg.inv(_LOGLMS_TO_LAB)
+LAB_TO_LOGLMS = np.linalg.inv(LOGLMS_TO_LAB)
 # Floor before the logarithm: black pixels would be -inf, and a floor far below
 # 1/255 would let a few black pixels dominate the l channel's std.
-_LMS_FLOOR = 1e-3
+LMS_FLOOR = 1e-3
 
 
 def _mat(x: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -61,14 +61,14 @@ def _covariance(x: np.ndarray) -> np.ndarray:
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
   """Reinhard's l-alpha-beta of RGB pixels [..., 3]: lab = M2 log10(M1 rgb)."""
-  lms = np.maximum(_mat(rgb, _RGB_TO_LMS), _LMS_FLOOR)
-  return _mat(np.log10(lms), _LOGLMS_TO_LAB)
+  lms = np.maximum(_mat(rgb, RGB_TO_LMS), LMS_FLOOR)
+  return _mat(np.log10(lms), LOGLMS_TO_LAB)
 
 
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
   """Inverse of `rgb_to_lab` (exact where the LMS floor was not hit)."""
   # exp(x ln 10): 10 ** x without pow's slow general path.
-  return _mat(np.exp(_mat(lab, _LAB_TO_LOGLMS * math.log(10.0))), _LMS_TO_RGB)
+  return _mat(np.exp(_mat(lab, LAB_TO_LOGLMS * math.log(10.0))), LMS_TO_RGB)
 
 
 def reinhard(source: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from data_builders.harmonization_composites import color_transfer
 from harmonax import filters
 from harmonax import optimizers
 from harmonax import torch_import
@@ -199,24 +200,21 @@ def color_jitter(image: jax.Array, key: jax.Array, strength: dict[str, float]) -
   return jnp.clip(pix.hsv_to_rgb(hsv), 0, 1)
 
 
-# Reinhard et al. 2001: RGB -> LMS cone space, then log10 LMS -> l-alpha-beta
-# (data_builders/harmonization_composites/color_transfer.py's, in float32).
-_RGB_TO_LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782],
-                        [0.0241, 0.1288, 0.8444]], np.float32)
-_LOGLMS_TO_LAB = (np.diag([1 / math.sqrt(3), 1 / math.sqrt(6), 1 / math.sqrt(2)])
-                  @ np.array([[1.0, 1.0, 1.0], [1.0, 1.0, -2.0], [1.0, -1.0, 0.0]])
-                  ).astype(np.float32)
+# The dataset builders' Reinhard l-alpha-beta transform, in float32 for the step.
+_RGB_TO_LMS = color_transfer.RGB_TO_LMS.astype(np.float32)
+_LOGLMS_TO_LAB = color_transfer.LOGLMS_TO_LAB.astype(np.float32)
+_LMS_TO_RGB = np.linalg.inv(_RGB_TO_LMS)
+_LAB_TO_LOGLMS = np.linalg.inv(_LOGLMS_TO_LAB)
 
 
 def rgb_to_lab(rgb: jax.Array) -> jax.Array:
-  """[0, 1] RGB -> Reinhard's l-alpha-beta (LMS floored at 1e-3 before the log)."""
-  lms = jnp.maximum(rgb @ _RGB_TO_LMS.T, 1e-3)
+  """[0, 1] RGB -> Reinhard's l-alpha-beta (color_transfer.rgb_to_lab in jax)."""
+  lms = jnp.maximum(rgb @ _RGB_TO_LMS.T, color_transfer.LMS_FLOOR)
   return jnp.log10(lms) @ _LOGLMS_TO_LAB.T
 
 
 def lab_to_rgb(lab: jax.Array) -> jax.Array:
-  lms = 10.0 ** (lab @ np.linalg.inv(_LOGLMS_TO_LAB).T)
-  return lms @ np.linalg.inv(_RGB_TO_LMS).T
+  return (10.0 ** (lab @ _LAB_TO_LOGLMS.T)) @ _LMS_TO_RGB.T
 
 
 def transfer_composites(real: jax.Array, mask: jax.Array, key: jax.Array,
