@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       color_jitter=dict(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.03),
       # Not in the paper (0 = off; the demo uses them): the share of the dataset
       # rows recolored in the step by Reinhard transfer toward another row
-      # (harmonizer.transfer_composites), and the share of all rows left real.
+      # (recolor.transfer_composites), and the share of all rows left real.
       transfer_fraction=0.0,
       identity_fraction=0.0,
   )

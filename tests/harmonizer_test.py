@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import scenes
 from configs import harmonizer as harmonizer_config
 from harmonax import filters
 from harmonax import models
@@ -208,55 +209,9 @@ def test_compute_losses_trains_on_synthetic_rows_and_real_composites(nets):
   nets["harmonizer"].eval()
 
 
-def test_lab_conversion_matches_the_dataset_builders():
-  from data_builders.harmonization_composites import color_transfer  # pylint: disable=g-import-not-at-top
-  rgb = np.random.default_rng(0).uniform(0.02, 1.0, (5, 7, 3))
-  np.testing.assert_allclose(harmonizer.rgb_to_lab(jnp.asarray(rgb, jnp.float32)),
-                             color_transfer.rgb_to_lab(rgb), atol=2e-6)
-  np.testing.assert_allclose(harmonizer.lab_to_rgb(harmonizer.rgb_to_lab(jnp.asarray(
-      rgb, jnp.float32))), rgb, atol=5e-6)
-
-
-def _smooth_scene(b: int, size: int, seed: int) -> jax.Array:
-  """Images whose colors stay well inside [0, 1] after a mean/std transfer."""
-  rng = np.random.default_rng(seed)
-  yy, xx = np.mgrid[0:size, 0:size] / size
-  base = rng.uniform(0.35, 0.65, (b, 1, 1, 3))
-  wave = 0.08 * np.sin(2 * np.pi * (xx[None, ..., None] * rng.uniform(1, 3, (b, 1, 1, 3))
-                                    + yy[None, ..., None]))
-  return jnp.asarray(base + wave, jnp.float32)
-
-
-def test_transfer_composites_give_foregrounds_another_rows_statistics():
-  size = 32
-  real = _smooth_scene(2, size, seed=1)
-  real = real.at[0].set(jnp.mean(real[0], axis=-1, keepdims=True))  # Row 0 gray.
-  mask = np.zeros((2, size, size, 1), np.float32)
-  mask[0, 8:24, 4:20] = 1.0
-  mask[1, 2:14, 10:30] = 1.0
-  lab_stats = lambda lab, m: (np.sum(lab * m, (0, 1)) / m.sum(),)
-  for seed in range(4):
-    # With 2 rows each row's reference is the other one; strength 1: the whole way.
-    made = np.asarray(harmonizer.transfer_composites(real, jnp.asarray(mask),
-                                                     jax.random.key(seed), min_strength=1.0))
-    np.testing.assert_array_equal(made[mask[..., 0] == 0], np.asarray(real)[mask[..., 0] == 0])
-    lab = np.asarray(harmonizer.rgb_to_lab(jnp.asarray(made)))
-    real_lab = np.asarray(harmonizer.rgb_to_lab(real))
-    for i, ref in ((0, 1), (1, 0)):
-      (got,) = lab_stats(lab[i], mask[i])
-      (ref_fg,) = lab_stats(real_lab[ref], mask[ref])
-      (ref_whole,) = lab_stats(real_lab[ref], np.ones_like(mask[ref]))
-      # The new foreground mean is the reference's, of its foreground or its whole image.
-      assert min(np.abs(got - ref_fg).max(), np.abs(got - ref_whole).max()) < 1e-3, (seed, i)
-    # The gray row's foreground took the colored row's chroma (gray is within
-    # 1e-3 of alpha = beta = 0: Reinhard's LMS rows sum to 0.9996-1.0002).
-    assert np.abs(real_lab[0][mask[0, ..., 0] > 0, 1:]).mean() < 1e-3
-    assert np.abs(lab[0][mask[0, ..., 0] > 0, 1:]).mean() > 0.01
-
-
 def test_training_rows_transfer_and_identity_fractions():
   config = harmonizer_config.get_config("runlocal")  # 6 synthetic + 2 dataset rows of 8.
-  batch = dict(_batch(), real=_smooth_scene(8, 64, seed=2))  # Rows of different colors.
+  batch = dict(_batch(), real=scenes.smooth_scene(8, 64, seed=2))  # Rows of different colors.
   keys, rng = (jax.random.key(1), jax.random.key(2)), jax.random.key(3)
   rows = jax.jit(lambda cl, c, m, r: harmonizer.training_rows(cl, c, m, r, keys, rng),
                  static_argnums=0)

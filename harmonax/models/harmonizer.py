@@ -27,9 +27,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from data_builders.harmonization_composites import color_transfer
 from harmonax import filters
 from harmonax import optimizers
+from harmonax import recolor
 from harmonax import torch_import
 from harmonax import variables
 from harmonax.models import efficientnet
@@ -200,54 +200,6 @@ def color_jitter(image: jax.Array, key: jax.Array, strength: dict[str, float]) -
   return jnp.clip(pix.hsv_to_rgb(hsv), 0, 1)
 
 
-# The dataset builders' Reinhard l-alpha-beta transform, in float32 for the step.
-_RGB_TO_LMS = color_transfer.RGB_TO_LMS.astype(np.float32)
-_LOGLMS_TO_LAB = color_transfer.LOGLMS_TO_LAB.astype(np.float32)
-_LMS_TO_RGB = np.linalg.inv(_RGB_TO_LMS)
-_LAB_TO_LOGLMS = np.linalg.inv(_LOGLMS_TO_LAB)
-
-
-def rgb_to_lab(rgb: jax.Array) -> jax.Array:
-  """[0, 1] RGB -> Reinhard's l-alpha-beta (color_transfer.rgb_to_lab in jax)."""
-  lms = jnp.maximum(rgb @ _RGB_TO_LMS.T, color_transfer.LMS_FLOOR)
-  return jnp.log10(lms) @ _LOGLMS_TO_LAB.T
-
-
-def lab_to_rgb(lab: jax.Array) -> jax.Array:
-  return (10.0 ** (lab @ _LAB_TO_LOGLMS.T)) @ _LMS_TO_RGB.T
-
-
-def transfer_composites(real: jax.Array, mask: jax.Array, key: jax.Array,
-                        min_strength: float = 0.5) -> jax.Array:
-  """Composites made in the step, as the dataset's Reinhard ones: each row's
-  masked foreground takes the l-alpha-beta mean and std of another row's
-  foreground (or, with p 0.5, of that row's whole image), moved by a random
-  strength in [min_strength, 1]; std ratios are clipped to [1/4, 4]. The
-  reference is another row of the batch (every row shifted by one random
-  offset), so the correction a row needs depends on its foreground, not on
-  which photo it is. Background pixels are `real`'s."""
-  b = real.shape[0]
-  k_shift, k_whole, k_strength = jax.random.split(key, 3)
-  shift = jax.random.randint(k_shift, (), 1, max(b, 2))
-  ref, ref_mask = jnp.roll(real, shift, axis=0), jnp.roll(mask, shift, axis=0)
-  whole = jax.random.bernoulli(k_whole, 0.5, (b, 1, 1, 1))
-  ref_mask = jnp.where(whole, jnp.ones_like(ref_mask), ref_mask)
-
-  def stats(lab, weights):
-    area = jnp.sum(weights, axis=(1, 2), keepdims=True) + 1e-6
-    mean = jnp.sum(lab * weights, axis=(1, 2), keepdims=True) / area
-    var = jnp.sum(jnp.square(lab - mean) * weights, axis=(1, 2), keepdims=True) / area
-    return mean, jnp.sqrt(var + 1e-8)
-
-  lab = rgb_to_lab(real)
-  mean, std = stats(lab, mask)
-  ref_mean, ref_std = stats(rgb_to_lab(ref), ref_mask)
-  moved = (lab - mean) * jnp.clip(ref_std / std, 0.25, 4.0) + ref_mean
-  strength = jax.random.uniform(k_strength, (b, 1, 1, 1), minval=min_strength, maxval=1.0)
-  recolored = jnp.clip(lab_to_rgb(lab + strength * (moved - lab)), 0, 1)
-  return filters.blend(recolored, mask, real)
-
-
 def training_rows(cl: ml_collections.ConfigDict, composite: jax.Array, mask: jax.Array,
                   real: jax.Array, keys: tuple[jax.Array, jax.Array], rng: jax.Array
                   ) -> tuple[jax.Array, list[jax.Array], jax.Array]:
@@ -257,7 +209,7 @@ def training_rows(cl: ml_collections.ConfigDict, composite: jax.Array, mask: jax
   filter arguments on its foreground (keys: jitter, arguments); the targets
   are the cascade's stages. The last `real_fraction` rows are the dataset's
   composites (target: `real`); with `transfer_fraction` > 0, that share of them
-  is recolored in the step instead (`transfer_composites`). With
+  is recolored in the step instead (`recolor.transfer_composites`). With
   `identity_fraction` > 0, that share of all rows keeps its real foreground
   (input = every target): a foreground that fits needs no correction.
   """
@@ -270,13 +222,9 @@ def training_rows(cl: ml_collections.ConfigDict, composite: jax.Array, mask: jax
   jittered = jnp.where(row, color_jitter(real, k_jitter, dict(cl.color_jitter)), real)
   args = jax.random.uniform(k_args, (b, NUM_FILTERS), minval=-1.0, maxval=1.0)
   made, targets = synthesize(jittered, mask, args * jnp.asarray(tuple(cl.argument_ranges)))
-  if cl.get("transfer_fraction", 0.0) > 0:
-    k_made, k_use = jax.random.split(jax.random.fold_in(rng, 11))
-    use = jax.random.bernoulli(k_use, cl.transfer_fraction, (b, 1, 1, 1))
-    composite = jnp.where(use, transfer_composites(real, mask, k_made), composite)
-  if cl.get("identity_fraction", 0.0) > 0:
-    same = jax.random.bernoulli(jax.random.fold_in(rng, 13), cl.identity_fraction,
-                                (b, 1, 1, 1))
+  composite = recolor.recolor_rows(cl, composite, real, mask, rng)
+  same = recolor.identity_rows(cl, b, rng)
+  if same is not None:
     composite = jnp.where(same, real, composite)
     made = jnp.where(same, jittered, made)
     targets = [jnp.where(same, jittered, t) for t in targets]
