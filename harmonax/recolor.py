@@ -11,7 +11,8 @@ the training step instead, from the batch's `real` images and masks:
   on a random reference, not on which photo it is;
 - `recolor_rows`: that for a random `transfer_fraction` of the rows;
 - `identity_rows`: a random `identity_fraction` of the rows that keep their
-  real foreground (a foreground that fits needs no correction).
+  real foreground (a foreground that fits needs no correction);
+- `training_composites`: both, as a family's `compute_losses` applies them.
 
 Both fractions live in `config.loss` and default to 0 (off): the papers'
 recipes never call these.
@@ -92,3 +93,15 @@ def identity_rows(cl: ml_collections.ConfigDict, batch_size: int, rng: jax.Array
   if fraction <= 0:
     return None
   return jax.random.bernoulli(jax.random.fold_in(rng, 13), fraction, (batch_size, 1, 1, 1))
+
+
+def training_composites(cl: ml_collections.ConfigDict, composite: jax.Array,
+                        real: jax.Array, mask: jax.Array, rng: jax.Array
+                        ) -> tuple[jax.Array, jax.Array | None]:
+  """A training batch's input composites: `recolor_rows`, then the real image in
+  the `identity_rows`. Returns (composite, identity flags or None)."""
+  composite = recolor_rows(cl, composite, real, mask, rng)
+  same = identity_rows(cl, composite.shape[0], rng)
+  if same is not None:
+    composite = jnp.where(same, real, composite)
+  return composite, same

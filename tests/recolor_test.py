@@ -1,12 +1,17 @@
-"""In-step recoloring of training composites (harmonax.recolor)."""
+"""In-step recoloring of training composites (harmonax.recolor), and the
+families that use it."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import issam as issam_config
 import scenes
+from harmonax import models
 from harmonax import recolor
+from harmonax import variables
+from harmonax.models import dih
 
 
 def test_lab_conversion_matches_the_dataset_builders():
@@ -63,3 +68,27 @@ def test_recolor_and_identity_rows_follow_their_fractions():
                                     axis=(1, 2, 3)))) for s in range(20)]
   assert 40 < sum(counts) < 80, counts  # Of 120 rows.
 
+
+def test_issam_losses_train_on_recolored_and_real_foregrounds():
+  config = issam_config.get_config("runlocal")
+  nets = dih.create_networks(config, variables.rngs(0))
+  models.set_modes(nets, ["generator"])
+  real = scenes.smooth_scene(4, 64, seed=4)
+  mask = np.zeros((4, 64, 64, 1), np.float32)
+  mask[:, 16:48, 8:40] = 1.0
+  batch = {"real": real, "mask": jnp.asarray(mask), "composite": real * 0.5}
+  other = dict(batch, composite=real * 0.8)
+  key = jax.random.key(1)
+
+  def loss(cl, b):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.loss.update(cl)
+    return float(dih.compute_losses(ml_collections.FrozenConfigDict(c), nets, b, key)[0]["generator"])
+
+  # Off (the paper's recipe): the dataset's composite is the input.
+  assert loss({}, batch) != loss({}, other)
+  # Every row recolored in the step: the dataset's composite is not used.
+  assert loss(dict(transfer_fraction=1.0), batch) == loss(dict(transfer_fraction=1.0), other)
+  # Every row real: the input is the real image.
+  assert (loss(dict(identity_fraction=1.0), batch)
+          == loss({}, dict(batch, composite=real)))

@@ -20,6 +20,7 @@ import optax
 
 from harmonax import losses
 from harmonax import optimizers
+from harmonax import recolor
 from harmonax import torch_import
 from harmonax import variables
 from harmonax.models import backboned
@@ -497,9 +498,13 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
   ImageNet-normalized space (both pass through the same Normalize), over all
   pixels, divided by C * max(mask area, config.loss.min_area) (iDIH 100, iS2AM
   1000). Crops that do not fit the network are edge-padded (a no-op at 256).
+  Off in the papers' recipes: config.loss.transfer_fraction / identity_fraction
+  replace that share of the composites by in-step ones (harmonax.recolor).
   """
   batch = layers.floats(batch)
   composite, mask = batch["composite"], batch["mask"]
+  # In-step composites where config.loss asks for them (harmonax.recolor).
+  composite, _ = recolor.training_composites(config.loss, composite, batch["real"], mask, rng)
   out = forward(networks["generator"], composite, mask, padding="edge", rng=rng)
   loss = losses.fn_mse(out, layers.imagenet_normalize(batch["real"]), mask,
                        config.loss.min_area)

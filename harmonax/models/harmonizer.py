@@ -222,10 +222,8 @@ def training_rows(cl: ml_collections.ConfigDict, composite: jax.Array, mask: jax
   jittered = jnp.where(row, color_jitter(real, k_jitter, dict(cl.color_jitter)), real)
   args = jax.random.uniform(k_args, (b, NUM_FILTERS), minval=-1.0, maxval=1.0)
   made, targets = synthesize(jittered, mask, args * jnp.asarray(tuple(cl.argument_ranges)))
-  composite = recolor.recolor_rows(cl, composite, real, mask, rng)
-  same = recolor.identity_rows(cl, b, rng)
+  composite, same = recolor.training_composites(cl, composite, real, mask, rng)
   if same is not None:
-    composite = jnp.where(same, real, composite)
     made = jnp.where(same, jittered, made)
     targets = [jnp.where(same, jittered, t) for t in targets]
   inputs = jnp.where(row, made, composite)
