@@ -243,8 +243,46 @@ def test_demo_recipe():
   assert (config.loss.real_fraction, config.loss.transfer_fraction,
           config.loss.identity_fraction, config.optim.ema_decay) == (0.5, 1.0, 0.25, 0.998)
   assert tuple(config.loss.argument_ranges) == (0.3, 0.5, 0.5, 0.6, 0.4, 0.4)  # The paper's.
+  assert config.model.color_statistics
   paper = harmonizer_config.get_config("")
   assert (paper.loss.transfer_fraction, paper.loss.identity_fraction) == (0.0, 0.0)
+  assert not paper.model.color_statistics
+
+
+def test_color_statistics_on_hand_values():
+  image = np.zeros((1, 4, 4, 3), np.float32)
+  mask = np.zeros((1, 4, 4, 1), np.float32)
+  mask[0, :, :2] = 1.0
+  image[0, :, :2] = (0.9, 0.3, 0.3)                   # Foreground: one red.
+  image[0, :, 2:] = 0.2
+  image[0, ::2, 2:] = 0.6                             # Background: grays 0.2 and 0.6.
+  stats = np.asarray(harmonizer.color_statistics(jnp.asarray(image), jnp.asarray(mask)))[0]
+  np.testing.assert_allclose(stats[:3], (0.9, 0.3, 0.3), atol=1e-6)   # Foreground mean RGB,
+  np.testing.assert_allclose(stats[3], 0.6, atol=1e-6)                # chroma,
+  np.testing.assert_allclose(stats[4], 0.0, atol=2e-4)                # luminance std;
+  np.testing.assert_allclose(stats[5:8], (0.4, 0.4, 0.4), atol=1e-6)  # the background's.
+  np.testing.assert_allclose(stats[8], 0.0, atol=1e-6)
+  np.testing.assert_allclose(stats[9], 0.2, atol=1e-5)
+
+
+def test_color_statistics_widen_the_regressor_and_reach_the_arguments():
+  config = harmonizer_config.get_config("runlocal")
+  config.model.color_statistics = True
+  net = _create(config)["harmonizer"]
+  net.eval()
+  plain = nnx.eval_shape(lambda: harmonizer.create_networks(
+      harmonizer_config.get_config("runlocal"), variables.rngs(0)))["harmonizer"]
+  assert net.regressor.f.in_features == plain.regressor.f.in_features + 10
+  # The statistics are computed on the 64x64 view the backbone sees: a changed
+  # statistic changes the arguments through the regressor's extra inputs alone.
+  batch = _batch(b=2)
+  composite, mask = batch["composite"], batch["mask"]
+  view = layers.resize_bilinear(composite, (64, 64)), layers.resize_bilinear(mask, (64, 64))
+  features = nnx.jit(lambda n, c, m: n.backbone(c, m))(net, *view)
+  stats = harmonizer.color_statistics(*view)
+  args = nnx.jit(lambda n, c, m: n.raw_arguments(c, m))(net, composite, mask)
+  np.testing.assert_allclose(net.regressor(features, stats), args, atol=1e-5)
+  assert np.abs(np.asarray(net.regressor(features, stats + 0.1) - args)).max() > 1e-3
 
 
 def test_random_rot90_rotates_every_array_of_an_example_alike():
