@@ -283,6 +283,12 @@ def test_color_statistics_widen_the_regressor_and_reach_the_arguments():
   args = nnx.jit(lambda n, c, m: n.raw_arguments(c, m))(net, composite, mask)
   np.testing.assert_allclose(net.regressor(features, stats), args, atol=1e-5)
   assert np.abs(np.asarray(net.regressor(features, stats + 0.1) - args)).max() > 1e-3
+  # And the training loss (the demo's) runs through them.
+  networks = {"harmonizer": net}
+  models.set_modes(networks, ["harmonizer"])
+  losses, _, _ = nnx.jit(lambda n, b, k: harmonizer.compute_losses(config, n, b, k))(
+      networks, _batch(), jax.random.key(0))
+  assert np.isfinite(float(losses["harmonizer"]))
 
 
 def test_random_rot90_rotates_every_array_of_an_example_alike():
