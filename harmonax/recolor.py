@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from data_builders.harmonization_composites import color_transfer
+from harmonax import filters
 
 # The dataset builders' Reinhard l-alpha-beta transform, in float32 for the step.
 _RGB_TO_LMS = color_transfer.RGB_TO_LMS.astype(np.float32)
@@ -70,7 +71,7 @@ def transfer_composites(real: jax.Array, mask: jax.Array, key: jax.Array,
   moved = (lab - mean) * jnp.clip(ref_std / std, 0.25, 4.0) + ref_mean
   strength = jax.random.uniform(k_strength, (b, 1, 1, 1), minval=min_strength, maxval=1.0)
   recolored = jnp.clip(lab_to_rgb(lab + strength * (moved - lab)), 0, 1)
-  return mask * recolored + (1 - mask) * real
+  return filters.blend(recolored, mask, real)
 
 
 def recolor_rows(cl: ml_collections.ConfigDict, composite: jax.Array, real: jax.Array,
