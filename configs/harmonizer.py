@@ -61,6 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # (recolor.transfer_composites), and the share of all rows left real.
       transfer_fraction=0.0,
       identity_fraction=0.0,
+      # Not in the paper (the demo uses it): positive contrast arguments get the
+      # gradient of the contrast factor without its floor(), which leaves them
+      # none in the official filter (filters.contrast); the values are the same.
+      contrast_straight_through=False,
   )
   # Pretrained initialisation, applied by the trainer once before step 1:
   # the path of an ImageNet EfficientNet-B0 state dict (lukemelas, torchvision
@@ -143,6 +147,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # longer side): seed 0 1597. The iS2AM runlocal network with the same in-step
     # composites: configs/issam.py.
     config.model.color_statistics = True
+    config.loss.contrast_straight_through = True
     config.loss.real_fraction = 0.5
     config.loss.transfer_fraction = 1.0
     config.loss.identity_fraction = 0.25

@@ -70,17 +70,26 @@ def brightness(image: jax.Array, x: jax.Array) -> jax.Array:
   return jnp.clip(image * _brightness_alpha(x), 0.0, 1.0)
 
 
-def _contrast_factor(x: jax.Array) -> jax.Array:
+def _contrast_factor(x: jax.Array, straight_through: bool = False) -> jax.Array:
   # Official quirk kept on purpose: floor() has zero gradient, so a positive
-  # contrast argument gets no gradient through this filter.
+  # contrast argument gets no gradient through this filter. `straight_through`
+  # keeps the values and gives it the gradient of the factor without floor().
   positive = 255 / (256 - jnp.floor(x * 255)) - 1
+  if straight_through:
+    smooth = 255 / (256 - x * 255) - 1
+    positive = positive + (smooth - jax.lax.stop_gradient(smooth))
   return jnp.where(x > 0, positive, x)
 
 
-def contrast(image: jax.Array, x: jax.Array) -> jax.Array:
-  """Contrast: I + (I - mean(I)) * x', the mean over the whole image."""
+def contrast(image: jax.Array, x: jax.Array, straight_through: bool = False) -> jax.Array:
+  """Contrast: I + (I - mean(I)) * x', the mean over the whole image.
+
+  `straight_through`: the same values, but a positive argument has a gradient
+  (official: none; see `_contrast_factor`).
+  """
   threshold = jnp.mean(image, axis=(1, 2, 3), keepdims=True)
-  return jnp.clip(image + (image - threshold) * _contrast_factor(x), 0.0, 1.0)
+  factor = _contrast_factor(x, straight_through)
+  return jnp.clip(image + (image - threshold) * factor, 0.0, 1.0)
 
 
 def saturation(image: jax.Array, x: jax.Array) -> jax.Array:
@@ -256,9 +265,13 @@ def invert_filter(name: str, image: Array, mask: Array, arg: Array
 
 
 def apply_filters(image: Array, mask: Array, args: Array,
-                  names: Sequence[str] = FILTER_NAMES
+                  names: Sequence[str] = FILTER_NAMES,
+                  contrast_straight_through: bool = False
                   ) -> tuple[jax.Array, list[jax.Array]]:
   """Applies the filters in order; returns (final, [output of each filter]).
+
+  `contrast_straight_through` (training only; values unchanged): a positive
+  contrast argument gets a gradient (`contrast`).
 
   args: [..., len(names)], batched [B, 6] or unbatched [6]. As in the
   official `FilterPerformer.restore`, each filter acts on the previous
@@ -273,7 +286,10 @@ def apply_filters(image: Array, mask: Array, args: Array,
   current = image
   outputs = []
   for i, name in enumerate(names):
-    current = FILTERS[name](current, args[..., i:i + 1])
+    if name == "contrast" and contrast_straight_through:
+      current = contrast(current, args[..., i:i + 1], straight_through=True)
+    else:
+      current = FILTERS[name](current, args[..., i:i + 1])
     outputs.append(blend(current, mask, image))
   if unbatched:
     outputs = [o[0] for o in outputs]

@@ -184,3 +184,42 @@ def test_builder_numpy_filters_equal_these():
         expected = np.asarray(filters.apply_filter(n, expected, mask[..., None].astype(np.float32), a))
       np.testing.assert_allclose(white_box.apply_filters(image, mask, chain), expected[mask],
                                  atol=2e-6, err_msg=f"{name} {arg}")
+
+
+@pytest.mark.parametrize("arg", [-0.6, -0.1, 0.1, 0.5, 0.95])
+def test_straight_through_contrast_keeps_values_and_gives_positive_arguments_a_gradient(arg):
+  rng = np.random.default_rng(9)
+  image = jnp.asarray(rng.uniform(0.2, 0.6, (2, 5, 4, 3)), jnp.float32)
+  mask = jnp.asarray(rng.uniform(0, 1, (2, 5, 4, 1)) > 0.4, jnp.float32)
+  args = jnp.asarray([[0.1, -0.2, arg, 0.3, 0.1, -0.1]] * 2, jnp.float32)
+  official, official_stages = filters.apply_filters(image, mask, args)
+  smooth, smooth_stages = filters.apply_filters(image, mask, args, contrast_straight_through=True)
+  np.testing.assert_array_equal(smooth, official)
+  for a, b in zip(smooth_stages, official_stages):
+    np.testing.assert_array_equal(a, b)
+
+  def contrast_grad(straight_through):
+    loss = lambda a: jnp.sum(jnp.square(filters.apply_filters(
+        image, mask, a, contrast_straight_through=straight_through)[0] - 0.5))
+    return np.asarray(jax.grad(loss)(args))[:, 2]
+
+  if arg < 0:  # x' = x: both have the true gradient.
+    np.testing.assert_allclose(contrast_grad(True), contrast_grad(False), rtol=1e-6)
+    assert np.all(contrast_grad(False) != 0)
+    return
+  np.testing.assert_array_equal(contrast_grad(False), 0.0)  # The official filter's floor().
+  # Straight through: d loss / d factor at the official (floored) factor, times the
+  # derivative of the factor written without floor(), 255^2 / (256 - 255 x)^2.
+  def loss_of_factor(factor):
+    current = filters.brightness(filters.temperature(image, args[:, None, None, 0:1]),
+                                 args[:, None, None, 1:2])
+    mean = jnp.mean(current, axis=(1, 2, 3), keepdims=True)
+    current = jnp.clip(current + (current - mean) * factor, 0, 1)
+    for i, name in enumerate(filters.FILTER_NAMES[3:], start=3):
+      current = filters.FILTERS[name](current, args[:, None, None, i:i + 1])
+    return jnp.sum(jnp.square(current * mask + image * (1 - mask) - 0.5))
+  floored = jnp.float32(255 / (256 - np.floor(np.float32(arg) * 255)) - 1)
+  expected = jax.grad(loss_of_factor)(floored) * 255**2 / (256 - 255 * np.float32(arg))**2
+  got = contrast_grad(True)
+  assert np.all(got != 0)
+  np.testing.assert_allclose(np.sum(got), expected, rtol=1e-4)

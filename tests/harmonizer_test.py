@@ -243,10 +243,10 @@ def test_demo_recipe():
   assert (config.loss.real_fraction, config.loss.transfer_fraction,
           config.loss.identity_fraction, config.optim.ema_decay) == (0.5, 1.0, 0.25, 0.998)
   assert tuple(config.loss.argument_ranges) == (0.3, 0.5, 0.5, 0.6, 0.4, 0.4)  # The paper's.
-  assert config.model.color_statistics
-  paper = harmonizer_config.get_config("")
-  assert (paper.loss.transfer_fraction, paper.loss.identity_fraction) == (0.0, 0.0)
-  assert not paper.model.color_statistics
+  assert config.model.color_statistics and config.loss.contrast_straight_through
+  for plain in (harmonizer_config.get_config(""), harmonizer_config.get_config("runlocal")):
+    assert (plain.loss.transfer_fraction, plain.loss.identity_fraction) == (0.0, 0.0)
+    assert not (plain.model.color_statistics or plain.loss.contrast_straight_through)
 
 
 def test_color_statistics_on_hand_values():
@@ -263,6 +263,12 @@ def test_color_statistics_on_hand_values():
   np.testing.assert_allclose(stats[5:8], (0.4, 0.4, 0.4), atol=1e-6)  # the background's.
   np.testing.assert_allclose(stats[8], 0.0, atol=1e-6)
   np.testing.assert_allclose(stats[9], 0.2, atol=1e-5)
+  # log((bg + 0.02) / (fg + 0.02)) of the chroma, the mean luminance and the luminance
+  # std (the flat foreground's is float32 rounding, ~1e-4, checked above).
+  np.testing.assert_allclose(
+      stats[10:], np.log((0.02 / 0.62, 0.42 / 0.52, (stats[9] + 0.02) / (stats[4] + 0.02))),
+      rtol=1e-5)
+  assert stats.shape == (harmonizer.NUM_STATISTICS,)
 
 
 def test_color_statistics_widen_the_regressor_and_reach_the_arguments():
@@ -272,7 +278,7 @@ def test_color_statistics_widen_the_regressor_and_reach_the_arguments():
   net.eval()
   plain = nnx.eval_shape(lambda: harmonizer.create_networks(
       harmonizer_config.get_config("runlocal"), variables.rngs(0)))["harmonizer"]
-  assert net.regressor.f.in_features == plain.regressor.f.in_features + 10
+  assert net.regressor.f.in_features == plain.regressor.f.in_features + 13
   # The statistics are computed on the 64x64 view the backbone sees: a changed
   # statistic changes the arguments through the regressor's extra inputs alone.
   batch = _batch(b=2)

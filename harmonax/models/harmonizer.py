@@ -17,10 +17,14 @@ are the dataset's composites and get `real_weight` (10) x the final-output loss.
 Batch 16 + 8 in the paper: batch_size 24 with real_fraction 1/3.
 
 Not in the paper (off in its recipe, on in the quick start's demo):
-`model.color_statistics` appends ten color statistics of the foreground and
-background (`color_statistics`) to the regressor's pooled features, and
+`model.color_statistics` appends 13 color statistics of the foreground and
+background (`color_statistics`) to the regressor's pooled features,
 `config.loss.transfer_fraction` / `identity_fraction` make training composites
-in the step (`training_rows`, harmonax.recolor).
+in the step (`training_rows`, harmonax.recolor), and
+`config.loss.contrast_straight_through` gives positive contrast arguments a
+gradient (`filters.contrast`; the official filter's floor() leaves them none,
+so a positive contrast drifted unchecked and the later filters learned to make
+up for it).
 """
 
 import math
@@ -88,19 +92,25 @@ class CascadeArgumentRegressor(nnx.Module):
 
 
 # Length of `color_statistics`' vector.
-NUM_STATISTICS = 10
+NUM_STATISTICS = 13
+# Added to both sides of `color_statistics`' ratios: a gray foreground (chroma 0)
+# against a colorful scene stays finite.
+_RATIO_EPS = 0.02
 
 
 def color_statistics(image: jax.Array, mask: jax.Array) -> jax.Array:
-  """[B, 10]: for the foreground (weights `mask`) and then the background, the
+  """[B, 13]: for the foreground (weights `mask`) and then the background, the
   mean RGB, the mean chroma (max - min over channels) and the std of the
-  luminance (channel mean) of `image` [B, H, W, 3].
+  luminance (channel mean) of `image` [B, H, W, 3]; then log((bg + 0.02) /
+  (fg + 0.02)) of the chroma, the mean luminance and the luminance std.
 
   Not in the paper; the demo's regressor gets them next to its pooled features
   (`model.color_statistics`). Why: a foreground of 1-3% of the frame barely
   moves a global average of the backbone's features, and the demo's network,
   trained minutes from scratch, gave a coin the same arguments whether its
-  foreground was gray, recolored or tinted red (configs/harmonizer.py).
+  foreground was gray, recolored or tinted red (configs/harmonizer.py). The
+  ratios put the cue that the sample's photos share, a foreground about as
+  colorful as its scene (a gray photo's objects are gray), on one input.
   """
   chroma = jnp.max(image, -1, keepdims=True) - jnp.min(image, -1, keepdims=True)
   luma = jnp.mean(image, -1, keepdims=True)
@@ -112,6 +122,12 @@ def color_statistics(image: jax.Array, mask: jax.Array) -> jax.Array:
         for x in (image, chroma, luma, jnp.square(luma)))
     luma_std = jnp.sqrt(jnp.maximum(mean_luma2 - jnp.square(mean_luma), 0) + 1e-8)
     out += [mean_rgb, mean_chroma, luma_std]
+  (fg_rgb, fg_chroma, fg_std), (bg_rgb, bg_chroma, bg_std) = out[:3], out[3:]
+  ratio = lambda bg, fg: jnp.log((bg + _RATIO_EPS) / (fg + _RATIO_EPS))
+  out.append(jnp.concatenate([
+      ratio(bg_chroma, fg_chroma),
+      ratio(jnp.mean(bg_rgb, -1, keepdims=True), jnp.mean(fg_rgb, -1, keepdims=True)),
+      ratio(bg_std, fg_std)], axis=-1))
   return jnp.concatenate(out, axis=-1)
 
 
@@ -294,7 +310,9 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
                    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
   """Harmonizer's training loss (see the module docstring), config.loss:
   real_fraction (last rows: dataset composites), real_weight (10), argument_ranges,
-  color_jitter, and optionally transfer_fraction, identity_fraction (training_rows)."""
+  color_jitter, and optionally transfer_fraction, identity_fraction (training_rows)
+  and contrast_straight_through (a gradient for positive contrast arguments,
+  which the official filter's floor() leaves without one; values unchanged)."""
   cl = config.loss
   net = networks["harmonizer"]
   batch = layers.floats(batch)
@@ -306,7 +324,9 @@ def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
   num_real = int(round(composite.shape[0] * cl.real_fraction))
 
   pred_args = net(inputs, mask, rngs=variables.rngs(dropout=k_drop))
-  _, outputs = filters.apply_filters(inputs, mask, pred_args)
+  _, outputs = filters.apply_filters(
+      inputs, mask, pred_args,
+      contrast_straight_through=cl.get("contrast_straight_through", False))
   stage = jnp.stack([filter_loss(o, t, mask) for o, t in zip(outputs, targets)])
 
   n_syn = jnp.maximum(jnp.sum(synthetic), 1)
