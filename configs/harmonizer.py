@@ -162,12 +162,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # whose composites are less colorful than the real photo (the best saturation
     # per composite averages +0.4). With both changes the saturation follows the scene:
     # +0.2 to +0.4 on the coffee, -0.5 to -0.6 on the coins (seeds 0/1). Each
-    # alone on seed 0: the straight-through gradient 1715.32, the ratios 1917.56. Not
-    # kept: 3,600 steps (seeds 2/0: 1484/1581, against 1579/1256 at 2,400); a
-    # quarter of the rows the dataset's composites (transfer_fraction 0.5): seed 0
-    # 1302; the statistics x10 (diverged: 15,260); lr 1e-3 (diverged). What is
-    # left: the coins' shadows are darkened (shadow -0.1 to -0.2, the oracle's
-    # +0.1 to +0.2), and coin_b ends worse than its composites on every seed.
+    # alone on seed 0: the straight-through gradient 1715.32, the ratios 1917.56
+    # (loss.contrast_straight_through False). The variants here without a key of
+    # this config are on branch exp26 (commit 7cfc002). Not kept: 3,600 steps
+    # (seeds 2/0: 1484/1581, against 1579/1256 at 2,400); a quarter of the rows
+    # the dataset's composites (transfer_fraction 0.5): seed 0 1302; the
+    # statistics x10 (diverged: 15,260); lr 1e-3 (diverged). What is left: the
+    # coins' shadows are darkened (shadow -0.04 to -0.19, the oracle's +0.1 to
+    # +0.2), and coin_b ends worse than its composites on every seed.
     config.model.color_statistics = True
     config.loss.contrast_straight_through = True
     config.loss.real_fraction = 0.5

@@ -12,6 +12,7 @@ statistics); `apply_filter` then keeps the background: out = mask * filtered +
 """
 
 from collections.abc import Callable, Sequence
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -283,13 +284,13 @@ def apply_filters(image: Array, mask: Array, args: Array,
   for name in names:
     _check_name(name)
   image, mask, args, unbatched = _prepare(image, mask, args, len(names))
+  table = FILTERS
+  if contrast_straight_through:
+    table = {**FILTERS, "contrast": functools.partial(contrast, straight_through=True)}
   current = image
   outputs = []
   for i, name in enumerate(names):
-    if name == "contrast" and contrast_straight_through:
-      current = contrast(current, args[..., i:i + 1], straight_through=True)
-    else:
-      current = FILTERS[name](current, args[..., i:i + 1])
+    current = table[name](current, args[..., i:i + 1])
     outputs.append(blend(current, mask, image))
   if unbatched:
     outputs = [o[0] for o in outputs]
