@@ -12,6 +12,8 @@ arguments predicted at 256x256, Adam 3e-4 for 60 epochs with lr x0.1 at epochs
 25 and 50, batches of 16 synthetic pairs (made in the step from the real
 images) + 8 dataset composites = 24. `runlocal`: a width-0.25, depth-0.34
 backbone at 64x64, batch 8 (6 + 2), 20 steps (about a minute on 2 CPU cores).
+`runlocal` and `demo` start near the identity (model.identity_init: arguments
+within about 1e-3 of 0, so the untrained model keeps the composite).
 `demo` (the quick start's model): the runlocal network, its regressor also given
 13 color statistics of the foreground and background and its positive contrast
 arguments a straight-through gradient (neither in the paper), trained
@@ -19,9 +21,9 @@ DEMO_STEPS (2,400) steps on the sample, about 12 CPU-minutes of a 2-core machine
 pairs, half the sample's photos with foregrounds recolored in the step (Reinhard
 transfer toward another row), a quarter of all rows left real, Adam 3e-4, the
 parameter average (EMA 0.998) evaluated once at the end on the whole test split
-at 64x64. On the sample's unseen test photos (coffee, coins) seeds 0/1/2 lower
-the composites' foreground MSE by 28.8%, 27.8% and 10.5%; the issue's -30% is not
-met (README: Quick start; issue 16).
+at 64x64. On the sample's unseen test photos (coffee, coins) seeds 0/1/2/3 lower
+the composites' foreground MSE by 33.3%, 24.9%, 26.2% and 20.9%: the issue's -30%
+is met by the default seed (0) only (README: Quick start; issue 16).
 `optim.ema_decay` > 0 keeps parameter averages, which the trainer evaluates and
 saves.
 """
@@ -49,6 +51,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Not in the paper (the demo uses it): the regressor also gets ten color
       # statistics of the foreground and background (harmonizer.color_statistics).
       color_statistics=False,
+      # Not in the paper (runlocal and demo use it): the regressor's last layers
+      # start at 1/100 of their random init with zero bias, so the untrained
+      # model's arguments are within about 1e-3 of 0 (filters that keep the
+      # composite) instead of random ones (harmonizer.CascadeArgumentRegressor).
+      identity_init=False,
   )
   config.loss = dict(
       real_fraction=1 / 3,    # Last rows of a batch: dataset composites (8 of 24).
@@ -83,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config_args.add_loop_config(config, arg.runlocal or arg.demo)
 
   if arg.runlocal or arg.demo:
-    config.model.update(input_size=64, width=0.25, depth=0.34)
+    config.model.update(input_size=64, width=0.25, depth=0.34, identity_init=True)
     config.loss.real_fraction = 0.25
   if arg.demo:
     config_args.set_demo_loop(config, DEMO_STEPS)
@@ -170,6 +177,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # statistics x10 (diverged: 15,260); lr 1e-3 (diverged). What is left: the
     # coins' shadows are darkened (shadow -0.04 to -0.19, the oracle's +0.1 to
     # +0.2), and coin_b ends worse than its composites on every seed.
+    #
+    # Since 2026-11-30 15:45: the regressor starts near zero arguments
+    # (model.identity_init, as runlocal, whose 20-step model with the official
+    # random regressor scored 4023 against the composites' 1765): seeds 0/1/2/3
+    # 1176.72/1325.45/1303.38/1395.65 (-33.3/-24.9/-26.2/-20.9%), against
+    # 1256.10/1273.71/1579.11 for seeds 0/1/2 with the random start (means over
+    # seeds 0-2: 1269 and 1370; seed 1 alone is worse). Not kept: the last
+    # layers at exactly zero: 1181.75/1525.40/1361.44/1419.14 (mean over 0-2:
+    # 1356), and the temperature argument stayed exactly 0 on every image (the
+    # temperature filter has no gradient at 0, so a zero head never learns it;
+    # hence identity_init's 1/100 scale). The experiments: branch exp27.
     config.model.color_statistics = True
     config.loss.contrast_straight_through = True
     config.loss.real_fraction = 0.5

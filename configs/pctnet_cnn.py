@@ -39,6 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       init_magnitude=2.0,   # XavierGluon(gaussian, magnitude=2) as models/PCTNet_CNN.py.
       # Pixels per chunk of the fused upsample-and-apply (bounds the full-res map).
       chunk_pixels=1 << 18,
+      # Not in the paper (runlocal uses it): get_params starts as the identity
+      # transform (zero kernel, identity bias), so the untrained model returns
+      # the composite instead of a random recoloring.
+      identity_init=False,
   )
   # FN-MSE at full resolution + 0.1 x mean Sobel magnitude of the 256 map +
   # 0.01 x contrastive (VGG16 relu4_3, min(5, batch - 1) negatives): the last
@@ -61,7 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       val256=dict(dataset="", split="", image_size=256, max_examples=-1),
       fullres=dict(dataset="", split="", image_size=0, max_examples=-1))
   if arg.runlocal:
-    config.model.update(low_res=64, depth=3, ch=8, max_channels=32, attend_from=1)
+    config.model.update(low_res=64, depth=3, ch=8, max_channels=32, attend_from=1,
+                        identity_init=True)
     config.data.image_size = 96
     config.evals = dict(val=dict(dataset="", split="", image_size=-1, max_examples=16))
   return config

@@ -32,6 +32,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       low_res=256,   # Square, a multiple of the patch (the official view reshape).
       patch=4, dim=256, heads=2, num_layers=9, ffn=512, dropout=0.1,
       chunk_pixels=1 << 18,  # Pixels per chunk of the fused upsample-and-apply.
+      # Not in the paper (runlocal uses it): get_params starts as the identity
+      # transform (zero kernel, identity bias), so the untrained model returns
+      # the composite instead of a random recoloring.
+      identity_init=False,
   )
   config.loss = dict(pixel=1.0, min_area=1000.0, smoothness=0.1, contrastive=0.01,
                      contrastive_negatives=5)
@@ -47,7 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       val256=dict(dataset="", split="", image_size=256, max_examples=-1),
       fullres=dict(dataset="", split="", image_size=0, max_examples=-1))
   if arg.runlocal:
-    config.model.update(low_res=64, dim=32, heads=2, num_layers=2, ffn=64)
+    config.model.update(low_res=64, dim=32, heads=2, num_layers=2, ffn=64,
+                        identity_init=True)
     config.data.image_size = 96
     config.evals = dict(val=dict(dataset="", split="", image_size=-1, max_examples=16))
   return config

@@ -16,6 +16,7 @@ from harmonax import export_lib
 from harmonax import inference
 from harmonax import models
 from dovenet_test import numpy_networks
+import recipes
 
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "data_builders", "harmonization_composites", "sample")
@@ -41,7 +42,7 @@ def _runlocal(recipe: str):
   spec = importlib.util.spec_from_file_location(f"_export_test_{recipe}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config("runlocal")
+  return recipes.official_init(module.get_config("runlocal"))
 
 
 def photo(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

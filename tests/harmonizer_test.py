@@ -22,6 +22,7 @@ from harmonax import torch_import
 from harmonax import variables
 from harmonax.models import harmonizer
 from harmonax.models import layers
+import recipes
 
 KEYS = os.path.join(os.path.dirname(__file__), "data", "torch_keys",
                     "harmonizer_keys.txt")
@@ -41,8 +42,9 @@ def _official_shapes():
 
 @pytest.fixture(scope="module")
 def nets():
-  """The runlocal network (tiny backbone, arguments at 64x64), eval mode."""
-  config = harmonizer_config.get_config("runlocal")
+  """The runlocal network (tiny backbone, arguments at 64x64), eval mode, with
+  the official random regressor (runlocal's identity_init would give zeros)."""
+  config = recipes.official_init(harmonizer_config.get_config("runlocal"))
   networks = _create(config)
   networks["harmonizer"].eval()
   return networks
@@ -272,7 +274,7 @@ def test_color_statistics_on_hand_values():
 
 
 def test_color_statistics_widen_the_regressor_and_reach_the_arguments():
-  config = harmonizer_config.get_config("runlocal")
+  config = recipes.official_init(harmonizer_config.get_config("runlocal"))
   config.model.color_statistics = True
   net = _create(config)["harmonizer"]
   net.eval()
@@ -347,7 +349,8 @@ def test_briefly_trained_arguments_vary_across_images_in_eval_mode():
   # layer's running variance ~10x its real one, the shrinkage compounded over
   # the 32 batch norms and every image got the same arguments in eval mode
   # (spread 0.000 against 0.19 in train mode). layers.BatchNorm warms up.
-  config = harmonizer_config.get_config("runlocal")
+  # As measured below: the official random regressor.
+  config = recipes.official_init(harmonizer_config.get_config("runlocal"))
   net = _create(config)["harmonizer"]
   opt = nnx.Optimizer(net, harmonizer.make_optimizers(config, 10)["harmonizer"], wrt=nnx.Param)
 
@@ -376,3 +379,38 @@ def test_briefly_trained_arguments_vary_across_images_in_eval_mode():
   # Within a factor of 3 either way. Measured: eval 0.109, train 0.085; with
   # nnx.BatchNorm's update instead, eval 1e-8 (the collapse).
   assert train_spread / 3 < eval_spread < 3 * train_spread, (eval_spread, train_spread)
+
+
+def test_identity_init_starts_near_zero_arguments_and_learns_every_filter():
+  # identity_init (runlocal, demo): the untrained model keeps the composite (within
+  # the filters' response to arguments of about 1e-3), where the official random
+  # regressor recolors it; not exactly zero, so that one step moves every
+  # argument, the temperature too (its filter has no gradient at exactly 0).
+  config = harmonizer_config.get_config("runlocal")
+  assert config.model.identity_init and not harmonizer_config.get_config().model.identity_init
+  assert harmonizer_config.get_config("demo").model.identity_init
+  networks = _create(config)
+  net = networks["harmonizer"]
+  batch = _batch()
+  net.eval()
+  before = np.asarray(_regress(net, batch["composite"], batch["mask"]))
+  assert 0 < np.abs(before).min() and np.abs(before).max() < 2e-3
+  out = nnx.jit(lambda n, i: harmonizer.predict(config, n, i))(networks, batch)
+  np.testing.assert_allclose(out, batch["composite"], atol=2 / 255)
+  official = nnx.jit(lambda n, i: harmonizer.predict(config, n, i))(
+      _create(recipes.official_init(harmonizer_config.get_config("runlocal"))), batch)
+  assert np.abs(np.asarray(official) - np.asarray(batch["composite"])).max() > 0.05
+
+  net.train()
+  # The official filter gives a positive contrast argument no gradient at all
+  # (floor(); filters_test), whatever the init: the demo's straight-through here.
+  config.loss.contrast_straight_through = True
+  opt = nnx.Optimizer(net, harmonizer.make_optimizers(config, 10)["harmonizer"], wrt=nnx.Param)
+  grads = nnx.jit(nnx.grad(lambda n: harmonizer.compute_losses(
+      config, {"harmonizer": n}, batch, jax.random.key(0))[0]["harmonizer"]))(net)
+  for i, name in enumerate(filters.FILTER_NAMES):
+    assert np.abs(np.asarray(grads["regressor"]["headers"][i][1]["kernel"].value)).max() > 0, name
+  opt.update(net, grads)
+  net.eval()
+  moved = np.abs(np.asarray(_regress(net, batch["composite"], batch["mask"])) - before)
+  assert (moved.min(axis=0) > 1e-5).all(), moved.min(axis=0)

@@ -14,6 +14,7 @@ import pytest
 from harmonax import models
 from harmonax import train
 import fake_family
+import recipes
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
@@ -47,7 +48,8 @@ def _inputs(family, size=64, seed=0):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_bfloat16_inference_is_close_to_float32(name):
-  config = importlib.import_module(f"configs.{name}").get_config("runlocal")
+  config = recipes.official_init(
+      importlib.import_module(f"configs.{name}").get_config("runlocal"))
   family = models.get_family(config.model.name)
   nets = family.create_networks(config, nnx.Rngs(0))
   models.set_modes(nets)

@@ -76,6 +76,34 @@ def test_identity_parameters_return_the_input(variant):
   np.testing.assert_allclose(out, image, atol=2e-6)
 
 
+@pytest.mark.parametrize("variant", ["cnn", "vit"])
+def test_identity_init_returns_the_composite_untrained(variant):
+  # runlocal's identity_init: get_params starts as the identity transform, so
+  # the untrained model returns its input where the official init recolors it.
+  assert not _config(variant, "").model.identity_init
+  config = _config(variant)
+  assert config.model.identity_init
+  rng = np.random.default_rng(2)
+  inputs = {"composite": jnp.asarray(rng.uniform(0, 1, (2, 96, 80, 3)), jnp.float32),
+            "mask": jnp.asarray(rng.uniform(0, 1, (2, 96, 80, 1)) > 0.5, jnp.float32)}
+  predict = nnx.jit(lambda n, i: pctnet.predict(config, n, i))
+
+  def create():
+    nets = pctnet.create_networks(config, variables.rngs(0))
+    nets["generator"].eval()
+    return nets
+
+  nets = create()
+  params, _ = pctnet.parameter_maps(config, nets["generator"], inputs["composite"],
+                                    inputs["mask"])
+  np.testing.assert_allclose(params, _identity_map(variant, params.shape[:-1] + (3,)),
+                             atol=1e-7)
+  np.testing.assert_allclose(predict(nets, inputs), inputs["composite"], atol=2e-6)
+  config.model.identity_init = False
+  official = predict(create(), inputs)
+  assert np.abs(np.asarray(official) - np.asarray(inputs["composite"])).max() > 0.1
+
+
 def test_affine_transform_is_row_major_m_then_bias():
   rng = np.random.default_rng(1)
   p = rng.standard_normal((5, 12)).astype(np.float32)
@@ -466,7 +494,8 @@ def test_blockwise_attention_equals_whole_softmax_attention(n, block):
 def test_harmonize_command_line_runs_the_full_resolution_path(tmp_path):
   # 600x400 through the 32 view and the fused full-resolution apply; the 4K
   # run of the same command is in BENCHMARKS.md.
-  config = _config("vit", low_res=32, dim=16, ffn=16, num_layers=1, chunk_pixels=1 << 15)
+  config = _config("vit", low_res=32, dim=16, ffn=16, num_layers=1, chunk_pixels=1 << 15,
+                   identity_init=False)  # A random map: the output must change.
   checkpoint.save_networks(tmp_path / "ckpt", config,
                            pctnet.create_networks(config, nnx.Rngs(0)))
   rng = np.random.default_rng(16)

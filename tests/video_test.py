@@ -13,6 +13,7 @@ from configs import harmonizer as harmonizer_config
 from harmonax import filters
 from harmonax import video
 from harmonax.models import harmonizer
+import recipes
 
 
 def test_ema_on_hand_values_averages_before_clamping():
@@ -29,7 +30,7 @@ def test_ema_on_hand_values_averages_before_clamping():
 
 @pytest.fixture(scope="module")
 def setup():
-  config = harmonizer_config.get_config("runlocal")
+  config = recipes.official_init(harmonizer_config.get_config("runlocal"))
   networks = harmonizer.create_networks(config, nnx.Rngs(0))
   networks["harmonizer"].eval()
   return config, networks

@@ -69,13 +69,21 @@ class CascadeArgumentRegressor(nnx.Module):
   """
 
   def __init__(self, in_ch: int, base_ch: int = 160, num_heads: int = NUM_FILTERS,
-               *, rngs: nnx.Rngs):
+               *, small_arguments: bool = False, rngs: nnx.Rngs):
     self.f = _torch_linear(in_ch, 160, rngs)
     self.g = _torch_linear(in_ch, base_ch, rngs)
     self.headers = nnx.List([
         nnx.List([_torch_linear(160 + base_ch, base_ch, rngs),
                   _torch_linear(base_ch, 1, rngs)])
         for _ in range(num_heads)])
+    if small_arguments:
+      # Every head's last layer at 1/100 of its random init, zero bias: the
+      # arguments start within about 1e-3 of 0. Not exactly 0: the temperature
+      # filter's gradient is 0 at argument 0 (its |x| terms are masked by x < 0
+      # and x > 0), so a zero head would never learn it.
+      for _, out in self.headers:
+        out.kernel.value = out.kernel.value * 0.01
+        out.bias.value = jnp.zeros_like(out.bias.value)
 
   def __call__(self, features: jax.Array, extra: jax.Array | None = None) -> jax.Array:
     """[B, h, w, C] (and optionally [B, E] more inputs, appended to the pooled
@@ -136,14 +144,16 @@ class Harmonizer(nnx.Module):
 
   def __init__(self, *, input_size: int = 256, width: float = 1.0,
                depth: float = 1.0, drop_connect_rate: float = 0.2,
-               color_statistics: bool = False, rngs: nnx.Rngs):
+               color_statistics: bool = False, identity_init: bool = False,
+               rngs: nnx.Rngs):
     self.input_size = input_size
     self.color_statistics = color_statistics
     self.backbone = efficientnet.EfficientNet(
         width=width, depth=depth, stem="fg_bg",
         drop_connect_rate=drop_connect_rate, rngs=rngs)
     self.regressor = CascadeArgumentRegressor(
-        self.backbone.out_channels + (NUM_STATISTICS if color_statistics else 0), rngs=rngs)
+        self.backbone.out_channels + (NUM_STATISTICS if color_statistics else 0),
+        small_arguments=identity_init, rngs=rngs)
 
   def raw_arguments(self, composite: jax.Array, mask: jax.Array,
                     rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -168,7 +178,8 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
   m = config.model
   return {"harmonizer": Harmonizer(input_size=m.input_size, width=m.width, depth=m.depth,
                                    drop_connect_rate=m.drop_connect_rate,
-                                   color_statistics=m.get("color_statistics", False), rngs=rngs)}
+                                   color_statistics=m.get("color_statistics", False),
+                                   identity_init=m.get("identity_init", False), rngs=rngs)}
 
 
 def load_pretrained(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],

@@ -7,7 +7,7 @@ b = channels 9-11. `apply_upsampled` fuses the upsampling with the transform
 in row chunks, so a 4K image never holds the full-resolution map at once.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 from jax import lax
@@ -65,6 +65,13 @@ def affine_transform(params: jax.Array, x: jax.Array) -> jax.Array:
   rows = [sum(params[..., 3 * i + j] * x[..., j] for j in range(3)) + params[..., 9 + i]
           for i in range(3)]
   return jnp.stack(rows, axis=-1)
+
+
+def identity_params(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+  """The 12 parameters [M row-major, b] that map an input normalised with
+  (mean, std) back to itself in [0, 1]: M = diag(std), b = mean."""
+  return np.concatenate([np.diag(np.asarray(std, np.float32)).reshape(-1),
+                         np.asarray(mean, np.float32)])
 
 
 def apply_upsampled(lowres: jax.Array, full: Mapping[str, jax.Array],

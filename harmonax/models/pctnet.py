@@ -80,6 +80,12 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
         dropout=m.dropout, rngs=rngs)}
   else:
     raise ValueError(f"config.model.variant={m.variant!r}; valid: {VARIANTS}")
+  if m.get("identity_init", False):
+    # Not in the paper: the untrained network's map is the identity transform
+    # (get_params: zero kernel, bias = identity_params), so its output is the composite.
+    head = nets["generator"].get_params
+    head.kernel.value = jnp.zeros_like(head.kernel.value)
+    head.bias.value = jnp.asarray(pct_ops.identity_params(*_norm(m.variant)))
   if contrastive_on(config):
     # The official feeds VGG the model's normalised tensors as they are.
     nets["vgg"] = vgg.VGG16Features(("relu4_3",), rngs, normalize=False)
