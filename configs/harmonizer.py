@@ -17,7 +17,7 @@ within about 1e-3 of 0, so the untrained model keeps the composite).
 `demo` (the quick start's model): the runlocal network, its regressor also given
 13 color statistics of the foreground and background and its positive contrast
 arguments a straight-through gradient (neither in the paper), trained
-DEMO_STEPS (2,400) steps on the sample, about 12 CPU-minutes of a 2-core machine: half synthetic
+DEMO_STEPS (2,400) steps on the sample, about 10 CPU-minutes of a 2-core machine: half synthetic
 pairs, half the sample's photos with foregrounds recolored in the step (Reinhard
 transfer toward another row), a quarter of all rows left real, Adam 3e-4, the
 parameter average (EMA 0.998) evaluated once at the end on the whole test split
@@ -32,8 +32,8 @@ import ml_collections
 
 from harmonax import config_args
 
-# Training steps of the `demo` recipe: about 12 CPU-minutes (6m25s wall on
-# an otherwise idle 2-core CPU).
+# Training steps of the `demo` recipe: 9.4-11.8 CPU-minutes (5m06s-6m25s wall
+# from a fresh clone on an otherwise idle 2-core CPU, sample build included).
 DEMO_STEPS = 2400
 
 
