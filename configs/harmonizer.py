@@ -189,7 +189,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # last layers at exactly zero: 1181.75/1525.40/1361.44/1419.14 (mean 1372),
     # and the temperature argument stayed exactly 0 on every image (the
     # temperature filter has no gradient at 0, so a zero head never learns it;
-    # hence identity_init's 1/100 scale). The experiments: branch exp27.
+    # hence identity_init's 1/100 scale; branch exp27, commit 0d20ecb,
+    # --config.model.zero_init_arguments=True). The random start:
+    # --config.model.identity_init=False.
     config.model.color_statistics = True
     config.loss.contrast_straight_through = True
     config.loss.real_fraction = 0.5
