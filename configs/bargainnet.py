@@ -31,6 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       use_dropout=True,  # Dropout 0.5 in the 512-channel middle levels.
       ndf=64,            # Domain code extractor channels of the first level.
       code_dim=16,       # Domain code size (--style_dim).
+      # Not in the paper (runlocal uses it): a residual output, tanh(atanh(composite)
+      # + last layer), whose last layer starts at zero (attention_unet), so the
+      # untrained generator returns the composite instead of a random image.
+      identity_init=False,
   )
   # L1 + triplet * (two triplet losses on the domain codes, margin).
   config.loss = dict(triplet=0.01, margin=0.1)
@@ -44,5 +48,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                               eval_metrics=("harmonization", "harmony_score"))
 
   if arg.runlocal:
-    config.model.update(num_downs=6, ngf=8, ndf=8)
+    config.model.update(num_downs=6, ngf=8, ndf=8, identity_init=True)
   return config

@@ -54,6 +54,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       refine_channels=64,
       refine_init_magnitude=2.0,  # XavierGluon(gaussian, 2) as models/CDTNet.py.
       refine_rows=256,      # Inference: refinement in strips of rows (0: whole image).
+      # Not in the paper (runlocal uses it): the refinement's blending map starts
+      # at 0.9975 everywhere (dih.start_near_input), so the untrained model returns
+      # the composite (but for 0.25% of its RGB head) instead of half a random image.
+      identity_init=False,
   )
   config.loss = dict(min_area=100.0, pixel_weight=1.0, lut_weight=1.0, base_weight=1.0)
   # {'base': an official issam256.pth, an .npz of it, or a harmonax iS2AM checkpoint}.
@@ -71,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg.runlocal:
     config.data.image_size = 128
-    config.model.update(base_size=64, lut_hidden=16, refine_channels=8, refine_rows=48)
+    config.model.update(base_size=64, lut_hidden=16, refine_channels=8, refine_rows=48,
+                        identity_init=True)
     config.model.base.update(depth=3, ch=8, max_channels=32, attend_from=1)
   return config

@@ -33,6 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       use_dropout=True,   # Dropout 0.5 in the 512-channel middle levels.
       ndf=64,             # Discriminator channels of the first level.
       d_num_strided=6,    # Stride-2 partial convs before the stride-1 one (needs >= 255 px).
+      # Not in the paper (runlocal uses it): a residual output, tanh(atanh(composite)
+      # + last layer), whose last layer starts at zero (attention_unet), so the
+      # untrained generator returns the composite instead of a random image.
+      identity_init=False,
   )
   # DoveNet resizes whole images to 256 (no crop: scale 1) and never flips.
   config.loss = dict(l1=100.0, gp=10.0)  # lambda_L1; lambda_gp (gp_ratio 1).
@@ -46,5 +50,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                               psnr_peak="pred_range", runlocal_steps=10)
 
   if arg.runlocal:
-    config.model.update(num_downs=6, ngf=8, ndf=8, d_num_strided=4)
+    config.model.update(num_downs=6, ngf=8, ndf=8, d_num_strided=4, identity_init=True)
   return config

@@ -60,6 +60,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           stem=64,            # HRNet's stem width (64 in every official model).
           lr_mult=0.1,        # HRNet's pretrained weights learn 10x slower.
       ),
+      # Not in the paper (runlocal uses it): the blending map starts at 0.9975
+      # everywhere (dih.start_near_input), so the untrained model returns the
+      # composite (but for 0.25% of its RGB head) instead of half a random image.
+      identity_init=False,
   )
   # HRNet ImageNet weights for the backbone (see the docstring); '' = random.
   config.init = dict(generator="")
@@ -74,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg.runlocal:
     config.model.update(depth=4 if arg.base == "idih" else 3, ch=8, max_channels=32,
-                        attend_from=1)
+                        attend_from=1, identity_init=True)
     # A narrow, shallow HRNet: XLA's CPU compile time grows with its ~300 convs.
     config.model.backbone.update(width=4, ocr=4, stem=8, blocks=1, modules=[1, 1, 1])
   return config

@@ -34,6 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # around the image to a multiple of 2**(depth + 1)); 'edge' is cheaper.
       padding="centered_zero",
       init_magnitude=1.0,  # XavierGluon(gaussian, magnitude=1) as the official recipe.
+      # Not in the paper (runlocal uses it): the blending map starts at 0.9975
+      # everywhere (dih.start_near_input), so the untrained model returns the
+      # composite (but for 0.25% of its RGB head) instead of half a random image.
+      identity_init=False,
   )
   # FN-MSE: squared error over all pixels / (3 * max(mask area, min_area)).
   # Not in the paper (0 = off): the share of the rows whose composite is remade in
@@ -53,5 +57,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config_args.add_loop_config(config, arg.runlocal)
 
   if arg.runlocal:
-    config.model.update(depth=3, ch=8, max_channels=32, attend_from=1)
+    config.model.update(depth=3, ch=8, max_channels=32, attend_from=1, identity_init=True)
   return config

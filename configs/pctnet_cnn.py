@@ -40,7 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Pixels per chunk of the fused upsample-and-apply (bounds the full-res map).
       chunk_pixels=1 << 18,
       # Not in the paper (runlocal uses it): get_params starts as the identity
-      # transform (zero kernel, identity bias), so the untrained model returns
+      # transform (zero kernel, identity bias) and the attention map, which
+      # weights the transformed image, at 0.0025, so the untrained model returns
       # the composite instead of a random recoloring.
       identity_init=False,
   )

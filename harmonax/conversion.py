@@ -89,6 +89,12 @@ def convert(model: str, checkpoints: dict[str, str], output: str | None,
     raise ValueError(f"Model {config.model.name!r} has no convert_torch; model families "
                      f"that convert: {able}")
   state_dicts = {role: torch_import.load_state_dict(path) for role, path in checkpoints.items()}
+  if config.model.get("identity_init", False):
+    # A runlocal start, and for DoveNet/BargainNet a residual output that the
+    # papers' generators do not have: imported weights are the papers' networks.
+    logging.info("Imported weights: config.model.identity_init=False (was True)")
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.identity_init = False
   if hasattr(family, "adapt_config"):
     adapted = family.adapt_config(config, state_dicts)
     for key, value in adapted.model.items():

@@ -13,21 +13,31 @@ from configs import bargainnet as bargainnet_config
 from dovenet_test import numpy_networks
 from dovenet_test import random_batch
 from dovenet_test import random_state_dicts
+from dovenet_test import assert_identity_init_returns_the_composite
 from dovenet_test import assert_matches_torch
 from dovenet_test import torch_attention_unet
 from harmonax import models
 from harmonax import variables
 from harmonax.evaluators import harmony_score
 from harmonax.models import bargainnet
+import recipes
 
 KEYS = os.path.join(os.path.dirname(__file__), "data", "torch_keys", "bargainnet_keys.txt")
 
 
 def tiny_config():
   """A BargainNet small enough for CPU tests (64x64: the code extractor needs >= 63)."""
-  config = bargainnet_config.get_config("runlocal")
+  config = recipes.official_network(bargainnet_config.get_config("runlocal"))
   config.model.update(num_downs=6, ngf=4, ndf=4)
   return config
+
+
+def test_identity_init_returns_the_composite():
+  assert bargainnet_config.get_config("runlocal").model.identity_init
+  assert not bargainnet_config.get_config("").model.identity_init
+  config = tiny_config()
+  config.model.identity_init = True
+  assert_identity_init_returns_the_composite(bargainnet, config, 64)
 
 
 def test_triplet_loss_hand_values():

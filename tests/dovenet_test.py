@@ -16,6 +16,7 @@ from harmonax import models
 from harmonax import torch_import
 from harmonax import variables
 from harmonax.models import dovenet
+import recipes
 
 KEYS = os.path.join(os.path.dirname(__file__), "data", "torch_keys", "dovenet_keys.txt")
 
@@ -41,10 +42,41 @@ def random_state_dicts(path: str, seed: int = 0) -> dict[str, dict[str, np.ndarr
 
 
 def tiny_config(**model):
-  """A DoveNet small enough for CPU tests: 32x32 input."""
-  config = dovenet_config.get_config("runlocal")
+  """A DoveNet small enough for CPU tests: 32x32 input, the official generator
+  (runlocal's residual identity_init off unless `model` turns it on)."""
+  config = recipes.official_network(dovenet_config.get_config("runlocal"))
   config.model.update(num_downs=5, ngf=4, ndf=4, d_num_strided=3, **model)
   return config
+
+
+def assert_identity_init_returns_the_composite(family, config, size: int):
+  """runlocal's identity_init (not in the papers): the generator's output is
+  tanh(atanh(composite) + last layer) with the last layer at zero, so the
+  untrained model returns the composite, black and white pixels included; the
+  last layer gets a gradient, and the official generator does not return it."""
+  nets = nnx.jit(lambda: family.create_networks(config, variables.rngs(0)))()
+  models.set_modes(nets)
+  rng = np.random.default_rng(0)
+  comp = rng.uniform(0, 1, (2, size, size, 3)).astype(np.float32)
+  comp[:, 0], comp[:, 1] = 0.0, 1.0
+  mask = (rng.uniform(0, 1, (2, size, size, 1)) > 0.6).astype(np.float32)
+  inputs = {"composite": jnp.asarray(comp), "mask": jnp.asarray(mask)}
+  predict = nnx.jit(lambda n, i: family.predict(config, n, i))
+  np.testing.assert_allclose(predict(nets, inputs), comp, atol=1e-4)
+  loss = lambda g: jnp.mean(jnp.abs(family.predict(config, {**nets, "generator": g}, inputs)
+                                    - 0.8 * inputs["composite"]))
+  grads = nnx.jit(nnx.grad(loss))(nets["generator"])
+  assert np.abs(np.asarray(grads["model"]["model"][3]["kernel"][...])).max() > 0
+  config.model.identity_init = False
+  official = nnx.jit(lambda: family.create_networks(config, variables.rngs(0)))()
+  models.set_modes(official)
+  assert np.abs(np.asarray(predict(official, inputs)) - comp).mean() > 0.05
+
+
+def test_identity_init_returns_the_composite():
+  assert dovenet_config.get_config("runlocal").model.identity_init
+  assert not dovenet_config.get_config("").model.identity_init
+  assert_identity_init_returns_the_composite(dovenet, tiny_config(identity_init=True), 32)
 
 
 def numpy_networks(create, config, seed: int = 0) -> dict[str, nnx.Module]:
@@ -340,11 +372,14 @@ def test_convert_command_reads_the_norm_of_the_generator_file(norm, tmp_path):
   gen = numpy_networks(dovenet.create_networks, config, seed=3)["generator"]
   sd = torch_import.to_state_dict(gen)
   np.savez(tmp_path / "latest_net_G.npz", **sd)
-  other = tiny_config(norm="instance" if norm == "batch" else "batch")
+  # Also from a runlocal config: its identity_init (a residual generator) is off
+  # for imported weights.
+  other = tiny_config(norm="instance" if norm == "batch" else "batch", identity_init=True)
   conversion.convert("dovenet", {"G": str(tmp_path / "latest_net_G.npz")}, str(tmp_path / "out"),
                      other)
   loaded_config, networks = checkpoint.load_networks(tmp_path / "out")
-  assert loaded_config.model.norm == norm
+  assert loaded_config.model.norm == norm and not loaded_config.model.identity_init
+  assert not networks["generator"].model.residual
   back = torch_import.to_state_dict(networks["generator"])
   for key, value in sd.items():
     np.testing.assert_array_equal(back[key], value, err_msg=key)

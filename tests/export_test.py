@@ -42,7 +42,7 @@ def _runlocal(recipe: str):
   spec = importlib.util.spec_from_file_location(f"_export_test_{recipe}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return recipes.official_init(module.get_config("runlocal"))
+  return recipes.official_network(module.get_config("runlocal"))
 
 
 def photo(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,7 +45,7 @@ def nets():
   """The runlocal network (tiny backbone, arguments at 64x64), eval mode, with
   the official random regressor (runlocal's identity_init would give arguments
   within ~1e-3 of 0, and the tests below need them to differ across images)."""
-  config = recipes.official_init(harmonizer_config.get_config("runlocal"))
+  config = recipes.official_network(harmonizer_config.get_config("runlocal"))
   networks = _create(config)
   networks["harmonizer"].eval()
   return networks
@@ -190,7 +190,7 @@ def test_predict_at_full_resolution_equals_filters_on_the_full_image(nets):
 
 
 def test_compute_losses_trains_on_synthetic_rows_and_real_composites(nets):
-  config = harmonizer_config.get_config("runlocal")
+  config = _paper_losses(harmonizer_config.get_config("runlocal"))
   models.set_modes(nets, ["harmonizer"])
   step = nnx.jit(lambda n, b, k: harmonizer.compute_losses(config, n, b, k))
   batch = _batch()
@@ -199,8 +199,8 @@ def test_compute_losses_trains_on_synthetic_rows_and_real_composites(nets):
   assert outputs["harmonized"].shape == (8, 64, 64, 3)
   assert set(metrics) >= {"filter_0_temperature", "filter_5_shadow", "real_loss", "loss"}
   assert np.isfinite(float(losses["harmonizer"]))
-  # runlocal: the last 2 of 8 rows are dataset composites; the first 6 are
-  # remade from their real images, so their composites do not matter.
+  # The paper's losses at batch 8: the last 2 rows are dataset composites; the
+  # first 6 are remade from their real images, so their composites do not matter.
   noisy = batch["composite"] + 0.05
   syn_changed = dict(batch, composite=batch["composite"].at[:6].set(noisy[:6]))
   real_changed = dict(batch, composite=batch["composite"].at[6:].set(noisy[6:]))
@@ -212,8 +212,16 @@ def test_compute_losses_trains_on_synthetic_rows_and_real_composites(nets):
   nets["harmonizer"].eval()
 
 
+def _paper_losses(config):
+  """runlocal's config with the paper's losses (runlocal has the demo's) and a
+  quarter of the batch dataset rows (6 synthetic + 2 dataset rows of 8)."""
+  config.loss.update(real_fraction=0.25, transfer_fraction=0.0, identity_fraction=0.0,
+                     contrast_straight_through=False)
+  return config
+
+
 def test_training_rows_transfer_and_identity_fractions():
-  config = harmonizer_config.get_config("runlocal")  # 6 synthetic + 2 dataset rows of 8.
+  config = _paper_losses(harmonizer_config.get_config("runlocal"))
   batch = dict(_batch(), real=scenes.smooth_scene(8, 64, seed=2))  # Rows of different colors.
   keys, rng = (jax.random.key(1), jax.random.key(2)), jax.random.key(3)
   rows = jax.jit(lambda cl, c, m, r: harmonizer.training_rows(cl, c, m, r, keys, rng),
@@ -247,9 +255,14 @@ def test_demo_recipe():
           config.loss.identity_fraction, config.optim.ema_decay) == (0.5, 1.0, 0.25, 0.998)
   assert tuple(config.loss.argument_ranges) == (0.3, 0.5, 0.5, 0.6, 0.4, 0.4)  # The paper's.
   assert config.model.color_statistics and config.loss.contrast_straight_through
-  for plain in (harmonizer_config.get_config(""), harmonizer_config.get_config("runlocal")):
-    assert (plain.loss.transfer_fraction, plain.loss.identity_fraction) == (0.0, 0.0)
-    assert not (plain.model.color_statistics or plain.loss.contrast_straight_through)
+  plain = harmonizer_config.get_config("")
+  assert (plain.loss.transfer_fraction, plain.loss.identity_fraction) == (0.0, 0.0)
+  assert not (plain.model.color_statistics or plain.loss.contrast_straight_through)
+  # runlocal is the demo's network and losses, for 20 steps, without the average.
+  runlocal = harmonizer_config.get_config("runlocal")
+  assert runlocal.model.to_dict() == config.model.to_dict()
+  assert runlocal.loss.to_dict() == config.loss.to_dict()
+  assert (runlocal.total_steps, runlocal.optim.ema_decay) == (20, 0.0)
 
 
 def test_color_statistics_on_hand_values():
@@ -275,12 +288,13 @@ def test_color_statistics_on_hand_values():
 
 
 def test_color_statistics_widen_the_regressor_and_reach_the_arguments():
-  config = recipes.official_init(harmonizer_config.get_config("runlocal"))
+  config = recipes.official_network(harmonizer_config.get_config("runlocal"))
   config.model.color_statistics = True
   net = _create(config)["harmonizer"]
   net.eval()
   plain = nnx.eval_shape(lambda: harmonizer.create_networks(
-      harmonizer_config.get_config("runlocal"), variables.rngs(0)))["harmonizer"]
+      recipes.official_network(harmonizer_config.get_config("runlocal")),
+      variables.rngs(0)))["harmonizer"]
   assert net.regressor.f.in_features == plain.regressor.f.in_features + 13
   # The statistics are computed on the 64x64 view the backbone sees: a changed
   # statistic changes the arguments through the regressor's extra inputs alone.
@@ -351,7 +365,7 @@ def test_briefly_trained_arguments_vary_across_images_in_eval_mode():
   # the 32 batch norms and every image got the same arguments in eval mode
   # (spread 0.000 against 0.19 in train mode). layers.BatchNorm warms up.
   # As measured below: the official random regressor.
-  config = recipes.official_init(harmonizer_config.get_config("runlocal"))
+  config = recipes.official_network(harmonizer_config.get_config("runlocal"))
   net = _create(config)["harmonizer"]
   opt = nnx.Optimizer(net, harmonizer.make_optimizers(config, 10)["harmonizer"], wrt=nnx.Param)
 
@@ -382,7 +396,7 @@ def test_briefly_trained_arguments_vary_across_images_in_eval_mode():
   assert train_spread / 3 < eval_spread < 3 * train_spread, (eval_spread, train_spread)
 
 
-def test_identity_init_starts_near_zero_arguments_and_learns_every_filter():
+def test_identity_init_starts_near_zero_arguments_and_learns_every_filter(nets):
   # identity_init (runlocal, demo): the untrained model keeps the composite (within
   # the filters' response to arguments of about 1e-3), where the official random
   # regressor recolors it; not exactly zero, so that one step moves every
@@ -396,10 +410,9 @@ def test_identity_init_starts_near_zero_arguments_and_learns_every_filter():
   net.eval()
   before = np.asarray(_regress(net, batch["composite"], batch["mask"]))
   assert 0 < np.abs(before).min() and np.abs(before).max() < 2e-3
-  out = nnx.jit(lambda n, i: harmonizer.predict(config, n, i))(networks, batch)
-  np.testing.assert_allclose(out, batch["composite"], atol=2 / 255)
-  official = nnx.jit(lambda n, i: harmonizer.predict(config, n, i))(
-      _create(recipes.official_init(harmonizer_config.get_config("runlocal"))), batch)
+  predict = nnx.jit(lambda n, i: harmonizer.predict(config, n, i))
+  np.testing.assert_allclose(predict(networks, batch), batch["composite"], atol=2 / 255)
+  official = predict(nets, batch)  # The same network with the official regressor.
   assert np.abs(np.asarray(official) - np.asarray(batch["composite"])).max() > 0.05
 
   net.train()

@@ -48,7 +48,7 @@ def _inputs(family, size=64, seed=0):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_bfloat16_inference_is_close_to_float32(name):
-  config = recipes.official_init(
+  config = recipes.official_network(
       importlib.import_module(f"configs.{name}").get_config("runlocal"))
   family = models.get_family(config.model.name)
   nets = family.create_networks(config, nnx.Rngs(0))
@@ -70,7 +70,9 @@ def test_bfloat16_inference_is_close_to_float32(name):
 
 
 def test_bfloat16_training_decreases_the_loss_with_float32_state():
-  config = importlib.import_module("configs.idih").get_config("runlocal")
+  # The official init: from identity_init's near-identity start the output moves
+  # by less than bfloat16's resolution in 8 steps.
+  config = recipes.official_network(importlib.import_module("configs.idih").get_config("runlocal"))
   config.dtype = "bfloat16"
   fns = train.make_train_fns(config, steps_per_epoch=10)
   state = jax.jit(fns.init_state)()

@@ -15,6 +15,7 @@ from harmonax.models import dih
 from harmonax import models
 from harmonax.models import get_family
 from harmonax.models import layers
+import recipes
 
 FAMILIES = ("idih", "issam")  # Recipes (configs/<name>.py) of the dih family.
 
@@ -283,3 +284,39 @@ def test_features_expose_encoder_and_decoder(name):
   assert out["encoder"][0].shape[-1] == net.encoder.channels[-1]  # Deepest first.
   with pytest.raises(ValueError, match="no backbone connectors"):
     net.features(image, batch["mask"], backbone_features=[image])
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, "hrnet_idih"])
+def test_identity_init_starts_the_blending_map_at_the_input(name):
+  # runlocal's identity_init (not in the papers): the blending map starts at
+  # sigmoid(3 * 2.0) = 0.9975 everywhere, so the output is the input image but
+  # for 0.25% of to_rgb, where the official init mixes in up to half a random one.
+  config = _config(name)
+  assert config.model.identity_init and not _config(name, "").model.identity_init
+  official = recipes.official_network(_config(name))
+  create = lambda c: nnx.jit(lambda: get_family("dih").create_networks(c, variables.rngs(0)))()
+  nets, official_nets = create(config), create(official)
+  models.set_modes(nets)
+  models.set_modes(official_nets)
+  batch = _batch(64, 64)
+  image = layers.imagenet_normalize(batch["composite"])
+
+  @nnx.jit
+  def blending_map(net):
+    head, = [m for _, m in nnx.iter_graph(net) if isinstance(m, dih._Fusion)]  # pylint: disable=protected-access
+    decoder = net.features(image, batch["mask"])["decoder"]
+    return jax.nn.sigmoid(3.0 * head.conv_attention(decoder))
+
+  a = np.asarray(blending_map(nets["generator"]))
+  assert 0.99 < a.min() and a.max() < 0.999, (a.min(), a.max())
+  official_a = np.asarray(blending_map(official_nets["generator"]))
+  assert official_a.min() < 0.9, official_a.min()
+  inputs = {"composite": batch["composite"], "mask": batch["mask"]}
+  change = np.abs(_predict(config, nets, inputs) - batch["composite"]).mean()
+  official_change = np.abs(_predict(official, official_nets, inputs) - batch["composite"]).mean()
+  # Measured mean |change| (idih / issam / hrnet_idih): 0.0007 / 0.0006 / 0.0010;
+  # official init 0.124 / 0.059 / 0.209 (its map down to 0.009 / 0.39 / 0.0).
+  assert change < 0.002 < 0.05 < official_change, (change, official_change)
+  config.model.image_fusion = False
+  with pytest.raises(ValueError, match="identity_init needs model.image_fusion=True"):
+    get_family("dih").create_networks(config, nnx.Rngs(0))

@@ -78,7 +78,8 @@ def test_identity_parameters_return_the_input(variant):
 
 @pytest.mark.parametrize("variant", ["cnn", "vit"])
 def test_identity_init_returns_the_composite_untrained(variant):
-  # runlocal's identity_init: get_params starts as the identity transform, so
+  # runlocal's identity_init: get_params starts as the identity transform (and
+  # the CNN's attention map, which weights the transformed image, at 0.0025), so
   # the untrained model returns its input where the official init recolors it.
   assert not _config(variant, "").model.identity_init
   config = _config(variant)
@@ -86,18 +87,21 @@ def test_identity_init_returns_the_composite_untrained(variant):
   rng = np.random.default_rng(2)
   inputs = {"composite": jnp.asarray(rng.uniform(0, 1, (2, 96, 80, 3)), jnp.float32),
             "mask": jnp.asarray(rng.uniform(0, 1, (2, 96, 80, 1)) > 0.5, jnp.float32)}
+  # Jitted: eagerly, each op of the initialisation and the forward pass would compile.
   predict = nnx.jit(lambda n, i: pctnet.predict(config, n, i))
 
   def create():
-    nets = pctnet.create_networks(config, variables.rngs(0))
+    nets = nnx.jit(lambda: pctnet.create_networks(config, variables.rngs(0)))()
     nets["generator"].eval()
     return nets
 
   nets = create()
-  params, _ = pctnet.parameter_maps(config, nets["generator"], inputs["composite"],
-                                    inputs["mask"])
+  params, attention = nnx.jit(lambda g, c, m: pctnet.parameter_maps(config, g, c, m))(
+      nets["generator"], inputs["composite"], inputs["mask"])
   np.testing.assert_allclose(params, _identity_map(variant, params.shape[:-1] + (3,)),
                              atol=1e-7)
+  if variant == "cnn":
+    assert 0.001 < np.asarray(attention).min() and np.asarray(attention).max() < 0.005
   np.testing.assert_allclose(predict(nets, inputs), inputs["composite"], atol=2e-6)
   config.model.identity_init = False
   official = predict(create(), inputs)

@@ -3,14 +3,16 @@
 import ml_collections
 
 
-def official_init(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` with the official random initialisation (in place, and returned).
+def official_network(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with the paper's network and random initialisation (in place, and returned).
 
-  The runlocal and demo recipes of the Harmonizer and PCT-Net start from the
-  identity (`model.identity_init`: the untrained output is the composite).
-  Tests that compare implementations, formats or dtypes need an output that
-  depends on every weight, so they turn it off.
+  The runlocal and demo recipes start near the identity (`model.identity_init`:
+  the untrained output is about the composite), and the Harmonizer's also give
+  its regressor color statistics (`model.color_statistics`). Tests that compare
+  implementations (PyTorch twins, exports), formats or dtypes need the official
+  network and an output that depends on every weight, so they turn both off.
   """
-  if "identity_init" in config.model:
-    config.model.identity_init = False
+  for key in ("identity_init", "color_statistics"):
+    if key in config.model:
+      config.model[key] = False
   return config

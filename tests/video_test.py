@@ -30,7 +30,7 @@ def test_ema_on_hand_values_averages_before_clamping():
 
 @pytest.fixture(scope="module")
 def setup():
-  config = recipes.official_init(harmonizer_config.get_config("runlocal"))
+  config = recipes.official_network(harmonizer_config.get_config("runlocal"))
   networks = harmonizer.create_networks(config, nnx.Rngs(0))
   networks["harmonizer"].eval()
   return config, networks

@@ -18,7 +18,7 @@ import recipes
 
 def _eval_pair(name):
   """The runlocal harmonax networks and the twin holding their weights, both in eval mode."""
-  config = recipes.official_init(vs_pytorch.load_config(name, "runlocal"))
+  config = recipes.official_network(vs_pytorch.load_config(name, "runlocal"))
   family = models.get_family(config.model.name)
   twin = importlib.import_module(f"benchmarks.torch_models.{vs_pytorch.TWINS[name]}")
   nets = family.create_networks(config, nnx.Rngs(0))

@@ -13,6 +13,10 @@ weights by name. Two quirks of the official code are kept on purpose:
   start of each inner block overwrites the tensor that is then concatenated;
 - convolutions have biases only with instance norm (pix2pix's `use_bias`), except
   the outermost transposed convolution, which always has one.
+
+`identity_init` (not in the papers; the runlocal recipes) makes the output
+residual, tanh(atanh(input image) + last layer), with the last layer starting at
+zero: the untrained generator returns its input image.
 """
 
 from collections.abc import Callable
@@ -57,6 +61,11 @@ def leaky_relu(x: jax.Array) -> jax.Array:
   return jax.nn.leaky_relu(x, 0.2)
 
 
+# identity_init's residual: atanh of the input image clipped to +-RESIDUAL_CLIP
+# (atanh(1) is infinite); a pixel at 0 or 255 comes back 0.01 off.
+RESIDUAL_CLIP = 1.0 - 1e-4
+
+
 def up_conv(in_features: int, out_features: int, use_bias: bool = True, *,
             rngs: nnx.Rngs) -> layers.ConvTranspose2d:
   """pix2pix's upsampling: ConvTranspose2d(kernel 4, stride 2, padding 1)."""
@@ -70,10 +79,11 @@ class UnetBlock(nnx.Module):
   def __init__(self, outer: int, inner: int, input_features: int | None = None,
                submodule: "UnetBlock | None" = None, *, outermost: bool = False,
                innermost: bool = False, norm: str = "instance", use_dropout: bool = False,
-               use_attention: bool = False, rngs: nnx.Rngs):
+               use_attention: bool = False, residual: bool = False, rngs: nnx.Rngs):
     use_bias = norm == "instance"
     input_features = outer if input_features is None else input_features
     self.outermost = outermost
+    self.residual = residual  # Outermost only: tanh(atanh(x[..., :outer]) + up_conv).
 
     def conv(i, o, bias):
       return nnx.Conv(i, o, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
@@ -104,6 +114,8 @@ class UnetBlock(nnx.Module):
     layers = list(self.model)
     if not self.outermost:
       x = layers.pop(0)(x)  # LeakyReLU; the skip below carries its output.
+    elif self.residual:
+      tanh = layers.pop()
     y = x
     for layer in layers:
       if isinstance(layer, UnetBlock):
@@ -114,6 +126,9 @@ class UnetBlock(nnx.Module):
       else:
         y = layer(y)
     if self.outermost:
+      if self.residual:
+        image = jnp.clip(x[..., :y.shape[-1]], -RESIDUAL_CLIP, RESIDUAL_CLIP)
+        y = tanh(y + jnp.arctanh(image))
       return y
     y = jnp.concatenate([x, y], axis=-1)
     if self.attention is not None:
@@ -128,11 +143,14 @@ class AttentionUNet(nnx.Module):
   raw tanh [B, H, W, out_features] in [-1, 1]. With `code_features` > 0
   (BargainNet), the last `code_features` input channels are multiplied by a
   learned scalar `weight` (init 0.1, clamped at 0.001) before the network.
+  `identity_init`: the residual output of the module docstring (the input's
+  first `out_features` channels are the image in [-1, 1]).
   """
 
   def __init__(self, in_features: int = 4, out_features: int = 3, *, num_downs: int = 8,
                ngf: int = 64, norm: str = "instance", use_dropout: bool = True,
-               use_attention: bool = True, code_features: int = 0, rngs: nnx.Rngs):
+               use_attention: bool = True, code_features: int = 0,
+               identity_init: bool = False, rngs: nnx.Rngs):
     if num_downs < 5:
       raise ValueError(f"AttentionUNet needs num_downs >= 5, got {num_downs}")
     self.num_downs = num_downs
@@ -145,7 +163,11 @@ class AttentionUNet(nnx.Module):
       block = UnetBlock(ngf * mult, ngf * mult * 2, submodule=block, norm=norm,
                         use_attention=use_attention, rngs=rngs)
     self.model = UnetBlock(out_features, ngf, in_features, block, outermost=True,
-                           norm=norm, rngs=rngs)
+                           norm=norm, residual=identity_init, rngs=rngs)
+    if identity_init:
+      last = self.model.model[3]  # The outermost transposed convolution.
+      last.kernel.value = jnp.zeros_like(last.kernel.value)
+      last.bias.value = jnp.zeros_like(last.bias.value)
     self.weight = nnx.Param(jnp.array([0.1])) if code_features else None
 
   def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:

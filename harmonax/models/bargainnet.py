@@ -91,7 +91,8 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
   return {
       "generator": attention_unet.AttentionUNet(
           4 + m.code_dim, 3, num_downs=m.num_downs, ngf=m.ngf, norm=m.norm,
-          use_dropout=m.use_dropout, code_features=m.code_dim, rngs=rngs),
+          use_dropout=m.use_dropout, code_features=m.code_dim,
+          identity_init=m.get("identity_init", False), rngs=rngs),
       "encoder": DomainEncoder(m.ndf, m.code_dim, rngs=rngs),
   }
 

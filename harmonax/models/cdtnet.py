@@ -169,7 +169,11 @@ def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
                     ) -> dict[str, nnx.Module]:
-  """{'base': iS2AM, 'lut': LUTBranch, 'refine': Refine (not in sim)} from config.model."""
+  """{'base': iS2AM, 'lut': LUTBranch, 'refine': Refine (not in sim)} from config.model.
+
+  identity_init (optional, not in the paper): the refinement's blending map
+  starts at the composite (`dih.start_near_input`).
+  """
   m = config.model
   base_config = ml_collections.ConfigDict({"model": dict(m.base.to_dict(), variant="issam")})
   base = dih.create_networks(base_config, rngs)["generator"]
@@ -177,6 +181,8 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
           "lut": LUTBranch(base.encoder.channels[-1], m.lut_hidden, m.n_luts, m.lut_dim, rngs)}
   if not m.sim:
     nets["refine"] = Refine(7 + m.base.ch, m.refine_channels, m.refine_init_magnitude, rngs)
+    if m.get("identity_init", False):  # Not in the paper: the dih family's option.
+      dih.start_near_input(nets["refine"])
   return nets
 
 

@@ -127,7 +127,7 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
   return {
       "generator": attention_unet.AttentionUNet(
           4, 3, num_downs=m.num_downs, ngf=m.ngf, norm=m.norm,
-          use_dropout=m.use_dropout, rngs=rngs),
+          use_dropout=m.use_dropout, identity_init=m.get("identity_init", False), rngs=rngs),
       "discriminator": Discriminator(3, m.ndf, m.d_num_strided, norm=m.norm, rngs=rngs),
   }
 

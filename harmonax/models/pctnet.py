@@ -86,6 +86,12 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
     head = nets["generator"].get_params
     head.kernel.value = jnp.zeros_like(head.kernel.value)
     head.bias.value = jnp.asarray(pct_ops.identity_params(*_norm(m.variant)))
+    if m.variant == "cnn":
+      # The CNN's attention map weights the transformed image: it starts at
+      # 1 - 0.9975 (dih.start_near_input's map, for the other side), so the
+      # background stays the composite while the transform learns.
+      dih.start_blending_map(nets["generator"].decoder.conv_attention,
+                             -dih.IDENTITY_ATTENTION_BIAS)
   if contrastive_on(config):
     # The official feeds VGG the model's normalised tensors as they are.
     nets["vgg"] = vgg.VGG16Features(("relu4_3",), rngs, normalize=False)
