@@ -258,11 +258,11 @@ def test_demo_recipe():
   plain = harmonizer_config.get_config("")
   assert (plain.loss.transfer_fraction, plain.loss.identity_fraction) == (0.0, 0.0)
   assert not (plain.model.color_statistics or plain.loss.contrast_straight_through)
-  # runlocal is the demo's network and losses, for 20 steps, without the average.
+  # runlocal is the demo's network, losses and average, for 20 steps.
   runlocal = harmonizer_config.get_config("runlocal")
   assert runlocal.model.to_dict() == config.model.to_dict()
   assert runlocal.loss.to_dict() == config.loss.to_dict()
-  assert (runlocal.total_steps, runlocal.optim.ema_decay) == (20, 0.0)
+  assert (runlocal.total_steps, runlocal.optim.ema_decay) == (20, 0.998)
 
 
 def test_color_statistics_on_hand_values():
