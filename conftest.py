@@ -33,10 +33,11 @@ if not flags.FLAGS.is_parsed():
 
 import pytest  # noqa: E402
 
-# Files whose tests are independent runs of one recipe each: spread over the
-# pytest-xdist workers one by one. Every other file's tests stay on one worker
+# Files whose tests are independent runs of one recipe each (and the Harmonizer's,
+# three of which compile a training step): spread over the pytest-xdist workers
+# one by one. Every other file's tests stay on one worker
 # (tests/run.sh: --dist loadgroup), so its module fixtures are built once.
-_SPREAD = ("configs_test.py", "mixed_precision_test.py")
+_SPREAD = ("configs_test.py", "mixed_precision_test.py", "harmonizer_test.py")
 
 
 def pytest_collection_modifyitems(config, items):

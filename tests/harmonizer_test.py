@@ -364,8 +364,8 @@ def test_briefly_trained_arguments_vary_across_images_in_eval_mode():
   # layer's running variance ~10x its real one, the shrinkage compounded over
   # the 32 batch norms and every image got the same arguments in eval mode
   # (spread 0.000 against 0.19 in train mode). layers.BatchNorm warms up.
-  # As measured below: the official random regressor.
-  config = recipes.official_network(harmonizer_config.get_config("runlocal"))
+  # As measured below: the official random regressor and the paper's losses.
+  config = _paper_losses(recipes.official_network(harmonizer_config.get_config("runlocal")))
   net = _create(config)["harmonizer"]
   opt = nnx.Optimizer(net, harmonizer.make_optimizers(config, 10)["harmonizer"], wrt=nnx.Param)
 
@@ -404,6 +404,10 @@ def test_identity_init_starts_near_zero_arguments_and_learns_every_filter(nets):
   config = harmonizer_config.get_config("runlocal")
   assert config.model.identity_init and not harmonizer_config.get_config().model.identity_init
   assert harmonizer_config.get_config("demo").model.identity_init
+  # The paper's network and losses (cheaper to compile; the fixture's network
+  # but for the init) with the demo's straight-through contrast.
+  config = _paper_losses(config)
+  config.model.color_statistics = False
   networks = _create(config)
   net = networks["harmonizer"]
   batch = _batch()
