@@ -42,9 +42,10 @@ def _official_shapes():
 
 @pytest.fixture(scope="module")
 def nets():
-  """The runlocal network (tiny backbone, arguments at 64x64), eval mode, with
-  the official random regressor (runlocal's identity_init would give arguments
-  within ~1e-3 of 0, and the tests below need them to differ across images)."""
+  """The runlocal network (tiny backbone, arguments at 64x64), eval mode, as the
+  paper's: the official random regressor (runlocal's identity_init would give
+  arguments within ~1e-3 of 0, and the tests below need them to differ across
+  images) and no color statistics."""
   config = recipes.official_network(harmonizer_config.get_config("runlocal"))
   networks = _create(config)
   networks["harmonizer"].eval()

@@ -165,9 +165,7 @@ class AttentionUNet(nnx.Module):
     self.model = UnetBlock(out_features, ngf, in_features, block, outermost=True,
                            norm=norm, residual=identity_init, rngs=rngs)
     if identity_init:
-      last = self.model.model[3]  # The outermost transposed convolution.
-      last.kernel.value = jnp.zeros_like(last.kernel.value)
-      last.bias.value = jnp.zeros_like(last.bias.value)
+      layers.restart(self.model.model[3], 0.0, 0.0)  # The outermost transposed conv.
     self.weight = nnx.Param(jnp.array([0.1])) if code_features else None
 
   def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:

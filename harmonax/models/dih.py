@@ -118,14 +118,7 @@ def start_near_input(network: nnx.Module) -> None:
     raise ValueError("model.identity_init needs model.image_fusion=True (a learned "
                      "blending map to start from the input)")
   for head in heads:
-    start_blending_map(head.conv_attention, IDENTITY_ATTENTION_BIAS)
-
-
-def start_blending_map(conv: nnx.Conv, bias: float) -> None:
-  """A blending map sigmoid(3 * conv(f)) made to start at sigmoid(3 * bias)
-  everywhere: conv's kernel at 1/100 of its init, its bias set to `bias`."""
-  conv.kernel.value = conv.kernel.value * 0.01
-  conv.bias.value = jnp.full_like(conv.bias.value, bias)
+    layers.restart(head.conv_attention, 0.01, IDENTITY_ATTENTION_BIAS)
 
 
 # ----------------------------------------------------------------------------- iDIH

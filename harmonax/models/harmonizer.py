@@ -82,8 +82,7 @@ class CascadeArgumentRegressor(nnx.Module):
       # filter's gradient is 0 at argument 0 (its |x| terms are masked by x < 0
       # and x > 0), so a zero head would never learn it.
       for _, out in self.headers:
-        out.kernel.value = out.kernel.value * 0.01
-        out.bias.value = jnp.zeros_like(out.bias.value)
+        layers.restart(out, 0.01, 0.0)
 
   def __call__(self, features: jax.Array, extra: jax.Array | None = None) -> jax.Array:
     """[B, h, w, C] (and optionally [B, E] more inputs, appended to the pooled

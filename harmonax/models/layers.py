@@ -345,6 +345,15 @@ def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int =
                   use_bias=use_bias, kernel_init=kernel_init, rngs=rngs)
 
 
+def restart(layer: nnx.Module, kernel_scale: float, bias) -> None:
+  """`layer`'s kernel times kernel_scale and its bias set to `bias` (a scalar or
+  an array, broadcast): the start of an output layer that `model.identity_init`
+  chooses (near-identity outputs, not in the papers)."""
+  layer.kernel.value = layer.kernel.value * kernel_scale
+  layer.bias.value = jnp.broadcast_to(jnp.asarray(bias, layer.bias.value.dtype),
+                                      layer.bias.value.shape)
+
+
 def statistics_as(bn: nnx.BatchNorm) -> nnx.BatchNorm:
   """bn with its running mean and variance held as `variables.Statistic`s (same
   values: only writes under jit are cheaper)."""

@@ -83,15 +83,14 @@ def create_networks(config: ml_collections.ConfigDict, rngs: nnx.Rngs
   if m.get("identity_init", False):
     # Not in the paper: the untrained network's map is the identity transform
     # (get_params: zero kernel, bias = identity_params), so its output is the composite.
-    head = nets["generator"].get_params
-    head.kernel.value = jnp.zeros_like(head.kernel.value)
-    head.bias.value = jnp.asarray(pct_ops.identity_params(*_norm(m.variant)))
+    layers.restart(nets["generator"].get_params, 0.0,
+                   pct_ops.identity_params(*_norm(m.variant)))
     if m.variant == "cnn":
       # The CNN's attention map weights the transformed image: it starts at
       # 1 - 0.9975 (dih.start_near_input's map, for the other side), so the
       # background stays the composite while the transform learns.
-      dih.start_blending_map(nets["generator"].decoder.conv_attention,
-                             -dih.IDENTITY_ATTENTION_BIAS)
+      layers.restart(nets["generator"].decoder.conv_attention, 0.01,
+                     -dih.IDENTITY_ATTENTION_BIAS)
   if contrastive_on(config):
     # The official feeds VGG the model's normalised tensors as they are.
     nets["vgg"] = vgg.VGG16Features(("relu4_3",), rngs, normalize=False)
