@@ -19,6 +19,25 @@ GFLOP/s and each result's largest difference from a float64 numpy product. XLA
 runs with the flags harmonax's CLIs use (`harmonax.xla_setup`) plus any in
 XLA_FLAGS. Needs torch (the test extras). Appends a table to
 benchmarks/results/vit_attention.md (--output).
+
+  python benchmarks/vit_attention.py --variants
+
+times instead other ways of writing one layer's attention in JAX, each against
+the same torch scaled_dot_product_attention in one process (`variants()` below:
+other query blocks, key blocks with a running maximum, 2-D products per head,
+the row sums as a column of ones in the values) and, as a floor that no
+formulation built on these products can go under, the block's two products
+without the softmax between them.
+
+  python benchmarks/vit_attention.py --predict=1024
+
+splits the whole inference instead: PCT-Net ViT's jitted `predict` at that size
+(the full-size recipe, random weights, batch 1) as harmonax runs it, with blocks
+of 256 queries instead of 512, with every
+layer's attention replaced by its two bare products (the floor above) and with
+no attention at all (each layer's values passed through), alternated with the
+PyTorch twin's forward (benchmarks/torch_models/pctnet.py, the official
+nn.TransformerEncoder) in one process. Only the first two rows compute the model.
 """
 
 import argparse
@@ -32,11 +51,109 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results", "vit_attention.md")
 TOKENS, HEADS, HEAD_DIM, BLOCK = 4096, 2, 128, 512
 
 
+def _heads_first(q, k, v):
+  """[b, n, h, c] -> scaled queries [b, h, n, c], keys [b, h, c, n], values [b, h, n, c]."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  c = q.shape[-1]
+  return (jnp.transpose(q, (0, 2, 1, 3)) * (1 / jnp.sqrt(c)).astype(q.dtype),
+          jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3)))
+
+
+def _per_query_block(q, k, v, block, body):
+  """Runs body(queries [b, h, block, c], keys, values) -> [b, h, block, c] over the blocks."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  queries, keys, values = _heads_first(q, k, v)
+
+  def one_block(i, out):
+    rows = jax.lax.dynamic_slice_in_dim(queries, i * block, block, axis=2)
+    return jax.lax.dynamic_update_slice_in_dim(out, body(rows, keys, values), i * block, axis=2)
+
+  out = jax.lax.fori_loop(0, q.shape[1] // block, one_block, jnp.zeros_like(queries))
+  return jnp.transpose(out, (0, 2, 1, 3))
+
+
+def _softmax_product(rows, keys, values):
+  """One block's attention as harmonax computes it (pctnet_vit.blockwise_attention)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  logits = rows @ keys
+  weights = jnp.exp(logits - logits.max(-1, keepdims=True))
+  return (weights @ values) / weights.sum(-1, keepdims=True)
+
+
+def _key_blocks(key_block):
+  """A block's softmax over key blocks with a running maximum (flash attention)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def body(rows, keys, values):
+    top = total = acc = None
+    for j in range(0, keys.shape[-1], key_block):
+      logits = rows @ keys[..., j:j + key_block]
+      new_top = logits.max(-1, keepdims=True) if top is None else jnp.maximum(
+          top, logits.max(-1, keepdims=True))
+      weights = jnp.exp(logits - new_top)
+      part = weights @ values[:, :, j:j + key_block]
+      if top is None:
+        acc, total = part, weights.sum(-1, keepdims=True)
+      else:
+        rescale = jnp.exp(top - new_top)
+        acc, total = acc * rescale + part, total * rescale + weights.sum(-1, keepdims=True)
+      top = new_top
+    return acc / total
+
+  return body
+
+
+def _per_head(rows, keys, values):
+  """Each head's block as its own 2-D products (independent ops XLA may overlap)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jnp.stack([jnp.stack([_softmax_product(rows[b, h], keys[b, h], values[b, h])
+                               for h in range(rows.shape[1])]) for b in range(rows.shape[0])])
+
+
+def _ones_column(rows, keys, values):
+  """The row sums from the product: values get a column of ones (zero-padded to 136)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  b, h, n, c = values.shape
+  padded = jnp.concatenate([values, jnp.ones((b, h, n, 1), values.dtype),
+                            jnp.zeros((b, h, n, 7), values.dtype)], -1)
+  logits = rows @ keys
+  out = jnp.exp(logits - logits.max(-1, keepdims=True)) @ padded
+  return out[..., :c] / out[..., c:c + 1]
+
+
+def _products_only(rows, keys, values):
+  """Not attention: the two products with nothing between them (a floor)."""
+  return (rows @ keys) @ values
+
+
+def variants() -> dict:
+  """name: attention(q, k, v) for [b, n, h, c]; the first is harmonax's own function.
+  (A function, so that JAX is imported after main sets the XLA flags.)"""
+  import functools  # pylint: disable=g-import-not-at-top
+  from harmonax.models import pctnet_vit  # pylint: disable=g-import-not-at-top
+  blocks = lambda block, body: functools.partial(_per_query_block, block=block, body=body)
+  return {
+      "harmonax (pctnet_vit.blockwise_attention, 512 queries)": pctnet_vit.blockwise_attention,
+      "256 queries": functools.partial(pctnet_vit.blockwise_attention, block=256),
+      "1024 queries": functools.partial(pctnet_vit.blockwise_attention, block=1024),
+      "256 queries x 2048 keys, running max": blocks(256, _key_blocks(2048)),
+      "512 queries x 1024 keys, running max": blocks(512, _key_blocks(1024)),
+      "512 queries, 2-D products per head": blocks(512, _per_head),
+      "512 queries, sums as a column of ones": blocks(512, _ones_column),
+      "products only, no softmax (a floor)": blocks(512, _products_only),
+  }
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=11)
   parser.add_argument("--output", default=RESULTS)
+  parser.add_argument("--variants", action="store_true",
+                      help="time variants() of one layer's attention instead")
+  parser.add_argument("--predict", type=int, default=0,
+                      help="time the whole predict at this size, with and without attention")
   args = parser.parse_args()
   os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
   sys.path.insert(0, ROOT)
@@ -87,6 +204,18 @@ def main() -> None:
                     lambda: jax.block_until_ready(attention(*jqkv)), torch_attention),
   }
   load_before = os.getloadavg()[0]
+  flags = os.environ.get("XLA_FLAGS", "") or "none"
+  heading = (f"\n### {datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.machine()}, "
+             f"{args.threads} thread(s), jax {jax.__version__}, torch {torch.__version__}, "
+             "load {:.1f}/{:.1f}, " + f"XLA_FLAGS: `{flags}`\n")
+  if args.variants or args.predict:
+    lines = (_time_predict(args) if args.predict else
+             _time_variants(args, jqkv, torch_attention, exact_attention(*qkv)))
+    table = "\n".join([heading.format(load_before, os.getloadavg()[0]), *lines])
+    print(table)
+    with open(args.output, "a") as f:
+      f.write(table + "\n")
+    return
   rows = []
   for name, (gflop, exact, xla_fn, torch_fn) in cases.items():
     t = {k: 1000 * v for k, v in
@@ -95,11 +224,8 @@ def main() -> None:
     rows.append((name, t["xla"], t["torch"], gflop, *errors))
   load_after = os.getloadavg()[0]
 
-  flags = os.environ.get("XLA_FLAGS", "") or "none"
   lines = [
-      f"\n### {datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.machine()}, "
-      f"{args.threads} thread(s), jax {jax.__version__}, torch {torch.__version__}, "
-      f"load {load_before:.1f}/{load_after:.1f}, XLA_FLAGS: `{flags}`\n",
+      heading.format(load_before, load_after),
       "| product | XLA ms | PyTorch ms | ratio | XLA GFLOP/s | PyTorch GFLOP/s "
       "| XLA max err | PyTorch max err |",
       "|---|---|---|---|---|---|---|---|"]
@@ -111,6 +237,92 @@ def main() -> None:
   os.makedirs(os.path.dirname(args.output), exist_ok=True)
   with open(args.output, "a") as f:
     f.write(table + "\n")
+
+
+
+def _time_variants(args, jqkv, torch_attention, exact) -> list[str]:
+  """Table rows: each of variants() against torch's attention, all alternated in one loop."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import vs_pytorch  # pylint: disable=g-import-not-at-top
+  gflop = 4 * HEADS * TOKENS * TOKENS * HEAD_DIM / 1e9
+  fns = {name: (lambda f=jax.jit(fn): jax.block_until_ready(f(*jqkv)))
+         for name, fn in variants().items()}
+  fns["PyTorch scaled_dot_product_attention"] = torch_attention
+  ms = {k: 1000 * v for k, v in vs_pytorch.alternate(fns, args.repeats).items()}
+  reference = ms.pop("PyTorch scaled_dot_product_attention")
+  lines = ["| one layer's attention, 4,096 tokens | XLA ms | ratio to PyTorch "
+           f"({reference:.2f} ms, {gflop / reference * 1e3:.0f} GFLOP/s) | XLA GFLOP/s "
+           "| max err |", "|---|---|---|---|---|"]
+  for name, t in ms.items():
+    error = float(np.abs(np.asarray(fns[name]()) - exact).max())
+    lines.append(f"| {name} | {t:.2f} | **{t / reference:.2f}** | {gflop / t * 1e3:.0f} "
+                 f"| {'(not attention)' if name.startswith('products') else f'{error:.1e}'} |")
+  return lines
+
+
+
+def _time_predict(args) -> list[str]:
+  """Table rows: the ViT's predict at args.predict, its attention swapped, and the twin."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import vs_pytorch  # pylint: disable=g-import-not-at-top
+  from harmonax import models, train  # pylint: disable=g-import-not-at-top
+  from harmonax.models import pctnet_vit  # pylint: disable=g-import-not-at-top
+  size = args.predict
+  config = vs_pytorch.load_config("pctnet_vit")
+  family = models.get_family(config.model.name)
+  fns = train.make_train_fns(config, steps_per_epoch=1000)
+  state = train.initial_state(fns)
+  nets = fns.merge(state["params"], state["rest"])
+  for net in nets.values():
+    net.eval()
+  twin = importlib.import_module(f"benchmarks.torch_models.{vs_pytorch.TWINS['pctnet_vit']}")
+  model = twin.build(config)
+  vs_pytorch.load_twin(model, nets)
+  model.eval()
+  rng = np.random.default_rng(0)
+  composite = rng.uniform(size=(1, size, size, 3)).astype(np.float32)
+  mask = np.zeros((1, size, size, 1), np.float32)
+  mask[:, size // 4:3 * size // 4, size // 4:3 * size // 4] = 1.0
+  inputs = [jax.numpy.asarray(x) for x in (composite, mask)]
+  torch_inputs = [torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+                  for x in (composite, mask)]
+
+  def compiled(attention):
+    """predict, traced with pctnet_vit.blockwise_attention swapped for `attention`."""
+    harmonax_attention = pctnet_vit.blockwise_attention
+    pctnet_vit.blockwise_attention = attention
+    try:
+      predict = nnx.jit(vs_pytorch.predict_fn(family, config))
+      jax.block_until_ready(predict(nets, *inputs))  # Traces (and compiles) it now.
+    finally:
+      pctnet_vit.blockwise_attention = harmonax_attention
+    return lambda: jax.block_until_ready(predict(nets, *inputs))
+
+  def twin_predict():
+    with torch.inference_mode():
+      return twin.predict(model, *torch_inputs)
+
+  bare_products = functools.partial(_per_query_block, block=BLOCK, body=_products_only)
+  fns = {"harmonax predict": compiled(pctnet_vit.blockwise_attention),
+         "the same, blocks of 256 queries": compiled(
+             functools.partial(pctnet_vit.blockwise_attention, block=256)),
+         "attention as its two bare products (not the model)": compiled(bare_products),
+         "no attention (not the model)": compiled(lambda q, k, v: v),
+         "PyTorch twin": twin_predict}
+  with torch.inference_mode():
+    want = twin_predict().numpy().transpose(0, 2, 3, 1)
+  diff = float(np.abs(np.asarray(fns["harmonax predict"]()) - want).max())
+  t = vs_pytorch.alternate(fns, args.repeats)
+  lines = [f"| PCT-Net ViT inference at {size}x{size}, batch 1 | s | ratio to PyTorch |",
+           "|---|---|---|"]
+  lines += [f"| {name} | {v:.3f} | **{v / t['PyTorch twin']:.2f}** |" for name, v in t.items()]
+  return lines + [f"\nLargest difference between harmonax's and the twin's image: {diff:.1e}."]
 
 
 if __name__ == "__main__":

@@ -79,3 +79,18 @@ def test_twin_loss_equals_family_loss(name):
     want = twin.train_loss(model, {k: to_torch(v) for k, v in batch.items()}, None)
   for loss in losses.values():
     np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
+
+
+def test_vit_attention_variants_compute_the_same_attention():
+  # benchmarks/vit_attention.py --variants times other ways of writing the ViT's
+  # attention against harmonax's; each is attention (but the floor, which is not).
+  from benchmarks import vit_attention  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(0, 2, (1, 2048, 2, 8)).astype(np.float32) for _ in range(3))
+  expected = np.asarray(jax.nn.dot_product_attention(q, k, v))
+  for name, attention in vit_attention.variants().items():
+    got = np.asarray(jax.jit(attention)(q, k, v))
+    if name.startswith("products only"):
+      assert np.abs(got - expected).max() > 1, name
+    else:
+      np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5, err_msg=name)
