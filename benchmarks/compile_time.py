@@ -12,9 +12,12 @@ the update step (no persistent compilation cache; the initialiser always
 compiles at LLVM level 0, train.initial_state). Modes:
   default    XLA's defaults;
   o0         --xla_backend_optimization_level=0 (LLVM's optimisation level 0);
-  tests      o0 plus --xla_cpu_use_fusion_emitters=false (conftest.py's flags);
+  tests      o0 plus --xla_cpu_use_fusion_emitters=false and
+             --xla_cpu_parallel_codegen_split_count=1 (conftest.py's flags);
   jemalloc   tests, with jemalloc preloaded instead of glibc's malloc, as
-             tests/run.sh does where libjemalloc2 is installed.
+             tests/run.sh does where libjemalloc2 is installed;
+  split      jemalloc without the last flag: XLA splits each program's LLVM
+             module and compiles the parts on its thread pool.
 Compiling is single-threaded, so this needs a quiet machine: the 1-minute load
 average is recorded. Appends a table to benchmarks/results/compile_time.md.
 """
@@ -34,10 +37,14 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results", "compile_time.md")
 MODES = {
     "default": [],
     "o0": ["--xla_backend_optimization_level=0"],
-    "tests": ["--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"],
+    "tests": ["--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false",
+              "--xla_cpu_parallel_codegen_split_count=1"],
 }
 MODES["jemalloc"] = MODES["tests"]
-PRELOADED = {"jemalloc": "/usr/lib/*/libjemalloc.so.2"}
+# conftest.py's flags before the last one (one LLVM module, not several compiled
+# in parallel), with jemalloc: what that flag is measured against.
+MODES["split"] = MODES["tests"][:2]
+PRELOADED = {"jemalloc": "/usr/lib/*/libjemalloc.so.2", "split": "/usr/lib/*/libjemalloc.so.2"}
 
 
 def child(model: str) -> dict[str, float]:
@@ -111,7 +118,7 @@ def main() -> None:
       print(model, mode, json.dumps(median), flush=True)
       flags = " ".join(f"`{f}`" for f in MODES[mode]) or "none"
       if mode in PRELOADED:
-        flags += f", {mode} preloaded"
+        flags += ", jemalloc preloaded"
       lines.append(f"| {model} | {mode} | {flags} | {median['init']:.1f} | "
                    f"{median['trace_and_lower']:.1f} | {median['compile']:.1f} |")
   loads.append(os.getloadavg()[0])

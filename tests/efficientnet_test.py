@@ -100,7 +100,6 @@ def _small(stem="fg_bg", drop_connect_rate=0.2, depth=0.34):
                                    rngs=nnx.Rngs(0))
 
 
-@nnx.jit
 @nnx.jit  # Eagerly, each of the backbone's ops would compile on its own.
 def _forward(net, image, mask, rngs=None):
   return net(image, mask, rngs=rngs)
