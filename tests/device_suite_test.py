@@ -15,10 +15,10 @@ def test_chip_peak_by_device_kind():
 
 def test_tiny_run_writes_a_table(tmp_path):
   output = tmp_path / "suite.md"
-  table = device_suite.main(["--tiny", "--models=issam", "--steps=2", "--budget_s=3600",
+  table = device_suite.main(["--tiny", "--models=idih", "--steps=2", "--budget_s=3600",
                              f"--output={output}"])
   assert output.read_text().startswith("# Device suite")
-  lines = [l for l in table.splitlines() if l.startswith("| issam |")]
+  lines = [l for l in table.splitlines() if l.startswith("| idih |")]
   train = [l for l in lines if "| train 64 |" in l and "| float32 |" in l]
   assert len(train) == 1 and "skipped" not in train[0] and "| unknown |" in train[0]
   inference = [l for l in lines if "| inference " in l]
