@@ -13,7 +13,8 @@ import tempfile
 # rounding: LLVM's backend optimisation level 0, and XLA:CPU's older elemental
 # IR emitters instead of its MLIR fusion emitters. A third compiles each program
 # as one LLVM module rather than parts on XLA's thread pool, which the other test
-# worker keeps busy (update steps 4-28% faster to compile, same benchmark).
+# worker keeps busy (update steps 4-28% faster to compile in one run of the same
+# benchmark, within noise in another: a small effect, BENCHMARKS.md).
 # HARMONAX_TEST_XLA_OPT=1 restores XLA's defaults.
 _FLAGS = ["--xla_force_host_platform_device_count=8"]
 if os.environ.get("HARMONAX_TEST_XLA_OPT", "0") == "0":

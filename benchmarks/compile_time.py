@@ -44,7 +44,8 @@ MODES["jemalloc"] = MODES["tests"]
 # conftest.py's flags before the last one (one LLVM module, not several compiled
 # in parallel), with jemalloc: what that flag is measured against.
 MODES["split"] = MODES["tests"][:2]
-PRELOADED = {"jemalloc": "/usr/lib/*/libjemalloc.so.2", "split": "/usr/lib/*/libjemalloc.so.2"}
+JEMALLOC = "/usr/lib/*/libjemalloc.so.2"
+PRELOADED = {"jemalloc": JEMALLOC, "split": JEMALLOC}
 
 
 def child(model: str) -> dict[str, float]:

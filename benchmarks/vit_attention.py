@@ -271,20 +271,13 @@ def _time_predict(args) -> list[str]:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import vs_pytorch  # pylint: disable=g-import-not-at-top
-  from harmonax import models, train  # pylint: disable=g-import-not-at-top
+  from harmonax import models  # pylint: disable=g-import-not-at-top
   from harmonax.models import pctnet_vit  # pylint: disable=g-import-not-at-top
   size = args.predict
   config = vs_pytorch.load_config("pctnet_vit")
   family = models.get_family(config.model.name)
-  fns = train.make_train_fns(config, steps_per_epoch=1000)
-  state = train.initial_state(fns)
-  nets = fns.merge(state["params"], state["rest"])
-  for net in nets.values():
-    net.eval()
   twin = importlib.import_module(f"benchmarks.torch_models.{vs_pytorch.TWINS['pctnet_vit']}")
-  model = twin.build(config)
-  vs_pytorch.load_twin(model, nets)
-  model.eval()
+  nets, model = vs_pytorch.eval_pair(config, twin)
   rng = np.random.default_rng(0)
   composite = rng.uniform(size=(1, size, size, 3)).astype(np.float32)
   mask = np.zeros((1, size, size, 1), np.float32)

@@ -144,14 +144,7 @@ def child(args) -> None:
 
   sizes = [int(x) for x in args.sizes.split(",") if x]
   if sizes:
-    fns = train.make_train_fns(config, steps_per_epoch=1000)
-    state = train.initial_state(fns)
-    nets = fns.merge(state["params"], state["rest"])
-    for net in nets.values():
-      net.eval()
-    model = twin.build(config)
-    getattr(twin, "load", load_twin)(model, nets)
-    model.eval()
+    nets, model = eval_pair(config, twin)
     predict = nnx.jit(predict_fn(family, config))
     for size in sizes:
       local = batch_of(1, size, size)
@@ -169,6 +162,21 @@ def child(args) -> None:
                      "torch": torch_predict}, args.repeats)
       report(model=args.models, kind="inference", batch=1, size=size, threads=args.threads,
              harmonax=t["harmonax"], torch=t["torch"], max_abs_diff=diff)
+
+
+def eval_pair(config, twin) -> tuple[dict, object]:
+  """(networks, twin module): the trainer's networks for `config` (random
+  weights) and the twin holding them, both in eval mode, for inference side by side."""
+  from harmonax import train  # pylint: disable=g-import-not-at-top
+  fns = train.make_train_fns(config, steps_per_epoch=1000)
+  state = train.initial_state(fns)
+  nets = fns.merge(state["params"], state["rest"])
+  for net in nets.values():
+    net.eval()
+  model = twin.build(config)
+  getattr(twin, "load", load_twin)(model, nets)
+  model.eval()
+  return nets, model
 
 
 def load_twin(model, nets: dict) -> None:

@@ -395,8 +395,8 @@ def test_briefly_trained_arguments_vary_across_images_in_eval_mode():
   # the 32 batch norms and every image got the same arguments in eval mode
   # (spread 0.000 against 0.19 in train mode). layers.BatchNorm warms up.
   # The official random regressor, trained with _straight_through_losses.
-  config = _straight_through_losses()
-  net = _create(recipes.official_network(_straight_through_losses()))["harmonizer"]
+  config = recipes.official_network(_straight_through_losses())  # The step's losses.
+  net = _create(config)["harmonizer"]
   opt = nnx.Optimizer(net, harmonizer.make_optimizers(config, 10)["harmonizer"], wrt=nnx.Param)
 
   net.train()  # As the trainer sets it.
