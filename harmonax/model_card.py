@@ -34,13 +34,33 @@ OFFICIAL: dict[str, dict[str, str]] = {
     # ShareAlike 4.0 license": the weights are for non-commercial use only.
     "harmonizer": {"repository": "https://github.com/ZHKKKe/Harmonizer",
                    "license": "CC-BY-NC-SA-4.0"},
+    # LICENSE: MPL-2.0; PCTNet_CNN.pth and PCTNet_ViT.pth are in the repository.
+    "pctnet": {"repository": "https://github.com/rakutentech/PCT-Net-Image-Harmonization",
+               "license": "MPL-2.0"},
+    # No LICENSE file, and the README states none (its issam256.pth is the
+    # dih family's MPL-2.0 release).
+    "cdtnet": {"repository": "https://github.com/bcmi/CDTNet-High-Resolution-Image-Harmonization",
+               "license": "unspecified (no license in the repository: all rights reserved)"},
 }
 TRAINED_LICENSE = "set by whoever trained it (harmonax code: Apache-2.0; check the data's terms)"
 
 
 def model_name(config: ml_collections.ConfigDict) -> str:
-  """The display name: the variant if the family has several ('issam'), else the family."""
-  return config.model.get("variant") or config.model.name
+  """The display name (model cards, export file names, messages).
+
+  The dih family's variants are models of their own ('idih', 'issam'); other
+  variants follow their family ('pctnet_vit', 'deep_compositing_alpha'); a
+  backbone comes first ('hrnet18_idih').
+  """
+  model = config.model
+  variant = model.get("variant")
+  if model.name == "dih" and variant:
+    name = variant
+  else:
+    name = f"{model.name}_{variant}" if variant else model.name
+  if backbone := model.get("backbone"):
+    name = f"{backbone.name}{backbone.get('width', '')}_{name}"
+  return name
 
 
 def sha256(path: str | os.PathLike) -> str:

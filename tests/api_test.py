@@ -73,6 +73,21 @@ def test_cards_of_trained_runs_licenses_and_metrics(tmp_path):
   assert model_card.read(tmp_path / "nowhere") is None
 
 
+def test_every_family_that_imports_weights_names_its_source_and_license(tmp_path):
+  from harmonax import models  # pylint: disable=g-import-not-at-top
+  converting = [n for n in models.available() if hasattr(models.get_family(n), "convert_torch")]
+  assert {"dih", "pctnet", "cdtnet"} <= set(converting)
+  for name in converting:
+    official = model_card.OFFICIAL.get(name, {})
+    assert official.get("repository", "").startswith("https://github.com/"), name
+    assert official.get("license"), name
+  (tmp_path / "PCTNet_ViT.pth").write_bytes(b"weights")
+  card = model_card.make_card(conversion.default_config("pctnet_vit"),
+                              source_files={"default": str(tmp_path / "PCTNet_ViT.pth")})
+  assert card["license"] == "MPL-2.0"
+  assert card["source"]["repository"].endswith("rakutentech/PCT-Net-Image-Harmonization")
+
+
 def test_import_harmonax_is_light():
   code = "import sys, harmonax; assert 'jax' not in sys.modules and 'flax' not in sys.modules"
   subprocess.run([sys.executable, "-c", code], check=True)
