@@ -111,18 +111,17 @@ class UnetBlock(nnx.Module):
         if use_attention else None)
 
   def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-    layers = list(self.model)
+    parts = list(self.model)
     if not self.outermost:
-      x = layers.pop(0)(x)  # LeakyReLU; the skip below carries its output.
+      x = parts.pop(0)(x)  # LeakyReLU; the skip below carries its output.
     elif self.residual:
-      tanh = layers.pop()
+      tanh = parts.pop()
     y = x
-    for layer in layers:
+    for layer in parts:
       if isinstance(layer, UnetBlock):
         y = layer(y, rngs)
       elif isinstance(layer, nnx.Dropout):
-        # Skipped in eval mode (the identity): keeps exported graphs free of it.
-        y = y if layer.deterministic else layer(y, rngs=rngs)
+        y = layers.dropout(layer, y, rngs)
       else:
         y = layer(y)
     if self.outermost:

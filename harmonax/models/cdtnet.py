@@ -156,7 +156,7 @@ class Refine(dih._Fusion):  # pylint: disable=protected-access
     def full_image(start):
       return jax.lax.dynamic_slice_in_dim(full, start + 2, rows, axis=1)[..., :3]
 
-    out = jax.lax.map(strip, jnp.arange(n) * rows)  # [n, B, rows, W, 3]
+    out = layers.map(strip, jnp.arange(n) * rows)  # [n, B, rows, W, 3]
     return out.transpose(1, 0, 2, 3, 4).reshape(b, n * rows, w_full, 3)[:, :h_full]
 
 

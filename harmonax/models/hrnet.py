@@ -203,7 +203,7 @@ class SpatialOCR(nnx.Module):
                rngs: nnx.Rngs | None = None) -> jax.Array:
     context = self.object_context_block(feats, proxy)
     x = run(self.conv_bn_dropout[:2], jnp.concatenate([context, feats], axis=-1))
-    return self.conv_bn_dropout[2](x, rngs=rngs)
+    return layers.dropout(self.conv_bn_dropout[2], x, rngs)
 
 
 class HighResolutionNet(nnx.Module):

@@ -15,10 +15,11 @@ dilated by the stride, whose forward and gradients are 10-30x slower there.
 The outputs equal lax's formulations up to float summation order.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import contextlib
 import functools
 import math
+from typing import Any
 
 from flax import nnx
 import jax
@@ -196,6 +197,8 @@ def portable_ops():
   conv_transpose2d then interleaves its output phases with a reshape instead
   of interior padding. Same values; the reshape form needs an explicit output
   sharding under a mesh with explicit axes, so training does not use it.
+  Loops over chunks (`fori_loop`, `map` below) are unrolled: jax2onnx cannot
+  convert a loop whose body reads arrays of the enclosing trace.
   """
   global _PORTABLE
   previous, _PORTABLE = _PORTABLE, True
@@ -203,6 +206,27 @@ def portable_ops():
     yield
   finally:
     _PORTABLE = previous
+
+
+def portable() -> bool:
+  """Whether the trace is inside `portable_ops`."""
+  return _PORTABLE
+
+
+def fori_loop(n: int, body: Callable[[int, Any], Any], init: Any) -> Any:
+  """lax.fori_loop(0, n, body, init); unrolled inside `portable_ops`."""
+  if not _PORTABLE:
+    return jax.lax.fori_loop(0, n, body, init)
+  for i in range(n):
+    init = body(i, init)
+  return init
+
+
+def map(fn: Callable[[jax.Array], jax.Array], xs: jax.Array) -> jax.Array:  # pylint: disable=redefined-builtin
+  """lax.map(fn, xs) (one slice of xs at a time); unrolled inside `portable_ops`."""
+  if not _PORTABLE:
+    return jax.lax.map(fn, xs)
+  return jnp.stack([fn(xs[i]) for i in range(xs.shape[0])])
 
 
 def _explicit_padding(padding: Padding, spatial: Sequence[int], kernel: Sequence[int],
@@ -334,6 +358,13 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, **kwargs)
+
+
+def dropout(layer: nnx.Dropout, x: jax.Array, rngs) -> jax.Array:
+  """`layer(x, rngs=rngs)` in training; `x` itself in eval mode, without calling
+  the layer, so exported graphs hold no dropout (and jax2onnx, which replaces
+  nnx.Dropout.__call__ by one without `rngs`, can trace the network)."""
+  return x if layer.deterministic else layer(x, rngs=rngs)
 
 
 def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,

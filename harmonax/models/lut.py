@@ -14,13 +14,15 @@ channels by H * W * batch, see `tests/lut_test.py`), so its batch > 1 outputs
 are not reproduced: the official batch-1 output is the reference.
 
 Memory: pixels are processed in chunks of `chunk` (default 2**18) under
-`lax.map`, so the eight gathered corners of a 4K image never exist at once;
+`lax.map` (unrolled in exports), so the eight gathered corners of a 4K image never exist at once;
 the table gradient (a scatter-add per chunk) accumulates across chunks.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from harmonax.models import layers
 
 DEFAULT_DIM = 33
 DEFAULT_CHUNK = 2 ** 18
@@ -70,6 +72,9 @@ def _apply_one(lut: jax.Array, image: jax.Array, chunk: int) -> jax.Array:
   n = h * w
   if n <= chunk:
     return _interpolate(table, pixels, dim).reshape(h, w, c)
+  if layers.portable():  # An export: the chunks unrolled, the last one shorter.
+    out = [_interpolate(table, pixels[i:i + chunk], dim) for i in range(0, n, chunk)]
+    return jnp.concatenate(out).reshape(h, w, c)
   steps = -(-n // chunk)
   pixels = jnp.pad(pixels, ((0, steps * chunk - n), (0, 0)))
   out = jax.lax.map(lambda p: _interpolate(table, p, dim), pixels.reshape(steps, chunk, 3))

@@ -14,6 +14,8 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from harmonax.models import layers
+
 # PyTorch's bicubic constant (upsample_bicubic2d); jax.image.resize's 'cubic'
 # uses Keys' a = -0.5 and renormalises the weights at the borders instead of
 # clamping the indices, so its results differ from PyTorch's everywhere.
@@ -106,7 +108,7 @@ def apply_upsampled(lowres: jax.Array, full: Mapping[str, jax.Array],
     return lax.dynamic_update_slice_in_dim(out, fn(up, chunk).astype(out.dtype), start, 1)
 
   out = jnp.zeros((b, height, width, 3), jnp.float32)
-  return lax.fori_loop(0, -(-height // rows), body, out)
+  return layers.fori_loop(-(-height // rows), body, out)
 
 
 def sobel_magnitude(x: jax.Array, eps: float = 1e-6) -> jax.Array:

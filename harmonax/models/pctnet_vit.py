@@ -89,7 +89,7 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     result = (weights @ values) / jnp.sum(weights, axis=-1, keepdims=True)
     return jax.lax.dynamic_update_slice_in_dim(out, result, i * block, axis=2)
 
-  out = jax.lax.fori_loop(0, n // block, one_block, jnp.zeros_like(queries))
+  out = layers.fori_loop(n // block, one_block, jnp.zeros_like(queries))
   return jnp.transpose(out, (0, 2, 1, 3))
 
 
@@ -113,7 +113,7 @@ class MultiheadAttention(nnx.Module):
       out = blockwise_attention(q, k, v)
     else:
       logits = jnp.einsum("bqhc,bkhc->bhqk", q, k) / jnp.sqrt(d // self.heads).astype(x.dtype)
-      weights = self.dropout(jax.nn.softmax(logits, axis=-1), rngs=rng)
+      weights = layers.dropout(self.dropout, jax.nn.softmax(logits, axis=-1), rng)
       out = jnp.einsum("bhqk,bkhc->bqhc", weights, v)
     return self.out_proj(_reshape(out, (b, n, d)))
 
@@ -134,9 +134,9 @@ class EncoderLayer(nnx.Module):
 
   def __call__(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
     keys = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
-    x = self.norm1(x + self.dropout1(self.self_attn(x, keys[0]), rngs=keys[1]))
-    hidden = self.dropout(jax.nn.gelu(self.linear1(x), approximate=False), rngs=keys[2])
-    return self.norm2(x + self.dropout2(self.linear2(hidden), rngs=keys[3]))
+    x = self.norm1(x + layers.dropout(self.dropout1, self.self_attn(x, keys[0]), keys[1]))
+    hidden = layers.dropout(self.dropout, jax.nn.gelu(self.linear1(x), approximate=False), keys[2])
+    return self.norm2(x + layers.dropout(self.dropout2, self.linear2(hidden), keys[3]))
 
 
 class TransformerEncoder(nnx.Module):
