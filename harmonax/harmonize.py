@@ -1,12 +1,13 @@
 r"""Harmonizes user images at any resolution with a trained or imported model.
 
 One image (after the quick start):
-  python -m harmonax.harmonize --workdir=./workdirs/bargainnet_runlocal \
+  python -m harmonax.harmonize --workdir=./workdirs/harmonizer_demo \
       --composite=photo.jpg --mask=photo_mask.png --output=out.png
 A folder (masks matched by file stem; the output is <stem>.png):
   python -m harmonax.harmonize --checkpoint=/tmp/converted/issam \
       --composite=comps/ --mask=masks/ --output=out/
-Video (Harmonizer): --video / --frames are handed to harmonax.video.
+Video: --video / --frames are handed to harmonax.video (Harmonizer smooths its
+arguments over time; the other models run frame by frame).
 Deep Image Compositing (harmonax.compositing) takes the two photos instead of a
 composite; the mask (or soft matte) of the foreground photo is optional for
 the trained network, which then predicts it:

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from harmonax import image_io
+from harmonax import metric_writers
 from harmonax import models
 
 
@@ -200,18 +201,20 @@ def harmonize_folder(config: ml_collections.ConfigDict, networks: dict[str, nnx.
   for name in _image_files(mask_dir):
     masks_by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
   written, skipped = [], []
-  for name in _image_files(composite_dir):
+  names = _image_files(composite_dir)
+  progress = metric_writers.ItemProgress(f"harmonizing {composite_dir}", total=len(names))
+  for name in names:
     stem = os.path.splitext(name)[0]
     composite_path = os.path.join(composite_dir, name)
     output_path = os.path.join(output_dir, stem + ".png")
     try:
       mask_path = os.path.join(mask_dir, find_mask(stem, masks_by_stem))
       harmonize_file(config, networks, composite_path, mask_path, output_path, max_pixels)
+      written.append(output_path)
     except (image_io.ImageError, LookupError, ValueError) as e:
       logging.warning("Skipping %s: %s", composite_path, e)
       skipped.append((composite_path, str(e)))
-      continue
-    written.append(output_path)
+    progress.tick()
   return written, skipped
 
 

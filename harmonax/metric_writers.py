@@ -103,6 +103,33 @@ class Phase:
     self.done()
 
 
+class ItemProgress:
+  """Logs '<what>: N/total (x/s)' at most every `every` s while items are counted.
+
+  For loops over files or frames (harmonize's folders and videos), where a
+  long run would otherwise print nothing until its end:
+
+    progress = metric_writers.ItemProgress("harmonized", total=len(files))
+    for f in files:
+      ...
+      progress.tick()
+  """
+
+  def __init__(self, what: str, total: int | None = None, every: float = 10.0):
+    self._what, self._total, self._every = what, total, every
+    self.count = 0
+    self._start = self._last = time.monotonic()
+
+  def tick(self) -> None:
+    self.count += 1
+    now = time.monotonic()
+    if now - self._last >= self._every:
+      self._last = now
+      of = f"/{self._total}" if self._total else ""
+      logging.info("%s: %d%s (%.2f/s)", self._what, self.count, of,
+                   self.count / (now - self._start))
+
+
 class MetricWriter:
   """Scalars -> TensorBoard + metrics.jsonl; images -> TensorBoard.
 

@@ -1,15 +1,22 @@
-r"""Video harmonization with Harmonizer: arguments smoothed over time.
+r"""Video harmonization: Harmonizer with arguments smoothed over time, any other
+harmonization model frame by frame.
 
   python -m harmonax.harmonize --checkpoint=/tmp/harmonizer_official \
       --video=clip.mp4 --mask=masks/ --output=harmonized.mp4
-  python -m harmonax.harmonize --checkpoint=/tmp/harmonizer_official \
+  python -m harmonax.harmonize --checkpoint=/tmp/pctnet_vit_official \
       --frames=frames/ --mask=mask.png --output=out_frames/
 
-As the official video demo: each frame's filter arguments are predicted, then
-smoothed with an exponential moving average of weight 1 - 1/fps (the first
-frame starts the average), clamped to [-1, 1], and the filters are applied to
-the full-resolution frame. Masks are used soft (0..255 -> [0, 1]) as the demo
-does; background pixels (mask 0) stay exactly as in the input.
+Harmonizer, as the official video demo: each frame's filter arguments are
+predicted, then smoothed with an exponential moving average of weight
+1 - 1/fps (the first frame starts the average), clamped to [-1, 1], and the
+filters are applied to the full-resolution frame. Masks are used soft
+(0..255 -> [0, 1]) as the demo does; background pixels (mask 0) stay exactly
+as in the input.
+
+Other models that harmonize a composite with its mask (iDIH, iS2AM, HRNet,
+DoveNet, BargainNet, PCT-Net, CDTNet) have no video mode in their papers or
+code: each frame is `inference.harmonize`d on its own (mask binarized at half
+its range, background bytes kept), with nothing carried from frame to frame.
 
 Inputs: a video file or a folder of frames (sorted by name); masks as a folder
 (the i-th mask in name order for the i-th frame), a single image for every
@@ -32,6 +39,9 @@ from PIL import Image
 
 from harmonax import filters
 from harmonax import image_io
+from harmonax import inference
+from harmonax import metric_writers
+from harmonax import models
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 DEFAULT_FPS = 25.0  # The official demo's.
@@ -184,15 +194,28 @@ def harmonize_frames(networks: dict[str, nnx.Module], frames: Iterable[np.ndarra
   raw_fn, apply_fn = _jitted()
   ema = ArgumentEma(fps)
   for frame, mask in zip(frames, masks):
-    if mask.shape[:2] != frame.shape[:2]:
-      raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the frame is "
-                       f"{frame.shape[1]}x{frame.shape[0]} (WxH)")
+    _check_size(frame, mask)
     comp = jnp.asarray(frame, jnp.float32)[None] / 255.0
     m = jnp.asarray(mask)[None]
     args = jnp.asarray(ema.update(np.asarray(raw_fn(net, comp, m))[0]))[None]
     out = np.asarray(apply_fn(comp, m, args))[0]
     out = np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
     yield np.where(mask > 0, out, frame)  # Background bytes stay as they were.
+
+
+def _check_size(frame: np.ndarray, mask: np.ndarray) -> None:
+  if mask.shape[:2] != frame.shape[:2]:
+    raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the frame is "
+                     f"{frame.shape[1]}x{frame.shape[0]} (WxH)")
+
+
+def harmonize_each_frame(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
+                         frames: Iterable[np.ndarray], masks: Iterable[np.ndarray]
+                         ) -> Iterator[np.ndarray]:
+  """Yields `inference.harmonize` of each uint8 frame [H,W,3] with its mask [H,W,1]."""
+  for frame, mask in zip(frames, masks):
+    _check_size(frame, mask)
+    yield inference.harmonize(networks, frame, mask, config=config)
 
 
 def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
@@ -202,8 +225,9 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
   """Harmonizes a video file or a frame folder; returns an exit status (0 ok).
 
   Args:
-    config: the model's config; only Harmonizer (model.name 'harmonizer') works.
-    networks: {'harmonizer': net} in eval mode.
+    config: the model's config: Harmonizer (smoothed arguments) or any family
+      whose INPUTS are a composite and a mask (frame by frame).
+    networks: the model's networks in eval mode.
     video / frames: exactly one: a video file, or a folder of frame images.
     mask: a folder of per-frame masks, one mask image, or a mask video.
     output: a video file (by suffix) or a folder for PNG frames.
@@ -212,9 +236,10 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
   Raises:
     ValueError: wrong model, both or neither input, mask count or size mismatch.
   """
-  if config.model.name != "harmonizer":
-    raise ValueError(f"Video harmonization needs the Harmonizer model, got "
-                     f"{config.model.name!r}")
+  inputs = models.get_family(config.model.name).INPUTS
+  if tuple(inputs) != ("composite", "mask"):
+    raise ValueError(f"Video harmonization needs a model that harmonizes a composite with "
+                     f"its mask; {config.model.name!r} reads {tuple(inputs)}")
   if bool(video) == bool(frames):
     raise ValueError("Give exactly one of video (a file) or frames (a folder)")
   if not mask or not output:
@@ -227,11 +252,20 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
     stream = (image_io.read_image(f) for f in names)
     video_fps, count = DEFAULT_FPS, len(names)
   fps = fps or video_fps
+  masks = _masks(mask, count)
+  if config.model.name == "harmonizer":
+    harmonized = harmonize_frames(networks, stream, masks, fps)
+    how = f"EMA weight {ema_weight(fps):.3f}"
+  else:
+    harmonized = harmonize_each_frame(config, networks, stream, masks)
+    how = "frame by frame"
   writer = _Writer(output, fps, names)
+  progress = metric_writers.ItemProgress("frames written", total=count)
   try:
-    for frame in harmonize_frames(networks, stream, _masks(mask, count), fps):
+    for frame in harmonized:
       writer.write(frame)
+      progress.tick()
   finally:
     writer.close()
-  print(f"Wrote {writer.count} frames to {output} (EMA weight {ema_weight(fps):.3f})")
+  print(f"Wrote {writer.count} frames to {output} ({how})")
   return 0

@@ -49,3 +49,15 @@ def test_phase_says_what_runs_with_a_heartbeat_and_the_duration(caplog):
   assert any(m.startswith("compiling the update step ... (") for m in messages[1:-1])
   assert messages[-1].startswith("compiling the update step: done in ")
   assert not any("hidden" in m for m in messages)
+
+
+def test_item_progress_counts_with_the_total_and_a_rate(caplog, monkeypatch):
+  clock = iter([0.0, 1.0, 5.0, 12.0, 13.0])  # start, then one time per tick.
+  monkeypatch.setattr(metric_writers.time, "monotonic", lambda: next(clock))
+  with caplog.at_level(pylogging.INFO):
+    progress = metric_writers.ItemProgress("frames written", total=4, every=10.0)
+    for _ in range(4):
+      progress.tick()
+  # Only the tick 10 s after the start is logged: 3 items in 12 s.
+  assert [r.getMessage() for r in caplog.records] == ["frames written: 3/4 (0.25/s)"]
+  assert progress.count == 4

@@ -10,7 +10,10 @@ from PIL import Image
 import pytest
 
 from configs import harmonizer as harmonizer_config
+from export_test import recipe_checkpoint
+from harmonax import checkpoint
 from harmonax import filters
+from harmonax import inference
 from harmonax import video
 from harmonax.models import harmonizer
 import recipes
@@ -90,7 +93,7 @@ def test_frame_folder_with_one_mask_applies_smoothed_arguments(setup, tmp_path, 
     assert np.abs(out.astype(int) - frame).max() > 5
 
 
-def test_mask_folder_must_match_frame_count_and_model_must_be_harmonizer(setup, tmp_path):
+def test_mask_folder_must_match_frame_count_and_model_must_harmonize(setup, tmp_path):
   config, networks = setup
   _write_frames(tmp_path / "frames", n=3)
   os.makedirs(tmp_path / "masks")
@@ -103,10 +106,31 @@ def test_mask_folder_must_match_frame_count_and_model_must_be_harmonizer(setup, 
     video.harmonize_video(config, networks, mask=str(tmp_path / "masks"),
                           output=str(tmp_path / "out"))
   other = harmonizer_config.get_config("runlocal")
-  other.model.name = "idih"
-  with pytest.raises(ValueError, match="needs the Harmonizer model"):
+  other.model.name = "deep_compositing"
+  with pytest.raises(ValueError, match="needs a model that harmonizes a composite with its "
+                     r"mask; 'deep_compositing' reads \('foreground', 'background', 'mask'\)"):
     video.harmonize_video(other, networks, frames=str(tmp_path / "frames"),
                           mask=str(tmp_path / "masks"), output=str(tmp_path / "out"))
+
+
+def test_other_models_harmonize_each_frame_on_its_own(tmp_path, capsys):
+  directory = recipe_checkpoint("pctnet_cnn", str(tmp_path / "pctnet"))
+  config, networks = checkpoint.load_networks(directory)
+  frames = _write_frames(tmp_path / "frames", n=3)
+  os.makedirs(tmp_path / "masks")
+  masks = []
+  for i in range(3):
+    mask = np.roll(_mask(), 6 * i, axis=1)  # The object moves.
+    Image.fromarray(mask).save(tmp_path / "masks" / f"m{i}.png")
+    masks.append(mask)
+  assert video.harmonize_video(config, networks, frames=str(tmp_path / "frames"),
+                               mask=str(tmp_path / "masks"), output=str(tmp_path / "out")) == 0
+  assert "Wrote 3 frames" in capsys.readouterr().out
+  for i, (frame, mask) in enumerate(zip(frames, masks)):
+    out = np.asarray(Image.open(tmp_path / "out" / f"f{i:03d}.png"))
+    np.testing.assert_array_equal(out, inference.harmonize(networks, frame, mask, config=config))
+    assert np.abs(out.astype(int) - frame).max() > 5  # The foreground changed.
+    np.testing.assert_array_equal(out[mask == 0], frame[mask == 0])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("imageio_ffmpeg") is None,
