@@ -72,6 +72,11 @@ def harmonize_arrays(config: ml_collections.ConfigDict, networks: dict[str, nnx.
   preserve it. `harmonize` jits it; `harmonax.export_lib` exports it.
   """
   family = models.get_family(config.model.name)
+  if tuple(family.INPUTS) != ("composite", "mask"):
+    hint = (": use harmonax.compositing.compose(networks, foreground, background, mask, "
+            "config=config)" if config.model.name == "deep_compositing" else "")
+    raise ValueError(f"{config.model.name!r} reads {tuple(family.INPUTS)}, not a composite "
+                     f"and its mask{hint}")
   fg = binary_mask(mask)
   is_uint8 = composite.dtype == jnp.uint8
   comp01 = composite.astype(jnp.float32) / 255.0 if is_uint8 else composite.astype(jnp.float32)
@@ -113,7 +118,8 @@ def harmonize(networks: dict[str, nnx.Module], composite: np.ndarray, mask: np.n
     exactly (families whose task keeps the background).
 
   Raises:
-    ValueError: on bad shapes or composite/mask size mismatch.
+    ValueError: on bad shapes or composite/mask size mismatch, or for a model
+      that does not harmonize a composite (Deep Image Compositing).
   """
   composite = np.asarray(composite)
   mask = np.asarray(mask)

@@ -9,6 +9,7 @@ from export_test import photo
 from export_test import recipe_checkpoint
 import numpy as np
 from PIL import Image
+import pytest
 
 import harmonax
 from harmonax import checkpoint
@@ -54,6 +55,13 @@ def test_model_call_on_arrays_pil_images_batches_and_lists(tmp_path):
   small = np.zeros((24, 32, 3), np.uint8)
   outs = model([u8, small], [m8, np.ones((24, 32), bool)])
   assert [o.shape for o in outs] == [(40, 56, 3), (24, 32, 3)]
+
+
+def test_a_compositing_model_called_like_a_harmonizer_says_what_to_call(tmp_path):
+  model = harmonax.load(recipe_checkpoint("deep_compositing", str(tmp_path / "dc")))
+  with pytest.raises(ValueError, match=r"'deep_compositing' reads \('foreground', 'background', "
+                     r"'mask'\), not a composite and its mask: use harmonax.compositing.compose"):
+    model(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.uint8))
 
 
 def test_cards_of_trained_runs_licenses_and_metrics(tmp_path):
