@@ -32,7 +32,8 @@ def image_grid(composite: np.ndarray, output: np.ndarray, real: np.ndarray,
 
 
 class _LibraryInfoFilter(pylogging.Filter):
-  """Drops INFO (and lower) records logged from inside the named packages."""
+  """Drops INFO (and lower) records logged from inside the named packages
+  (path fragments: 'orbax', 'jax/_src')."""
 
   def __init__(self, packages: tuple[str, ...]):
     super().__init__()
@@ -43,9 +44,11 @@ class _LibraryInfoFilter(pylogging.Filter):
         part in record.pathname for part in self._parts)
 
 
-def quiet_library_logs(packages: tuple[str, ...] = ("orbax",)) -> None:
+def quiet_library_logs(packages: tuple[str, ...] = ("orbax", os.path.join("jax", "_src"))
+                       ) -> None:
   """Keeps the console to our progress lines: orbax logs ~30 INFO lines per save
-  through absl logging; its warnings and errors still show."""
+  through absl logging, and JAX one per missing backend on every start ("Unable
+  to initialize backend 'tpu' ..."); their warnings and errors still show."""
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
     handler.addFilter(_LibraryInfoFilter(packages))

@@ -434,7 +434,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         if is_writer and every(config.get("image_every", 0), step):
           # Process 0's own rows, predicted in eval mode by a small separate call.
           grid = predict_images(config, fns, state, local)
-          writer.write_images(step, {"train/composite|output|real|mask": grid})
+          writer.write_images(step, {"train/composite_output_real_mask": grid})
         if every(config.get("checkpoint_every", 0), step) or last or stop:
           check_pending()
           checkpoint.save_train_state(manager, step, state, train_iter)

@@ -30,6 +30,9 @@ def test_quiet_library_logs_drops_only_orbax_info():
     assert not handler.filter(_record(orbax_file, pylogging.INFO))
     assert handler.filter(_record(orbax_file, pylogging.WARNING))
     assert handler.filter(_record(ours, pylogging.INFO))
+    jax_file = os.path.join(os.sep, "site-packages", "jax", "_src", "xla_bridge.py")
+    assert not handler.filter(_record(jax_file, pylogging.INFO))
+    assert handler.filter(_record(jax_file, pylogging.WARNING))
   finally:
     for f in _ours(handler):
       handler.removeFilter(f)

@@ -124,6 +124,8 @@ def test_runlocal_smoke_writes_checkpoints_events_and_metrics(straight):
   images = [(e.step, v.image) for e in events for v in e.summary.value
             if v.HasField("image")]
   assert [step for step, _ in images] == [2, 4]
+  assert {v.tag for e in events for v in e.summary.value if v.HasField("image")} == {
+      "train/composite_output_real_mask"}  # A legal tag: TensorBoard renames others.
   # 4 rows (examples) of composite | output | real | mask, 16x16 each.
   assert (images[0][1].height, images[0][1].width) == (4 * 16, 4 * 16)
   scalar_tags = {v.tag for e in events for v in e.summary.value if not v.HasField("image")}
