@@ -101,7 +101,8 @@ def main(argv: list[str]) -> int:
                        - {evaluation.COMPOSITE_PREFIX + k for k in evaluation.COLUMNS}))
   size = (f"{data_config.image_size}x{data_config.image_size}" if data_config.image_size
           else "full resolution")
-  title = f"{config.model.name} ({source}) on {data_config.name} {split}, {size}"
+  from harmonax import model_card  # pylint: disable=g-import-not-at-top
+  title = f"{model_card.model_name(config)} ({source}) on {data_config.name} {split}, {size}"
   table = evaluation.format_table(records, protocol, title, extra)
   print(table)
   output_dir = _OUTPUT_DIR.value or source
@@ -113,7 +114,6 @@ def main(argv: list[str]) -> int:
   evaluation.write_csv(os.path.join(output_dir, stem + ".csv"), records)
   print(f"Wrote {os.path.join(output_dir, stem)}.md and .csv")
   # The model card (if the checkpoint has one) keeps the 'All' row of each evaluation.
-  from harmonax import model_card  # pylint: disable=g-import-not-at-top
   model_card.update_metrics(source, f"{data_config.name} {split} {size}",
                             evaluation.summarize(records)["All"])
   return 0

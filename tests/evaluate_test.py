@@ -171,6 +171,7 @@ def test_valid_pixel_metrics_equal_the_unpadded_image():
 
 def test_command_line_table_csv_and_images(dataset, tmp_path):
   config, networks = _identity_model(dataset)
+  config.model.variant = "zeroed"  # The heading names the model: family_variant.
   checkpoint.save_networks(tmp_path / "ckpt", config, networks)
   result = fake_family.run_cli("evaluate", [
       f"--checkpoint={tmp_path / 'ckpt'}", "--dataset=iharmony4/all", f"--data_dir={dataset}",
@@ -178,6 +179,7 @@ def test_command_line_table_csv_and_images(dataset, tmp_path):
       f"--output_dir={tmp_path / 'out'}", f"--save_images={tmp_path / 'images'}"])
   assert result.returncode == 0, result.stderr[-3000:]
   table = (tmp_path / "out" / "eval_iharmony4_all_test_full.md").read_text()
+  assert table.startswith(f"### fake_zeroed ({tmp_path / 'ckpt'}) on iharmony4/all test, full")
   assert "full resolution" in table and "255 (peak = 255" in table and "gaussian7" in table
   assert "Background: model output" in table
   for subset, n in TEST_COUNTS.items():
