@@ -81,9 +81,13 @@ def run(main: Callable[[list[str]], int | None],
   """`app.run(guarded(main, user_errors))`, with a `--verbose` flag; does not return.
 
   Sets harmonax's default XLA flags first (`xla_setup.configure`: oneDNN on
-  CPU where supported), before main can start a JAX backend.
+  CPU where supported), before main can start a JAX backend, and keeps
+  orbax's and JAX's INFO lines off the console
+  (`metric_writers.quiet_library_logs`).
   """
+  from harmonax import metric_writers  # pylint: disable=g-import-not-at-top
   from harmonax import xla_setup  # pylint: disable=g-import-not-at-top
   xla_setup.configure()
+  metric_writers.quiet_library_logs()
   _define_verbose()
   app.run(guarded(main, user_errors))

@@ -19,7 +19,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from harmonax import cli
-from harmonax import metric_writers
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file; default: configs/<model>.py at full size.", lock_config=False)
@@ -34,7 +33,6 @@ _SOURCE = flags.DEFINE_string("source", None, "REPOSITORY[@COMMIT] the files cam
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  metric_writers.quiet_library_logs()
   for flag in (_TORCH_CHECKPOINT, _OUTPUT):
     if not flag.value:
       raise app.UsageError(f"--{flag.name} is required")

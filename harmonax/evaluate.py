@@ -53,7 +53,6 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the table and CSV g
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  metric_writers.quiet_library_logs()
   if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
     raise app.UsageError("Give exactly one of --workdir or --checkpoint")
   # Imported here so that --help answers at once.

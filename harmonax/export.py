@@ -19,7 +19,6 @@ import sys
 from absl import app
 from absl import flags
 
-from harmonax import metric_writers
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A convert/save_networks directory or a "
                                   "training workdir.")
@@ -36,7 +35,6 @@ _INPUT_DTYPE = flags.DEFINE_enum("input_dtype", "float32", ["uint8", "float32"],
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  metric_writers.quiet_library_logs()
   for flag in (_CHECKPOINT, _FORMAT, _OUTPUT):
     if not flag.value:
       raise app.UsageError(f"--{flag.name} is required")

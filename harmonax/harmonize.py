@@ -29,7 +29,6 @@ from absl import flags
 
 from harmonax import cli
 from harmonax import image_io
-from harmonax import metric_writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to load the newest checkpoint of.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A checkpoint.save_networks directory.")
@@ -52,7 +51,6 @@ def main(argv: list[str]) -> int:
   """The command line; returns the exit status."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  metric_writers.quiet_library_logs()
   if bool(_WORKDIR.value) == bool(_CHECKPOINT.value):
     raise app.UsageError("Give exactly one of --workdir or --checkpoint")
   from harmonax import checkpoint  # pylint: disable=g-import-not-at-top

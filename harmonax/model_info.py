@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from harmonax import model_card
 from harmonax import models
 from harmonax import variables
 
@@ -63,7 +64,7 @@ def summarize(config: ml_collections.ConfigDict, image_size: int | None = None) 
             for k in family.INPUTS}
   flops = lowered_flops(run, state, inputs)
   return Summary(
-      model=config.model.name, image_size=size,
+      model=model_card.model_name(config), image_size=size,
       params={n: _count(net, nnx.Param) for n, net in networks.items()},
       other_state={n: _count(net, nnx.Not(nnx.Param)) for n, net in networks.items()},
       gflops_per_image=flops / 1e9)

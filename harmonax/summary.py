@@ -19,6 +19,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from harmonax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/idih.py.",
                                           lock_config=False)
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Default: config.data.image_size.")
@@ -34,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -461,7 +461,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  metric_writers.quiet_library_logs()
   if _DISTRIBUTED.value or _COORDINATOR.value:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                     _PROCESS_ID.value)

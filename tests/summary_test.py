@@ -42,6 +42,7 @@ def test_full_size_summary(name, params):
            "issam": 2 * 256 * 256 * 32 * 9 * (64 + 32)}[name]
   assert bound / 1e9 < result.gflops_per_image < 20 * bound / 1e9
   table = summary.format_table(result)
+  assert table.startswith(f"model `{name}`, predict at 256x256")  # Not the family, `dih`.
   assert f"| generator | {params:,} | {params / 1e6:.2f} |" in table
   assert "GFLOPs per image" in table
 
