@@ -12,6 +12,7 @@ training workdir.
 
 import json
 import os
+import sys
 from typing import Any
 
 from absl import logging
@@ -169,10 +170,39 @@ def good_steps(checkpoint_dir: str | os.PathLike) -> list[int]:
   return sorted(steps, reverse=True)
 
 
+def _closed_loop_callbacks_dropped(unraisable) -> bool:
+  exc = unraisable.exc_value
+  return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """Silences the tracebacks a failed orbax restore leaves behind.
+
+  When one array of a step cannot be read, orbax's restore raises and closes
+  its asyncio event loop while tensorstore reads of the other arrays are still
+  in flight; as each finishes, its callback finds the loop closed and prints
+  'RuntimeError: Event loop is closed' (an unraisable exception, from a
+  tensorstore thread), dozens of tracebacks around our one-line warning.
+  From the first restore on, exactly those are dropped; every other
+  unraisable exception still reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "harmonax_drops_closed_loop_callbacks", False):
+    return
+
+  def hook(unraisable):
+    if not _closed_loop_callbacks_dropped(unraisable):
+      previous(unraisable)
+
+  hook.harmonax_drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
+
+
 def _restore_newest(checkpoint_dir: epath.Path, restore_one) -> tuple[Any, int]:
   """Calls restore_one(step) newest-first, falling back past corrupt steps."""
   steps = good_steps(checkpoint_dir)
   errors = []
+  _drop_closed_loop_callbacks()  # Before: callbacks may come before the exception.
   for step in steps:
     try:
       return restore_one(step), step

@@ -1,6 +1,8 @@
 """Tests for harmonax.checkpoint: save/load of networks and training checkpoints."""
 
 import logging
+import sys
+from types import SimpleNamespace
 
 from flax import nnx
 import jax
@@ -138,6 +140,28 @@ def test_load_networks_from_a_training_workdir_falls_back_past_corruption(
     _, loaded = checkpoint.load_networks(tmp_path)
   np.testing.assert_allclose(loaded["generator"].conv1.kernel[...], 2.0 * kernel)
   assert "step 4" in caplog.text and "falling back" in caplog.text
+
+
+def test_after_a_restore_only_closed_event_loop_callbacks_are_dropped(tmp_path, monkeypatch):
+  # A failed orbax restore leaves tensorstore reads whose callbacks hit its
+  # closed event loop: one unraisable traceback each, from the restore on.
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  (tmp_path / "3" / checkpoint.STATE_ITEM).mkdir(parents=True)
+
+  def corrupt(step):
+    raise ValueError(f"DATA_LOSS at step {step}")
+
+  with pytest.raises(FileNotFoundError, match=r"steps tried: \[3\]\); step 3: ValueError"):
+    checkpoint._restore_newest(tmp_path, corrupt)  # pylint: disable=protected-access
+  hook = sys.unraisablehook
+  closed = SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+  other = SimpleNamespace(exc_value=RuntimeError("something else"))
+  hook(closed)
+  hook(other)
+  assert seen == [other]
+  checkpoint._drop_closed_loop_callbacks()  # pylint: disable=protected-access
+  assert sys.unraisablehook is hook  # Installed once.
 
 
 def test_restore_train_state_onto_new_shardings(tmp_path):
