@@ -26,7 +26,7 @@ parameter average (EMA 0.998) evaluated once at the end on the whole test split
 at 64x64. On the sample's unseen test photos (coffee, coins) seeds 0/1/2/3 lower
 the composites' foreground MSE by 33.3%, 24.9%, 26.2% and 20.9% (with the official
 random start 28.8%, 27.8%, 10.5% and 38.9%: the same on average): the issue's -30%
-is met by the default seed (0) only (README: Quick start; issue 16).
+is met by the default seed (0) only (docs/demo.md; issue 16).
 `optim.ema_decay` > 0 keeps parameter averages, which the trainer evaluates and
 saves.
 """
