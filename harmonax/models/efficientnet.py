@@ -119,7 +119,7 @@ class MBConv(nnx.Module):
     x = self._bn2(self._project_conv(x))
     if self.residual:
       if self.drop_connect.rate > 0 and rngs is not None:
-        x = self.drop_connect(x, rngs=rngs)  # A no-op in eval mode.
+        x = layers.dropout(self.drop_connect, x, rngs)  # x itself in eval mode.
       x = x + inputs
     return x
 
