@@ -97,10 +97,16 @@ def _check(run, directory, height, width):
   assert np.abs(got - want).max() <= TOLERANCE
 
 
-ONNX_ONE_SIZE = ("hrnet_idih", "pctnet_cnn", "pctnet_vit", "cdtnet")
-
 # Families whose dynamic-size export works (the others: a fixed size per file).
-DYNAMIC = {"stablehlo": ("idih", "issam", "hrnet_idih"), "onnx": ()}
+# A dynamic file of PCT-Net or CDTNet computes the whole image at once (their
+# chunk loops need a known size), so their fixed-size ONNX files, whose loops
+# are unrolled, are checked too.
+DYNAMIC = {"stablehlo": ("idih", "issam", "hrnet_idih", "harmonizer", "pctnet_cnn",
+                         "pctnet_vit", "cdtnet"),
+           "onnx": ("harmonizer", "pctnet_cnn", "pctnet_vit", "cdtnet")}
+# jax2onnx takes 5-12 s a size for these graphs: fixed-size ONNX at the
+# non-square size only (the dynamic file runs at both).
+ONNX_ONE_SIZE = ("hrnet_idih",) + DYNAMIC["onnx"]
 
 
 def test_stablehlo_matches_jax(recipe_dir, tmp_path):
@@ -129,15 +135,20 @@ def test_onnx_matches_jax(recipe_dir, tmp_path):
     pytest.skip("the dih family is covered by issam (same layers but attention)")
   if recipe == "bargainnet":  # README: the graph jax2onnx 0.17.1 writes fails to load.
     pytest.xfail("onnxruntime: Node (node_Reshape_..) Op (Reshape) Invalid position of 0")
-  # jax2onnx takes 5-12 s a size for these graphs: the non-square size only.
-  for height, width in SIZES[1:] if recipe in ONNX_ONE_SIZE else SIZES:
+  checks = [((height, width), (height, width))
+            for height, width in (SIZES[1:] if recipe in ONNX_ONE_SIZE else SIZES)]
+  if recipe in DYNAMIC["onnx"]:
+    checks.append(((None, None), SIZES))
+  for (height, width), sizes in checks:
     path, _ = export_lib.export(directory, "onnx", str(tmp_path) + "/", height, width)
+    assert ("_dynamic_" in path) == (height is None)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
     def run(composite, mask, session=session):
       return session.run(None, {"composite": composite, "mask": mask})[0]
 
-    _check(run, directory, height, width)
+    for size in [sizes] if height else sizes:
+      _check(run, directory, *size)
 
 
 def test_blocked_dynamic_export_names_the_operation(tmp_path):

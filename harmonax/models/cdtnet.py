@@ -225,7 +225,7 @@ def forward(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
   refine = networks["refine"]
   hw = composite.shape[1:3]
   full = jnp.concatenate([normed, layers.imagenet_normalize(lut_images), mask], axis=-1)
-  if 0 < refine_rows < hw[0]:
+  if isinstance(hw[0], int) and 0 < refine_rows < hw[0]:  # Symbolic (exports): at once.
     out = refine.strips(jnp.concatenate([base["images"], base["decoder"]], axis=-1),
                         full, refine_rows)
   else:

@@ -132,13 +132,23 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
   if (h, w) == tuple(size):
     return x
   for axis, (out, n) in ((1, (size[0], h)), (2, (size[1], w))):
-    scale = n / out
-    src = np.maximum((np.arange(out) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int32), n - 1)
-    i1 = np.minimum(i0 + 1, n - 1)
+    if isinstance(n, int) and isinstance(out, int):  # Taps in float64, once, as constants.
+      src = np.maximum((np.arange(out) + 0.5) * (n / out) - 0.5, 0.0)
+      i0 = np.minimum(np.floor(src).astype(np.int32), n - 1)
+      i1 = np.minimum(i0 + 1, n - 1)
+      frac = jnp.asarray((src - i0).astype(np.float32))
+    else:  # A symbolic size (an export with free height and width): float32 in the graph.
+      last = jnp.asarray(n, jnp.int32) - 1
+      scale = jnp.asarray(n, jnp.float32) / jnp.asarray(out, jnp.float32)
+      # lax's iota, not jnp.arange: jax2onnx's arange takes no symbolic length.
+      src = jnp.maximum((jax.lax.broadcasted_iota(jnp.float32, (out,), 0) + 0.5) * scale - 0.5,
+                        0.0)
+      i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), last)
+      i1 = jnp.minimum(i0 + 1, last)
+      frac = src - i0.astype(jnp.float32)
     shape = [1, 1, 1, 1]
     shape[axis] = out
-    w1 = jnp.asarray((src - i0).astype(np.float32)).reshape(shape).astype(x.dtype)
+    w1 = frac.reshape(shape).astype(x.dtype)
     x = jnp.take(x, i0, axis=axis) * (1 - w1) + jnp.take(x, i1, axis=axis) * w1
   return x
 

@@ -70,7 +70,7 @@ def _apply_one(lut: jax.Array, image: jax.Array, chunk: int) -> jax.Array:
   table = lut.reshape(c, dim ** 3).T  # [dim**3, C]: one gather fetches all channels.
   pixels = image.reshape(h * w, 3)
   n = h * w
-  if n <= chunk:
+  if not isinstance(n, int) or n <= chunk:  # Symbolic sizes (exports): at once.
     return _interpolate(table, pixels, dim).reshape(h, w, c)
   if layers.portable():  # An export: the chunks unrolled, the last one shorter.
     out = [_interpolate(table, pixels[i:i + chunk], dim) for i in range(0, n, chunk)]

@@ -34,7 +34,20 @@ def _cubic_far(x: np.ndarray) -> np.ndarray:  # 1 < |x| < 2
 def cubic_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
   """Source indices and weights [n_out, 4] of torch's bicubic resize along one
   axis (align_corners=False, no antialias): half-pixel centres, the source
-  position not clamped at 0, out-of-range taps clamped to the border pixel."""
+  position not clamped at 0, out-of-range taps clamped to the border pixel.
+
+  numpy constants in float64; for a symbolic n_out (an export with free height
+  and width), jax arrays computed in float32 in the graph.
+  """
+  if not isinstance(n_out, int):
+    # lax's iota, not jnp.arange: jax2onnx's arange takes no symbolic length.
+    src = ((lax.broadcasted_iota(jnp.float32, (n_out,), 0) + 0.5)
+           * (n_in / jnp.asarray(n_out, jnp.float32)) - 0.5)
+    base = jnp.floor(src)
+    t = src - base
+    idx = jnp.clip(base[:, None].astype(jnp.int32) + jnp.arange(-1, 3), 0, n_in - 1)
+    return idx, jnp.stack([_cubic_far(t + 1), _cubic_near(t), _cubic_near(1 - t),
+                           _cubic_far(2 - t)], -1)
   src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
   base = np.floor(src)
   t = src - base
@@ -93,6 +106,8 @@ def apply_upsampled(lowres: jax.Array, full: Mapping[str, jax.Array],
   yi, yw = cubic_taps(h, height)
   xi, xw = cubic_taps(w, width)
   cols = _interp(lowres, jnp.asarray(xi), jnp.asarray(xw), axis=2)
+  if not isinstance(height * width, int):  # A symbolic size: the whole image at once.
+    return fn(_interp(cols, jnp.asarray(yi), jnp.asarray(yw), axis=1), dict(full))
   rows = max(1, min(height, chunk_pixels // width))
   if rows >= height:
     return fn(_interp(cols, jnp.asarray(yi), jnp.asarray(yw), axis=1), dict(full))
