@@ -19,6 +19,8 @@ import sys
 from absl import app
 from absl import flags
 
+from harmonax import cli
+
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A convert/save_networks directory or a "
                                   "training workdir.")
@@ -53,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, user_errors=(FileNotFoundError, ImportError))

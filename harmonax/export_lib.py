@@ -17,6 +17,7 @@ records versions, shapes and the model card's source and license.
 from collections.abc import Callable
 import datetime
 import json
+import logging
 import os
 from typing import Any
 
@@ -90,8 +91,17 @@ def export_stablehlo(config, networks, height: int | None, width: int | None,
 def export_onnx(config, networks, height: int | None, width: int | None,
                 input_dtype: str = "float32"):
   """The onnx.ModelProto (jax2onnx); height/width None: dynamic."""
-  import jax2onnx  # pylint: disable=g-import-not-at-top
+  try:
+    import jax2onnx  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("ONNX export needs jax2onnx: pip install -e .[export] && "
+                      "pip install --no-deps jax2onnx==0.17.1 (README, Deploying)") from e
   fn = inference_function(config, networks)
+  # onnx_ir warns once per value whose type it skips writing (dozens a graph;
+  # the file loads and runs the same: tests/export_test.py).
+  serde = logging.getLogger("onnx_ir.serde")
+  level = serde.level
+  serde.setLevel(logging.ERROR)
   try:
     with layers.portable_ops():
       return jax2onnx.to_onnx(fn, _specs(height, width, input_dtype),
@@ -99,6 +109,8 @@ def export_onnx(config, networks, height: int | None, width: int | None,
                               input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME])
   except Exception as e:  # pylint: disable=broad-except
     raise _blocked(config, "onnx", height is None, e) from e
+  finally:
+    serde.setLevel(level)
 
 
 def artifact_name(config, fmt: str, height: int | None, width: int | None,

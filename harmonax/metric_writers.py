@@ -44,11 +44,12 @@ class _LibraryInfoFilter(pylogging.Filter):
         part in record.pathname for part in self._parts)
 
 
-def quiet_library_logs(packages: tuple[str, ...] = ("orbax", os.path.join("jax", "_src"))
-                       ) -> None:
+def quiet_library_logs(packages: tuple[str, ...] = ("orbax", os.path.join("jax", "_src"),
+                                                    "jax2onnx", "onnx_ir")) -> None:
   """Keeps the console to our progress lines: orbax logs ~30 INFO lines per save
-  through absl logging, and JAX one per missing backend on every start ("Unable
-  to initialize backend 'tpu' ..."); their warnings and errors still show."""
+  through absl logging, JAX one per missing backend on every start ("Unable to
+  initialize backend 'tpu' ...") and jax2onnx a few per export; their warnings
+  and errors still show."""
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
     handler.addFilter(_LibraryInfoFilter(packages))

@@ -5,6 +5,8 @@ and compared with JAX's `harmonize` on a real photo at 256x256 and a non-square 
 import functools
 import json
 import os
+import re
+import sys
 
 import fake_family
 import numpy as np
@@ -175,6 +177,21 @@ def test_cli_uint8_stablehlo_and_usage_errors(tmp_path):
                                           f"--output={output}", "--height=64"],
                                register_fake=False)
   assert result.returncode != 0 and "--dynamic" in result.stderr
+  result = fake_family.run_cli("export", [f"--checkpoint={tmp_path / 'nowhere'}",
+                                          "--format=stablehlo", f"--output={output}",
+                                          "--dynamic"], register_fake=False)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: {tmp_path / 'nowhere' / 'config.json'} not found")
+  # No INFO chatter of JAX or orbax (cli.run): absl's INFO lines start 'I<MMDD> '.
+  assert not re.search(r"^I\d{4} ", result.stderr, re.MULTILINE), result.stderr
+
+
+def test_onnx_without_jax2onnx_says_how_to_install_it(tmp_path, monkeypatch):
+  directory = recipe_checkpoint("issam", str(tmp_path / "ckpt"))
+  monkeypatch.setitem(sys.modules, "jax2onnx", None)  # `import jax2onnx` raises ImportError.
+  with pytest.raises(ImportError, match=r"pip install --no-deps jax2onnx==0\.17\.1"):
+    export_lib.export(directory, "onnx", str(tmp_path) + "/", 64, 64)
 
 
 def test_export_inputs_are_checked(tmp_path):
