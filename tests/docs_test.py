@@ -1,0 +1,122 @@
+"""The docs match the code: every `python -m harmonax.<tool>` command in the
+README, docs/, launch/ and the configs' docstrings uses flags the tool defines,
+and every `--config.a.b` override names a field of the config it is given to
+(or, in prose, of some recipe's config)."""
+
+import functools
+import importlib.util
+import os
+import re
+
+import pytest
+
+from harmonax import conversion
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ["README.md", "docs/demo.md", "docs/architecture.md", "launch/README.md"] + sorted(
+    os.path.join("configs", f) for f in os.listdir(os.path.join(ROOT, "configs"))
+    if f.endswith(".py") and not f.startswith("_"))
+RECIPES = sorted(os.path.splitext(os.path.basename(f))[0] for f in DOCS if f.endswith(".py"))
+COMMAND = re.compile(r"python -m harmonax\.(\w+)([^`#\n]*)")
+PLACEHOLDER = re.compile(r"[<>]|\.\.\.|^-+$")
+# Fields the docs name as living on experiment branches only (docs/demo.md).
+BRANCH_ONLY = {"model.zero_init_arguments": "exp27", "loss.contrast_gradient": "exp26"}
+
+
+def _text(path: str) -> str:
+  with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+    return f.read().replace("\\\n", " ")  # Continued shell lines.
+
+
+def _commands() -> list[tuple[str, str, list[str]]]:
+  """(doc, tool, flag tokens) of every command, a line (or backquoted span) each."""
+  found = []
+  for doc in DOCS:
+    for tool, rest in COMMAND.findall(_text(doc)):
+      rest = re.split(r"&&|\||;|\$\(", rest)[0]
+      tokens = [t.strip("[]()'\"") for t in rest.split()]
+      found.append((doc, tool, [t for t in tokens if t.startswith("--")]))
+  return found
+
+
+@functools.cache
+def _defined_flags(tool: str) -> set[str]:
+  """Flag names the tool's module (and cli.run, for --verbose) define."""
+  names = set()
+  for module in (tool, "cli"):
+    with open(os.path.join(ROOT, "harmonax", f"{module}.py"), encoding="utf-8") as f:
+      names |= set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", f.read()))
+  return names
+
+
+@functools.cache
+def _config(recipe: str, arg: str):
+  path = os.path.join(conversion.configs_dir(), f"{recipe}.py")
+  spec = importlib.util.spec_from_file_location(f"_docs_test_{recipe}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _has(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def test_the_docs_hold_commands_of_every_tool():
+  tools = {tool for _, tool, _ in _commands()}
+  assert {"train", "evaluate", "harmonize", "convert", "export", "summary",
+          "self_taught"} <= tools
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_command_flags_exist(doc):
+  wrong = []
+  for where, tool, flags in _commands():
+    if where != doc:
+      continue
+    assert os.path.exists(os.path.join(ROOT, "harmonax", f"{tool}.py")), f"{doc}: {tool}"
+    for flag in flags:
+      name = flag[2:].split("=")[0]
+      if PLACEHOLDER.search(name) or name.startswith("config."):
+        continue
+      if name not in _defined_flags(tool):
+        wrong.append(f"{doc}: harmonax.{tool} has no --{name}")
+  assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_config_overrides_name_existing_fields(doc):
+  wrong = []
+  for where, tool, flags in _commands():
+    if where != doc:
+      continue
+    values = dict(f[2:].split("=", 1) for f in flags if "=" in f)
+    spec = values.get("config") or (f"configs/{values['model']}.py" if "model" in values
+                                    else None)
+    if spec is None or PLACEHOLDER.search(spec) or "self_taught=" in spec:
+      continue  # (A self_taught=DIR config reads DIR.)
+    path, _, arg = spec.partition(":")
+    recipe = os.path.splitext(os.path.basename(path))[0]
+    config = _config(recipe, arg)
+    for flag in flags:
+      name = flag[2:].split("=")[0]
+      if name.startswith("config.") and not _has(config, name[len("config."):]):
+        wrong.append(f"{doc}: {spec} has no {name} (harmonax.{tool})")
+  assert not wrong, "\n".join(wrong)
+
+
+def test_overrides_in_prose_name_fields_of_some_recipe():
+  configs = [_config(r, a) for r in RECIPES for a in ("", "runlocal")]
+  wrong = []
+  for doc in DOCS:
+    for dotted in set(re.findall(r"--config\.([A-Za-z_][\w.]*[A-Za-z_0-9])", _text(doc))):
+      if dotted in BRANCH_ONLY:
+        assert f"branch {BRANCH_ONLY[dotted]}" in _text(doc), (doc, dotted)
+      elif not any(_has(c, dotted) for c in configs):
+        wrong.append(f"{doc}: no recipe has config.{dotted}")
+  assert not wrong, "\n".join(wrong)
