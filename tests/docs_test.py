@@ -1,7 +1,8 @@
 """The docs match the code: every `python -m harmonax.<tool>` command in the
 README, docs/, launch/ and the configs' docstrings uses flags the tool defines,
 and every `--config.a.b` override names a field of the config it is given to
-(or, in prose, of some recipe's config)."""
+(or, in prose, of some recipe's config); every benchmark command in the README,
+BENCHMARKS.md and the scripts' docstrings names a script and flags it has."""
 
 import functools
 import importlib.util
@@ -65,6 +66,32 @@ def _has(config, dotted: str) -> bool:
       return False
     node = node[part]
   return True
+
+
+BENCHMARK_DOCS = ["README.md", "BENCHMARKS.md"] + sorted(
+    os.path.join("benchmarks", f) for f in os.listdir(os.path.join(ROOT, "benchmarks"))
+    if f.endswith(".py"))
+BENCHMARK = re.compile(r"python (?:-m benchmarks\.(\w+)|benchmarks/(\w+)\.py)([^`#\n]*)")
+
+
+def test_benchmark_commands_name_scripts_and_flags_they_have():
+  wrong, seen = [], 0
+  for doc in BENCHMARK_DOCS:
+    for module, script, rest in BENCHMARK.findall(_text(doc)):
+      path = os.path.join(ROOT, "benchmarks", f"{module or script}.py")
+      if not os.path.exists(path):
+        wrong.append(f"{doc}: no {path}")
+        continue
+      with open(path, encoding="utf-8") as f:
+        source = f.read()
+      defined = set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", source))
+      defined |= {n.replace("-", "_") for n in re.findall(r"add_argument\(\s*\"--([\w-]+)\"", source)}
+      for token in re.split(r"&&|\|", rest)[0].split():
+        name = token.strip("[]()")[2:].split("=")[0].replace("-", "_")
+        if token.strip("[]()").startswith("--") and name not in defined:
+          wrong.append(f"{doc}: {module or script} has no --{name}")
+        seen += 1
+  assert seen > 40 and not wrong, "\n".join(wrong)
 
 
 def test_the_docs_hold_commands_of_every_tool():
