@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator
 import functools
 import itertools
 import os
+import warnings
 
 from flax import nnx
 import jax
@@ -96,6 +97,11 @@ def _imageio():
   except ImportError as e:
     raise ImportError("Video files need imageio and imageio-ffmpeg: pip install "
                       "imageio imageio-ffmpeg (frame folders work without them)") from e
+  # ffmpeg runs as a subprocess, a fork followed at once by exec, which the
+  # warning JAX gives on every fork ("os.fork() was called ... deadlock") is
+  # not about: only subprocess's forks are silenced.
+  warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
+                          category=RuntimeWarning, module="subprocess")
   return imageio
 
 

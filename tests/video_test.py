@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import warnings
 
 from flax import nnx
 import jax.numpy as jnp
@@ -135,8 +136,20 @@ def test_other_models_harmonize_each_frame_on_its_own(tmp_path, capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("imageio_ffmpeg") is None,
                     reason="video files need imageio-ffmpeg")
+def test_ffmpeg_processes_do_not_warn_of_fork(recwarn):
+  # JAX warns on every fork ("os.fork() was called ... deadlock"); imageio's
+  # ffmpeg processes fork and exec at once, so video files silence exactly those.
+  video._imageio()  # pylint: disable=protected-access
+  message = "os.fork() was called. os.fork() is incompatible with multithreaded code"
+  warnings.warn_explicit(message, RuntimeWarning, "subprocess.py", 1883, module="subprocess")
+  warnings.warn_explicit(message, RuntimeWarning, "mine.py", 1, module="mine")
+  assert [w.filename for w in recwarn] == ["mine.py"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("imageio_ffmpeg") is None,
+                    reason="video files need imageio-ffmpeg")
 def test_video_file_in_and_out_with_per_frame_masks(setup, tmp_path):
-  import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
+  imageio = video._imageio()  # pylint: disable=protected-access
   config, networks = setup
   frames = _write_frames(tmp_path / "frames", n=4)
   with imageio.get_writer(tmp_path / "in.mp4", "ffmpeg", fps=10, macro_block_size=1) as w:
