@@ -170,11 +170,6 @@ def good_steps(checkpoint_dir: str | os.PathLike) -> list[int]:
   return sorted(steps, reverse=True)
 
 
-def _closed_loop_callbacks_dropped(unraisable) -> bool:
-  exc = unraisable.exc_value
-  return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-
-
 def _drop_closed_loop_callbacks() -> None:
   """Silences the tracebacks a failed orbax restore leaves behind.
 
@@ -191,7 +186,8 @@ def _drop_closed_loop_callbacks() -> None:
     return
 
   def hook(unraisable):
-    if not _closed_loop_callbacks_dropped(unraisable):
+    exc = unraisable.exc_value
+    if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
       previous(unraisable)
 
   hook.harmonax_drops_closed_loop_callbacks = True

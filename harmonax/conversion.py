@@ -48,9 +48,10 @@ def configs_dir() -> str:
   return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-def default_config(model: str) -> ml_collections.ConfigDict:
-  """The full-size config of the recipe `configs/<model>.py`, read by path (the
-  library never imports the top-level configs package)."""
+def default_config(model: str, arg: str = "") -> ml_collections.ConfigDict:
+  """The config of the recipe `configs/<model>.py` (full size, or `get_config(arg)`
+  for an argument such as 'runlocal'), read by path (the library never imports
+  the top-level configs package)."""
   path = os.path.join(configs_dir(), f"{model}.py")
   if not os.path.exists(path):
     known = sorted(os.path.splitext(f)[0] for f in os.listdir(configs_dir())
@@ -60,7 +61,7 @@ def default_config(model: str) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location(f"_harmonax_recipe_{model}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config("")
+  return module.get_config(arg)
 
 
 def convert(model: str, checkpoints: dict[str, str], output: str | None,

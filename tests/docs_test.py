@@ -5,7 +5,6 @@ and every `--config.a.b` override names a field of the config it is given to
 BENCHMARKS.md and the scripts' docstrings names a script and flags it has."""
 
 import functools
-import importlib.util
 import os
 import re
 
@@ -29,34 +28,31 @@ def _text(path: str) -> str:
     return f.read().replace("\\\n", " ")  # Continued shell lines.
 
 
-def _commands() -> list[tuple[str, str, list[str]]]:
-  """(doc, tool, flag tokens) of every command, a line (or backquoted span) each."""
-  found = []
-  for doc in DOCS:
-    for tool, rest in COMMAND.findall(_text(doc)):
-      rest = re.split(r"&&|\||;|\$\(", rest)[0]
-      tokens = [t.strip("[]()'\"") for t in rest.split()]
-      found.append((doc, tool, [t for t in tokens if t.startswith("--")]))
-  return found
+def _flags(rest: str) -> list[str]:
+  """The --flag tokens of a command's arguments (up to a shell operator)."""
+  tokens = [t.strip("[]()'\"") for t in re.split(r"&&|\||;|\$\(", rest)[0].split()]
+  return [t for t in tokens if t.startswith("--")]
 
 
 @functools.cache
-def _defined_flags(tool: str) -> set[str]:
-  """Flag names the tool's module (and cli.run, for --verbose) define."""
+def _commands(doc: str) -> list[tuple[str, list[str]]]:
+  """(tool, flag tokens) of every command in `doc`, a line (or backquoted span) each."""
+  return [(tool, _flags(rest)) for tool, rest in COMMAND.findall(_text(doc))]
+
+
+@functools.cache
+def _defined_flags(*paths: str) -> set[str]:
+  """Flag names (absl or argparse; '-' read as '_') the files define."""
   names = set()
-  for module in (tool, "cli"):
-    with open(os.path.join(ROOT, "harmonax", f"{module}.py"), encoding="utf-8") as f:
-      names |= set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", f.read()))
+  for path in paths:
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+      source = f.read()
+    names |= set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", source))
+    names |= {n.replace("-", "_") for n in re.findall(r"add_argument\(\s*\"--([\w-]+)\"", source)}
   return names
 
 
-@functools.cache
-def _config(recipe: str, arg: str):
-  path = os.path.join(conversion.configs_dir(), f"{recipe}.py")
-  spec = importlib.util.spec_from_file_location(f"_docs_test_{recipe}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+_config = functools.cache(conversion.default_config)
 
 
 def _has(config, dotted: str) -> bool:
@@ -78,24 +74,20 @@ def test_benchmark_commands_name_scripts_and_flags_they_have():
   wrong, seen = [], 0
   for doc in BENCHMARK_DOCS:
     for module, script, rest in BENCHMARK.findall(_text(doc)):
-      path = os.path.join(ROOT, "benchmarks", f"{module or script}.py")
-      if not os.path.exists(path):
+      path = os.path.join("benchmarks", f"{module or script}.py")
+      if not os.path.exists(os.path.join(ROOT, path)):
         wrong.append(f"{doc}: no {path}")
         continue
-      with open(path, encoding="utf-8") as f:
-        source = f.read()
-      defined = set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", source))
-      defined |= {n.replace("-", "_") for n in re.findall(r"add_argument\(\s*\"--([\w-]+)\"", source)}
-      for token in re.split(r"&&|\|", rest)[0].split():
-        name = token.strip("[]()")[2:].split("=")[0].replace("-", "_")
-        if token.strip("[]()").startswith("--") and name not in defined:
+      for flag in _flags(rest):
+        name = flag[2:].split("=")[0].replace("-", "_")
+        if name not in _defined_flags(path):
           wrong.append(f"{doc}: {module or script} has no --{name}")
         seen += 1
   assert seen > 40 and not wrong, "\n".join(wrong)
 
 
 def test_the_docs_hold_commands_of_every_tool():
-  tools = {tool for _, tool, _ in _commands()}
+  tools = {tool for doc in DOCS for tool, _ in _commands(doc)}
   assert {"train", "evaluate", "harmonize", "convert", "export", "summary",
           "self_taught"} <= tools
 
@@ -103,15 +95,13 @@ def test_the_docs_hold_commands_of_every_tool():
 @pytest.mark.parametrize("doc", DOCS)
 def test_command_flags_exist(doc):
   wrong = []
-  for where, tool, flags in _commands():
-    if where != doc:
-      continue
+  for tool, flags in _commands(doc):
     assert os.path.exists(os.path.join(ROOT, "harmonax", f"{tool}.py")), f"{doc}: {tool}"
     for flag in flags:
       name = flag[2:].split("=")[0]
       if PLACEHOLDER.search(name) or name.startswith("config."):
         continue
-      if name not in _defined_flags(tool):
+      if name not in _defined_flags(f"harmonax/{tool}.py", "harmonax/cli.py"):
         wrong.append(f"{doc}: harmonax.{tool} has no --{name}")
   assert not wrong, "\n".join(wrong)
 
@@ -119,9 +109,7 @@ def test_command_flags_exist(doc):
 @pytest.mark.parametrize("doc", DOCS)
 def test_config_overrides_name_existing_fields(doc):
   wrong = []
-  for where, tool, flags in _commands():
-    if where != doc:
-      continue
+  for tool, flags in _commands(doc):
     values = dict(f[2:].split("=", 1) for f in flags if "=" in f)
     spec = values.get("config") or (f"configs/{values['model']}.py" if "model" in values
                                     else None)

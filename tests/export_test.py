@@ -43,12 +43,7 @@ def recipe_checkpoint(recipe: str, directory: str, **model) -> str:
 
 
 def _runlocal(recipe: str):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path = os.path.join(conversion.configs_dir(), f"{recipe}.py")
-  spec = importlib.util.spec_from_file_location(f"_export_test_{recipe}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return recipes.official_network(module.get_config("runlocal"))
+  return recipes.official_network(conversion.default_config(recipe, "runlocal"))
 
 
 def photo(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

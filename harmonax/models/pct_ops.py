@@ -98,20 +98,20 @@ def apply_upsampled(lowres: jax.Array, full: Mapping[str, jax.Array],
   at most chunk_pixels / W pixels are upsampled along H and handed to `fn`
   with the same rows of every array in `full` ([B,H,W,*], any dtype), and the
   results written into the output. Only one chunk of the C-channel map exists
-  at a time (a fori_loop); inputs that fit one chunk take a direct path
-  (training crops, differentiable).
+  at a time (a fori_loop); inputs that fit one chunk, and symbolic sizes,
+  take a direct path (training crops, differentiable).
   """
   b, h, w, _ = lowres.shape
   height, width = next(iter(full.values())).shape[1:3]
   yi, yw = cubic_taps(h, height)
   xi, xw = cubic_taps(w, width)
   cols = _interp(lowres, jnp.asarray(xi), jnp.asarray(xw), axis=2)
-  if not isinstance(height * width, int):  # A symbolic size: the whole image at once.
-    return fn(_interp(cols, jnp.asarray(yi), jnp.asarray(yw), axis=1), dict(full))
-  rows = max(1, min(height, chunk_pixels // width))
-  if rows >= height:
-    return fn(_interp(cols, jnp.asarray(yi), jnp.asarray(yw), axis=1), dict(full))
   yi, yw = jnp.asarray(yi), jnp.asarray(yw)
+  # A symbolic size (a dynamic export) also takes the whole image at once.
+  symbolic = not isinstance(height * width, int)
+  rows = height if symbolic else max(1, min(height, chunk_pixels // width))
+  if symbolic or rows >= height:
+    return fn(_interp(cols, yi, yw, axis=1), dict(full))
 
   def body(i, out):
     # The last chunk is shifted up to end at the bottom row: it recomputes a few
