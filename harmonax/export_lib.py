@@ -29,13 +29,12 @@ import ml_collections
 from harmonax import checkpoint
 from harmonax import inference
 from harmonax import model_card
-from harmonax import models
 from harmonax.models import layers
 
 FORMATS = ("onnx", "stablehlo")
 SUFFIXES = {"onnx": ".onnx", "stablehlo": ".stablehlo"}
 INPUT_DTYPES = ("uint8", "float32")
-INPUT_NAMES = ("composite", "mask")
+INPUT_NAMES = inference.HARMONIZATION_INPUTS
 OUTPUT_NAME = "harmonized"
 STABLEHLO_COMPATIBILITY = ("jax.export serializations stay loadable for about 6 months of "
                            "JAX releases after jax_version; re-export after upgrading further")
@@ -48,10 +47,9 @@ class ExportError(ValueError):
 def inference_function(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module]
                        ) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """(composite, mask) -> harmonized, with the networks' state as constants."""
-  family = models.get_family(config.model.name)
-  if tuple(family.INPUTS) != INPUT_NAMES:
-    raise ExportError(f"{config.model.name} reads {family.INPUTS}; export supports "
-                      f"families reading {INPUT_NAMES}")
+  if inference.inputs_of(config) != INPUT_NAMES:
+    raise ExportError(f"{config.model.name} reads {inference.inputs_of(config)}; export "
+                      f"supports families reading {INPUT_NAMES}")
   graphdef, state = nnx.split(networks)
 
   def harmonize(composite, mask):

@@ -62,6 +62,15 @@ def binary_mask(mask: jax.Array) -> jax.Array:
   return mask >= threshold.astype(mask.dtype)
 
 
+HARMONIZATION_INPUTS = ("composite", "mask")
+
+
+def inputs_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The batch keys the model's predict reads; harmonize, video and export need
+  HARMONIZATION_INPUTS (Deep Image Compositing reads two photos instead)."""
+  return tuple(models.get_family(config.model.name).INPUTS)
+
+
 def harmonize_arrays(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
                      composite: jax.Array, mask: jax.Array) -> jax.Array:
   """The traceable body of `harmonize` on batches: composite [B,H,W,3] (uint8,
@@ -72,10 +81,10 @@ def harmonize_arrays(config: ml_collections.ConfigDict, networks: dict[str, nnx.
   preserve it. `harmonize` jits it; `harmonax.export_lib` exports it.
   """
   family = models.get_family(config.model.name)
-  if tuple(family.INPUTS) != ("composite", "mask"):
+  if inputs_of(config) != HARMONIZATION_INPUTS:
     hint = (": use harmonax.compositing.compose(networks, foreground, background, mask, "
             "config=config)" if config.model.name == "deep_compositing" else "")
-    raise ValueError(f"{config.model.name!r} reads {tuple(family.INPUTS)}, not a composite "
+    raise ValueError(f"{config.model.name!r} reads {inputs_of(config)}, not a composite "
                      f"and its mask{hint}")
   fg = binary_mask(mask)
   is_uint8 = composite.dtype == jnp.uint8

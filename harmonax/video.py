@@ -42,7 +42,6 @@ from harmonax import filters
 from harmonax import image_io
 from harmonax import inference
 from harmonax import metric_writers
-from harmonax import models
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 DEFAULT_FPS = 25.0  # The official demo's.
@@ -242,10 +241,9 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
   Raises:
     ValueError: wrong model, both or neither input, mask count or size mismatch.
   """
-  inputs = models.get_family(config.model.name).INPUTS
-  if tuple(inputs) != ("composite", "mask"):
+  if inference.inputs_of(config) != inference.HARMONIZATION_INPUTS:
     raise ValueError(f"Video harmonization needs a model that harmonizes a composite with "
-                     f"its mask; {config.model.name!r} reads {tuple(inputs)}")
+                     f"its mask; {config.model.name!r} reads {inference.inputs_of(config)}")
   if bool(video) == bool(frames):
     raise ValueError("Give exactly one of video (a file) or frames (a folder)")
   if not mask or not output:
