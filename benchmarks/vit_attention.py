@@ -6,7 +6,9 @@ r"""PCT-Net ViT's attention on CPU: XLA's matrix products against PyTorch's, sid
 Why the ViT's inference is slower than the official code's at 1024 (BENCHMARKS.md):
 nearly all of its time is the nine layers' attention over the 256 view's 4,096
 tokens, and that is two matrix products per block of 512 queries. One process,
-pinned to `--threads` cores, times in turn (median of `--repeats` after a warm-up):
+pinned to `--threads` cores, times in turn (median of `--repeats` after a warm-up,
+each call after a pause of `vs_pytorch.alternate`'s 50 ms, without which the
+other framework's still-spinning threads slowed each short call; BENCHMARKS.md):
   qk         a block's logits, [2 heads, 512, 128] x [2, 128, 4096], jitted
              `a @ b` against torch.bmm;
   pv         its weights times the values, [2, 512, 4096] x [2, 4096, 128];
@@ -206,7 +208,8 @@ def main() -> None:
   load_before = os.getloadavg()[0]
   flags = os.environ.get("XLA_FLAGS", "") or "none"
   heading = (f"\n### {datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.machine()}, "
-             f"{args.threads} thread(s), jax {jax.__version__}, torch {torch.__version__}, "
+             f"{args.threads} thread(s), {vs_pytorch.PAUSE_S:g} s pause before each call, "
+             f"jax {jax.__version__}, torch {torch.__version__}, "
              "load {:.1f}/{:.1f}, " + f"XLA_FLAGS: `{flags}`\n")
   if args.variants or args.predict:
     lines = (_time_predict(args) if args.predict else

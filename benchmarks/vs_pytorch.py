@@ -14,7 +14,8 @@ batch size at 256x256 (PCT-Net and CDTNet: at their recipe's full-resolution
 crop size, config.data.image_size, from which they make their low-resolution
 view; --train_size overrides both), and the family's jitted `predict` against
 the twin's forward pass (no grad) at each size, batch 1. Times are medians of `--repeats`
-calls after one warm-up call (plus compilation). Both frameworks get the same
+calls after one warm-up call (plus compilation), each call after `--pause` seconds of
+sleep (see `alternate`). Both frameworks get the same
 threads: the process is pinned to that many cores, `torch.set_num_threads`,
 and XLA's CPU thread pool follows the affinity. XLA runs with the flags
 harmonax's CLIs use (`harmonax.xla_setup`: oneDNN where supported).
@@ -67,13 +68,25 @@ def predict_fn(family, config):
   return lambda nets, c, m: family.predict(nets, c, m)
 
 
-def alternate(fns: dict, repeats: int) -> dict[str, float]:
-  """Median seconds of each no-argument callable, called in turn."""
+PAUSE_S = 0.05
+
+
+def alternate(fns: dict, repeats: int, pause_s: float = PAUSE_S) -> dict[str, float]:
+  """Median seconds of each no-argument callable, called in turn.
+
+  Sleeps `pause_s` before each timed call. Without the pause, each call ran
+  while the other framework's idle worker threads still spun (PyTorch's libgomp
+  threads spin-wait after a parallel region before they sleep) and took a core
+  from it: on the 2-core CPU a 5 ms XLA product alternated with torch.bmm took
+  7.0-7.9 ms, and 5.3-5.8 ms after a 50 ms pause or in runs of its own calls
+  (BENCHMARKS.md). Calls of a second or more lose under 1% to this.
+  """
   for fn in fns.values():
     fn()  # Warm-up (and compilation).
   times = {k: [] for k in fns}
   for _ in range(repeats):
     for k, fn in fns.items():
+      time.sleep(pause_s)
       started = time.perf_counter()
       fn()
       times[k].append(time.perf_counter() - started)
@@ -136,7 +149,7 @@ def child(args) -> None:
 
       def torch_step():
         train_step(twin, model, optimizers, tbatch, gen)
-      t = alternate({"harmonax": jax_step, "torch": torch_step}, args.repeats)
+      t = alternate({"harmonax": jax_step, "torch": torch_step}, args.repeats, args.pause)
     report(model=args.models, kind="train", batch=b, size=train_size, threads=args.threads,
            harmonax=t["harmonax"], torch=t["torch"])
     del state
@@ -159,7 +172,7 @@ def child(args) -> None:
         with torch.inference_mode():
           twin.predict(model, tcomp, tmask)
       t = alternate({"harmonax": lambda: jax.block_until_ready(predict(nets, comp, mask)),
-                     "torch": torch_predict}, args.repeats)
+                     "torch": torch_predict}, args.repeats, args.pause)
       report(model=args.models, kind="inference", batch=1, size=size, threads=args.threads,
              harmonax=t["harmonax"], torch=t["torch"], max_abs_diff=diff)
 
@@ -212,7 +225,7 @@ def run_child(args, model: str, threads: int) -> list[dict]:
   command = [sys.executable, os.path.abspath(__file__), "--child", f"--models={model}",
              f"--threads={threads}", f"--batches={args.batches}", f"--sizes={args.sizes}",
              f"--repeats={args.repeats}", f"--train_size={args.train_size}",
-             f"--config_arg={args.config_arg}"]
+             f"--config_arg={args.config_arg}", f"--pause={args.pause}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   if threads == 1:  # XLA's CPU client: one intra-op thread.
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
@@ -234,7 +247,7 @@ def run_child(args, model: str, threads: int) -> list[dict]:
   return rows
 
 
-def format_table(rows: list[dict], started: str, loads: tuple[float, float]) -> str:
+def format_table(rows: list[dict], started: str, loads: tuple[float, float], args) -> str:
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from harmonax import xla_setup  # pylint: disable=g-import-not-at-top
@@ -244,7 +257,8 @@ def format_table(rows: list[dict], started: str, loads: tuple[float, float]) -> 
       f"jax {jax.__version__} (XLA flags added by harmonax: `{flags}`), "
       f"PyTorch {torch.__version__}. 1-minute load average {loads[0]:.1f} at the start "
       f"and {loads[1]:.1f} at the end (per row: before/after its process). "
-      "Medians after a warm-up, alternating harmonax and PyTorch in one process; "
+      "Medians after a warm-up, alternating harmonax and PyTorch in one process "
+      f"with {args.pause:g} s of sleep before each call; "
       "random weights (the same in both), train = forward + backward + Adam.",
       "",
       "| model | measurement | threads | harmonax s | PyTorch s | ratio | load | "
@@ -274,6 +288,8 @@ def main() -> None:
                       help="config argument, e.g. 'runlocal' for a tiny smoke run")
   parser.add_argument("--quick", action="store_true",
                       help="batch 4 and sizes 256,1024 only (other flags still apply)")
+  parser.add_argument("--pause", type=float, default=PAUSE_S,
+                      help="seconds of sleep before each timed call (alternate())")
   parser.add_argument("--timeout", type=int, default=3600, help="seconds per child")
   parser.add_argument("--output", default=RESULTS)
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -295,7 +311,7 @@ def main() -> None:
       for r in new_rows:
         print(json.dumps(r), flush=True)
       rows += new_rows
-  table = format_table(rows, started, (load_start, os.getloadavg()[0]))
+  table = format_table(rows, started, (load_start, os.getloadavg()[0]), args)
   print(table)
   from benchmarks import report  # pylint: disable=g-import-not-at-top
   report.append_table(args.output, "# harmonax / PyTorch, side by side", table)

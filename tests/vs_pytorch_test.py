@@ -3,6 +3,7 @@ weights strictly and predicts the same image (runlocal sizes); the twins of the
 full-resolution families compute the family's loss."""
 
 import importlib
+import time
 
 from flax import nnx
 import jax
@@ -94,3 +95,17 @@ def test_vit_attention_variants_compute_the_same_attention():
       assert np.abs(got - expected).max() > 1, name
     else:
       np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5, err_msg=name)
+
+
+def test_alternate_takes_turns_after_a_pause_it_does_not_time():
+  # Short calls alternated back to back ran while the other framework's threads
+  # still spun (BENCHMARKS.md); alternate() sleeps before each call, untimed.
+  calls = []
+
+  def fn(name):
+    return lambda: calls.append((name, time.perf_counter()))
+  medians = vs_pytorch.alternate({"a": fn("a"), "b": fn("b")}, repeats=3, pause_s=0.03)
+  assert [name for name, _ in calls] == ["a", "b"] + ["a", "b"] * 3  # Warm-up, then turns.
+  gaps = np.diff([t for _, t in calls[2:]])
+  assert gaps.min() >= 0.03, gaps
+  assert set(medians) == {"a", "b"} and max(medians.values()) < 0.03, medians
