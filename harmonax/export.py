@@ -14,6 +14,7 @@ dtype. A `<file>.json` beside it records versions, license and source. The
 library is harmonax.export_lib.
 """
 
+import json
 import sys
 
 from absl import app
@@ -51,6 +52,10 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"Wrote {path} and {sidecar}")
+  with open(sidecar, encoding="utf-8") as f:
+    note = json.load(f).get("note")
+  if note:
+    print(f"note: {note}")
   return 0
 
 

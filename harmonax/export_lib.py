@@ -58,6 +58,25 @@ def inference_function(config: ml_collections.ConfigDict, networks: dict[str, nn
   return harmonize
 
 
+# config.model fields of the chunk loops that a dynamic file computes in one
+# piece (their loops need a known size): PCT-Net's fused upsample-and-apply,
+# CDTNet's LUT gathers and refinement strips.
+CHUNK_FIELDS = ("chunk_pixels", "lut_chunk", "refine_rows")
+
+
+def dynamic_size_note(config: ml_collections.ConfigDict) -> str | None:
+  """For a model whose dynamic file computes its chunks in one piece: what that
+  costs (README, Deploying); None for the others."""
+  fields = [f"model.{k}" for k in CHUNK_FIELDS if config.model.get(k)]
+  if not fields:
+    return None
+  return (f"a dynamic {model_card.model_name(config)} file computes at once what harmonize "
+          f"and fixed-size files compute in chunks ({', '.join(fields)}), so its memory grows "
+          "faster with the photo: at 3840x2160 up to 5.7 GB against 1.0-1.8 GB for "
+          "harmonize, and over 23 GB for CDTNet's ONNX file (README, Deploying). For photos "
+          "of several megapixels, export a fixed size (--height, --width).")
+
+
 def _specs(height: int | None, width: int | None, input_dtype: str) -> list:
   """Input ShapeDtypeStructs: a symbolic batch, and symbolic H, W when dynamic."""
   dims = ("B", height or "H", width or "W")
@@ -174,6 +193,8 @@ def export(checkpoint_dir: str, fmt: str, output: str, height: int | None = None
   }
   if fmt == "stablehlo":
     sidecar["compatibility"] = STABLEHLO_COMPATIBILITY
+  if height is None and dynamic_size_note(config):
+    sidecar["note"] = dynamic_size_note(config)
   with open(output + ".json", "w", encoding="utf-8") as f:
     json.dump(sidecar, f, indent=2)
   return output, output + ".json"

@@ -122,6 +122,11 @@ def test_stablehlo_matches_jax(recipe_dir, tmp_path):
       _check(export_lib.load_stablehlo(path), directory, height, width)
   meta = json.loads(open(sidecar, encoding="utf-8").read())
   assert meta["versions"]["jax"] and "6 months" in meta["compatibility"]
+  # A dynamic file that computes its chunks in one piece says what that costs.
+  chunked = recipe in ("pctnet_cnn", "pctnet_vit", "cdtnet")
+  assert ("note" in meta) == chunked, meta.get("note")
+  if chunked:
+    assert f"a dynamic {name} file" in meta["note"] and "export a fixed size" in meta["note"]
 
 
 def test_onnx_matches_jax(recipe_dir, tmp_path):
