@@ -81,3 +81,21 @@ def test_conv_transpose2d_matches_dilated_convolution(shape, k, stride, padding)
   grad = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1)))
   for got, want in zip(grad(ours)(x, kernel), grad(ref)(x, kernel)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_reflect_padding_of_a_symbolic_size_equals_numpys():
+  # A dynamic export (DoveNet, BargainNet) pads by an amount unknown when
+  # tracing: a gather takes jnp.pad's place and must give numpy's values, also
+  # when the pad exceeds the size (repeated reflection) and for one row.
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("B, H, W, 2"), jnp.float32)
+  exported = jax.export.export(jax.jit(
+      lambda x: layers.pad_to_multiple(x, 16, mode="reflect")[0]))(spec)
+  rng = np.random.default_rng(0)
+  for shape in [(1, 16, 32, 2), (2, 13, 21, 2), (1, 5, 3, 2), (1, 1, 2, 2)]:
+    x = rng.normal(size=shape).astype(np.float32)
+    widths = [(0, 0), (0, -shape[1] % 16), (0, -shape[2] % 16), (0, 0)]
+    want = np.pad(x, widths, mode="reflect")  # One row: repeated (numpy's edge case).
+    np.testing.assert_array_equal(np.asarray(exported.call(x)), want, err_msg=str(shape))
+    # The traced path (a known size) gives the same.
+    np.testing.assert_array_equal(np.asarray(layers.pad_to_multiple(x, 16, mode="reflect")[0]),
+                                  want, err_msg=str(shape))

@@ -118,7 +118,24 @@ def pad_to_multiple(x: jax.Array, multiple: int, min_size: int = 0,
   widths = ((0, 0), (top, bottom), (left, right), (0, 0))
   if mode == "centered_zero":
     return jnp.pad(x, widths), crop
+  if mode == "reflect" and not isinstance(h * w, int):  # An export with free H, W.
+    return _reflect_to(_reflect_to(x, 1, h + bottom), 2, w + right), crop
   return jnp.pad(x, widths, mode=mode), crop
+
+
+def _reflect_to(x: jax.Array, axis: int, size) -> jax.Array:
+  """x reflect-padded at the end of `axis` to `size`, as a gather of its rows.
+
+  jnp.pad's reflect mode needs pad widths known when tracing; a symbolic size
+  (an export with free height and width) takes this path instead: the same
+  values, numpy's reflection repeated when the pad exceeds the size, e.g.
+  [a b c] -> [a b c b a b c b ...].
+  """
+  n = x.shape[axis]
+  i = jax.lax.broadcasted_iota(jnp.int32, (size,), 0)
+  period = jnp.maximum(2 * (n - 1), 1)
+  i = i % period
+  return jnp.take(x, jnp.where(i < n, i, period - i), axis=axis)
 
 
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
