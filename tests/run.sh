@@ -16,4 +16,7 @@ fi
 # Two workers (pytest-xdist): most of the suite's time is XLA compiling on one
 # thread, so the 2-core CI machine runs about twice as fast. HARMONAX_TEST_WORKERS=0
 # runs in one process. A file's tests share a worker (conftest.py) unless listed there.
-exec python3 -m pytest -q -n "${HARMONAX_TEST_WORKERS:-2}" --dist loadgroup --durations=25 "$@"
+# -p no:benchmark: pytest-benchmark, where installed, warns once per process that
+# xdist disables it (no test here uses it).
+exec python3 -m pytest -q -n "${HARMONAX_TEST_WORKERS:-2}" --dist loadgroup --durations=25 \
+    -p no:benchmark "$@"
