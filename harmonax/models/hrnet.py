@@ -24,6 +24,13 @@ import jax.numpy as jnp
 from harmonax.models import layers
 
 Init = Callable  # A kernel initializer (the family's XavierGluon).
+# The branches' upsampling (fuse layers, the final concatenation) resizes maps
+# of up to this many rows and columns as products with dense weight matrices
+# rather than gathers (`layers.resize_bilinear_align_corners`): in one process
+# on the 2-core CPU, HRNet18 + iDIH256's predict at 256x256 took 0.300 s against
+# 0.456 s gathered, and at 1024 3.8-4.7 s against 6.2 s (BENCHMARKS.md). 256
+# covers the branches of a 1024 input.
+DENSE_RESIZE_MAX = 256
 
 
 class ReLU(nnx.Module):
@@ -134,7 +141,8 @@ class HighResolutionModule(nnx.Module):
         if j == i:
           y = y + xs[j]
         elif j > i:
-          y = y + layers.resize_bilinear_align_corners(run(row[j], xs[j]), xs[i].shape[1:3])
+          y = y + layers.resize_bilinear_align_corners(run(row[j], xs[j]), xs[i].shape[1:3],
+                                                       dense_max=DENSE_RESIZE_MAX)
         else:
           y = y + run(row[j], xs[j])
       fused.append(jax.nn.relu(y))
@@ -268,7 +276,8 @@ class HighResolutionNet(nnx.Module):
     xs = self.stage_outputs(x, additional_features)[-1]
     size = xs[0].shape[1:3]
     return jnp.concatenate(
-        [xs[0]] + [layers.resize_bilinear_align_corners(y, size) for y in xs[1:]], axis=-1)
+        [xs[0]] + [layers.resize_bilinear_align_corners(y, size, dense_max=DENSE_RESIZE_MAX)
+                   for y in xs[1:]], axis=-1)
 
   def __call__(self, x: jax.Array, mask: jax.Array, additional_features: jax.Array | None = None,
                rngs: nnx.Rngs | None = None) -> jax.Array:

@@ -170,32 +170,61 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
   return x
 
 
-def _align_corners_axis(x: jax.Array, size: int, axis: int) -> jax.Array:
+def align_corners_taps(n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(lo, hi, frac) of the align_corners=True grid, float32 as PyTorch computes it."""
+  if size == 1 or n == 1:
+    src = np.zeros((size,), np.float32)
+  else:
+    src = np.arange(size, dtype=np.float32) * np.float32((n - 1) / (size - 1))
+  lo = np.clip(np.floor(src).astype(np.int32), 0, n - 1)
+  hi = np.minimum(lo + 1, n - 1)
+  return lo, hi, src - lo.astype(np.float32)
+
+
+def _align_corners_axis(x: jax.Array, size: int, axis: int, dense_max: int) -> jax.Array:
   n = x.shape[axis]
   if n == size:
     return x
-  if size == 1 or n == 1:
-    src = jnp.zeros((size,), jnp.float32)
+  if not isinstance(n * size, int):  # A symbolic size (an export): taps in the graph.
+    if size == 1 or n == 1:
+      src = jnp.zeros((size,), jnp.float32)
+    else:
+      src = jnp.arange(size, dtype=jnp.float32) * ((n - 1) / (size - 1))
+    lo = jnp.clip(jnp.floor(src).astype(jnp.int32), 0, n - 1)
+    hi = jnp.minimum(lo + 1, n - 1)
+    frac = src - lo.astype(jnp.float32)
   else:
-    src = jnp.arange(size, dtype=jnp.float32) * ((n - 1) / (size - 1))
-  lo = jnp.clip(jnp.floor(src).astype(jnp.int32), 0, n - 1)
-  hi = jnp.minimum(lo + 1, n - 1)
-  frac = (src - lo.astype(jnp.float32)).astype(x.dtype)
+    lo, hi, frac = align_corners_taps(n, size)
+    if n <= dense_max:
+      weights = np.zeros((size, n), np.float32)
+      np.add.at(weights, (np.arange(size), lo), 1 - frac)
+      np.add.at(weights, (np.arange(size), hi), frac)
+      out = jnp.tensordot(weights.astype(x.dtype), x, axes=((1,), (axis,)),
+                          precision=jax.lax.Precision.HIGHEST)  # [size, ...rest].
+      return jnp.moveaxis(out, 0, axis)
   shape = [1] * x.ndim
   shape[axis] = size
-  frac = frac.reshape(shape)
+  frac = jnp.asarray(frac, x.dtype).reshape(shape)
   return jnp.take(x, lo, axis=axis) * (1 - frac) + jnp.take(x, hi, axis=axis) * frac
 
 
-def resize_bilinear_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+def resize_bilinear_align_corners(x: jax.Array, size: tuple[int, int],
+                                  dense_max: int = 0) -> jax.Array:
   """Bilinear resize of [B, H, W, C] to `size` (h, w) with align_corners=True.
 
   Equals torch.nn.functional.interpolate(mode='bilinear', align_corners=True):
   corner pixels map onto corner pixels, src = dst * (in - 1) / (out - 1).
   jax.image.resize only implements the half-pixel (align_corners=False) grid.
+
+  Each axis gathers its two taps, or, when it has at most `dense_max` rows
+  (columns), is a product with the dense [size, n] matrix of their weights
+  (n multiply-adds an output instead of two; the same values to float32
+  rounding). Which is faster depends on the consumer: XLA:CPU's gathers made
+  half of HRNet's time (its fuse layers resize in every module; BENCHMARKS.md),
+  while the iS2AM decoder's upsampling was faster gathered.
   """
-  x = _align_corners_axis(x, size[0], 1)
-  return _align_corners_axis(x, size[1], 2)
+  x = _align_corners_axis(x, size[0], 1, dense_max)
+  return _align_corners_axis(x, size[1], 2, dense_max)
 
 
 def upsample2x_align_corners(x: jax.Array) -> jax.Array:
