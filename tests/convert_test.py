@@ -88,11 +88,14 @@ def test_transposed_conv_and_align_corners_resize_match_torch():
   expected = deconv(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)
   x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
   np.testing.assert_allclose(net(x_nhwc), expected, atol=1e-5)
-  for size in [(10, 14), (3, 2), (1, 9)]:
+  for size in [(10, 14), (3, 2), (1, 9), (5, 7)]:
     expected = F.interpolate(torch.from_numpy(x), size=size, mode="bilinear",
                              align_corners=True).numpy().transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(layers.resize_bilinear_align_corners(x_nhwc, size), expected,
-                               atol=1e-5)
+    # Gathered taps, and (dense_max: HRNet's upsampling) products with their weights.
+    for dense_max in (0, 8):
+      np.testing.assert_allclose(
+          layers.resize_bilinear_align_corners(x_nhwc, size, dense_max=dense_max), expected,
+          atol=1e-6, err_msg=f"{size}, dense_max={dense_max}")
 
 
 # An independent PyTorch reading of the official forward passes, driven by the
