@@ -151,6 +151,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=11)
+  parser.add_argument("--pause", type=float, default=None,
+                      help="seconds of sleep before each timed call (default: alternate()'s)")
   parser.add_argument("--output", default=RESULTS)
   parser.add_argument("--variants", action="store_true",
                       help="time variants() of one layer's attention instead")
@@ -170,6 +172,8 @@ def main() -> None:
   import torch  # pylint: disable=g-import-not-at-top
   from harmonax.models import pctnet_vit  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
+  if args.pause is not None:  # 0: back to back, as before 2026-12-01 (BENCHMARKS.md).
+    vs_pytorch.PAUSE_S = args.pause
 
   rng = np.random.default_rng(0)
   normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)

@@ -71,16 +71,17 @@ def predict_fn(family, config):
 PAUSE_S = 0.05
 
 
-def alternate(fns: dict, repeats: int, pause_s: float = PAUSE_S) -> dict[str, float]:
+def alternate(fns: dict, repeats: int, pause_s: float | None = None) -> dict[str, float]:
   """Median seconds of each no-argument callable, called in turn.
 
-  Sleeps `pause_s` before each timed call. Without the pause, each call ran
+  Sleeps `pause_s` (default PAUSE_S) before each timed call. Without the pause, each call ran
   while the other framework's idle worker threads still spun (PyTorch's libgomp
   threads spin-wait after a parallel region before they sleep) and took a core
   from it: on the 2-core CPU a 5 ms XLA product alternated with torch.bmm took
   7.0-7.9 ms, and 5.3-5.8 ms after a 50 ms pause or in runs of its own calls
   (BENCHMARKS.md). Calls of a second or more lose under 1% to this.
   """
+  pause_s = PAUSE_S if pause_s is None else pause_s
   for fn in fns.values():
     fn()  # Warm-up (and compilation).
   times = {k: [] for k in fns}

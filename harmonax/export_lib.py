@@ -193,8 +193,9 @@ def export(checkpoint_dir: str, fmt: str, output: str, height: int | None = None
   }
   if fmt == "stablehlo":
     sidecar["compatibility"] = STABLEHLO_COMPATIBILITY
-  if height is None and dynamic_size_note(config):
-    sidecar["note"] = dynamic_size_note(config)
+  note = dynamic_size_note(config) if height is None else None
+  if note:
+    sidecar["note"] = note
   with open(output + ".json", "w", encoding="utf-8") as f:
     json.dump(sidecar, f, indent=2)
   return output, output + ".json"

@@ -26,10 +26,10 @@ from harmonax.models import layers
 Init = Callable  # A kernel initializer (the family's XavierGluon).
 # The branches' upsampling (fuse layers, the final concatenation) resizes maps
 # of up to this many rows and columns as products with dense weight matrices
-# rather than gathers (`layers.resize_bilinear_align_corners`): in one process
-# on the 2-core CPU, HRNet18 + iDIH256's predict at 256x256 took 0.300 s against
-# 0.456 s gathered, and at 1024 3.8-4.7 s against 6.2 s (BENCHMARKS.md). 256
-# covers the branches of a 1024 input.
+# rather than gathers (`layers.resize_bilinear_align_corners`): on the 2-core
+# CPU, HRNet18 + iDIH256's predict at 256x256 took 0.43 s against 0.59 s
+# gathered, and at 1024 3.6 s against 5.9 s (benchmarks/dense_resize.py,
+# BENCHMARKS.md). 256 covers the branches of a 1024 input.
 DENSE_RESIZE_MAX = 256
 
 

@@ -170,38 +170,32 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
   return x
 
 
-def align_corners_taps(n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(lo, hi, frac) of the align_corners=True grid, float32 as PyTorch computes it."""
+def align_corners_taps(n, size, xp=np) -> tuple:
+  """(lo, hi, frac) of the align_corners=True grid, in float32 as PyTorch computes
+  it: numpy constants, or with xp=jnp for a symbolic size (an export with free
+  height and width) arrays computed in the graph."""
   if size == 1 or n == 1:
-    src = np.zeros((size,), np.float32)
+    src = xp.zeros((size,), xp.float32)
   else:
-    src = np.arange(size, dtype=np.float32) * np.float32((n - 1) / (size - 1))
-  lo = np.clip(np.floor(src).astype(np.int32), 0, n - 1)
-  hi = np.minimum(lo + 1, n - 1)
-  return lo, hi, src - lo.astype(np.float32)
+    src = xp.arange(size, dtype=xp.float32) * ((n - 1) / (size - 1))
+  lo = xp.clip(xp.floor(src).astype(xp.int32), 0, n - 1)
+  hi = xp.minimum(lo + 1, n - 1)
+  return lo, hi, src - lo.astype(xp.float32)
 
 
 def _align_corners_axis(x: jax.Array, size: int, axis: int, dense_max: int) -> jax.Array:
   n = x.shape[axis]
   if n == size:
     return x
-  if not isinstance(n * size, int):  # A symbolic size (an export): taps in the graph.
-    if size == 1 or n == 1:
-      src = jnp.zeros((size,), jnp.float32)
-    else:
-      src = jnp.arange(size, dtype=jnp.float32) * ((n - 1) / (size - 1))
-    lo = jnp.clip(jnp.floor(src).astype(jnp.int32), 0, n - 1)
-    hi = jnp.minimum(lo + 1, n - 1)
-    frac = src - lo.astype(jnp.float32)
-  else:
-    lo, hi, frac = align_corners_taps(n, size)
-    if n <= dense_max:
-      weights = np.zeros((size, n), np.float32)
-      np.add.at(weights, (np.arange(size), lo), 1 - frac)
-      np.add.at(weights, (np.arange(size), hi), frac)
-      out = jnp.tensordot(weights.astype(x.dtype), x, axes=((1,), (axis,)),
-                          precision=jax.lax.Precision.HIGHEST)  # [size, ...rest].
-      return jnp.moveaxis(out, 0, axis)
+  fixed = isinstance(n * size, int)
+  lo, hi, frac = align_corners_taps(n, size, np if fixed else jnp)
+  if fixed and n <= dense_max:
+    weights = np.zeros((size, n), np.float32)
+    np.add.at(weights, (np.arange(size), lo), 1 - frac)
+    np.add.at(weights, (np.arange(size), hi), frac)
+    out = jnp.tensordot(weights.astype(x.dtype), x, axes=((1,), (axis,)),
+                        precision=jax.lax.Precision.HIGHEST)  # [size, ...rest].
+    return jnp.moveaxis(out, 0, axis)
   shape = [1] * x.ndim
   shape[axis] = size
   frac = jnp.asarray(frac, x.dtype).reshape(shape)
