@@ -135,8 +135,6 @@ def test_onnx_matches_jax(recipe_dir, tmp_path):
   recipe, directory = recipe_dir
   if recipe == "idih":
     pytest.skip("the dih family is covered by issam (same layers but attention)")
-  if recipe == "bargainnet":  # README: the graph jax2onnx 0.17.1 writes fails to load.
-    pytest.xfail("onnxruntime: Node (node_Reshape_..) Op (Reshape) Invalid position of 0")
   checks = [((height, width), (height, width))
             for height, width in (SIZES[1:] if recipe in ONNX_ONE_SIZE else SIZES)]
   if recipe in DYNAMIC["onnx"]:

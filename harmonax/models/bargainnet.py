@@ -164,10 +164,19 @@ def predict(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
   multiple = 2 ** gen.num_downs
   comp, crop = layers.pad_to_multiple(composite * 2.0 - 1.0, multiple, mode="reflect")
   padded_mask, _ = layers.pad_to_multiple(mask, multiple, mode="reflect")
-  inside = jnp.zeros_like(padded_mask).at[:, crop[0], crop[1]].set(1.0)
+  inside = _window(padded_mask.shape[1:3], crop, padded_mask.dtype)
   z_bg = enc(comp, (1.0 - padded_mask) * inside)
   out = gen(_generator_input(comp, padded_mask, z_bg))[:, crop[0], crop[1]]
   return dovenet.to_unit(out)
+
+
+def _window(size, crop: tuple[slice, slice], dtype) -> jax.Array:
+  """[1, H, W, 1]: 1 inside `crop`, 0 in the padding (comparisons of iotas, not a
+  scatter: the ONNX graph jax2onnx writes for a scatter fails to load)."""
+  rows, cols = (jax.lax.broadcasted_iota(jnp.int32, size, axis) for axis in (0, 1))
+  inside = ((rows >= crop[0].start) & (rows < crop[0].stop)
+            & (cols >= crop[1].start) & (cols < crop[1].stop))
+  return inside.astype(dtype)[None, :, :, None]
 
 
 def harmony_score(encoder: nnx.Module, image: jax.Array, mask: jax.Array,
