@@ -121,13 +121,19 @@ def export_onnx(config, networks, height: int | None, width: int | None,
   serde.setLevel(logging.ERROR)
   try:
     with layers.portable_ops():
-      return jax2onnx.to_onnx(fn, _specs(height, width, input_dtype),
-                              model_name=model_card.model_name(config),
-                              input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME])
+      proto = jax2onnx.to_onnx(fn, _specs(height, width, input_dtype),
+                               model_name=model_card.model_name(config),
+                               input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME])
   except Exception as e:  # pylint: disable=broad-except
     raise _blocked(config, "onnx", height is None, e) from e
   finally:
     serde.setLevel(level)
+  # jax2onnx records the JAX (NHWC) shape of values it keeps in NCHW between
+  # convolutions. onnxruntime then warns while loading ("Error merging shape
+  # info"), and with a symbolic size refuses the file (HRNet: "Incompatible
+  # dimensions"). The shapes of inner values are optional; onnxruntime infers them.
+  del proto.graph.value_info[:]
+  return proto
 
 
 def artifact_name(config, fmt: str, height: int | None, width: int | None,

@@ -83,19 +83,41 @@ def test_conv_transpose2d_matches_dilated_convolution(shape, k, stride, padding)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_reflect_padding_of_a_symbolic_size_equals_numpys():
-  # A dynamic export (DoveNet, BargainNet) pads by an amount unknown when
-  # tracing: a gather takes jnp.pad's place and must give numpy's values, also
-  # when the pad exceeds the size (repeated reflection) and for one row.
+def _symbolic(fn):
+  """fn exported with free batch, height and width (as `harmonax.export --dynamic`)."""
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("B, H, W, 2"), jnp.float32)
-  exported = jax.export.export(jax.jit(
-      lambda x: layers.pad_to_multiple(x, 16, mode="reflect")[0]))(spec)
+  return jax.export.export(jax.jit(fn))(spec).call
+
+
+@pytest.mark.parametrize("mode", layers.PAD_MODES)
+def test_padding_of_a_symbolic_size_equals_numpys(mode):
+  # A dynamic export pads by an amount unknown when tracing: gathers take
+  # jnp.pad's place and must give numpy's values, also when the reflect pad
+  # exceeds the size (repeated reflection) and for one row; `crop_to` (gathers
+  # too) must give the image back.
+  pad = lambda x: layers.pad_to_multiple(x, 16, mode=mode)
+  exported = _symbolic(lambda x: (lambda padded, crop: (padded, layers.crop_to(padded, crop)))(
+      *pad(x)))
+  np_mode = {"centered_zero": "constant"}.get(mode, mode)
   rng = np.random.default_rng(0)
   for shape in [(1, 16, 32, 2), (2, 13, 21, 2), (1, 5, 3, 2), (1, 1, 2, 2)]:
     x = rng.normal(size=shape).astype(np.float32)
-    widths = [(0, 0), (0, -shape[1] % 16), (0, -shape[2] % 16), (0, 0)]
-    want = np.pad(x, widths, mode="reflect")  # One row: repeated (numpy's edge case).
-    np.testing.assert_array_equal(np.asarray(exported.call(x)), want, err_msg=str(shape))
-    # The traced path (a known size) gives the same.
-    np.testing.assert_array_equal(np.asarray(layers.pad_to_multiple(x, 16, mode="reflect")[0]),
-                                  want, err_msg=str(shape))
+    widths = [(0, 0), *layers.pad_amounts(shape[1], shape[2], 16,
+                                          centered=mode == "centered_zero"), (0, 0)]
+    want = np.pad(x, widths, mode=np_mode)  # One row: repeated (numpy's edge case).
+    padded, cropped = exported(x)
+    np.testing.assert_array_equal(np.asarray(padded), want, err_msg=str(shape))
+    np.testing.assert_array_equal(np.asarray(cropped), x, err_msg=str(shape))
+    # The traced path (a known size: jnp.pad and slices) gives the same.
+    padded, crop = pad(x)
+    np.testing.assert_array_equal(np.asarray(padded), want, err_msg=str(shape))
+    np.testing.assert_array_equal(np.asarray(layers.crop_to(padded, crop)), x)
+
+
+def test_max_pool_of_a_symbolic_size_equals_a_known_one():
+  # A symbolic size takes a reshape, not nnx.max_pool (jax2onnx mis-shapes that).
+  exported = _symbolic(layers.max_pool2x2)
+  x = np.random.default_rng(1).normal(size=(2, 13, 22, 2)).astype(np.float32)
+  want = x[:, :12].reshape(2, 6, 2, 11, 2, 2).max(axis=(2, 4))  # Odd rows dropped.
+  np.testing.assert_array_equal(np.asarray(exported(x)), want)
+  np.testing.assert_array_equal(np.asarray(layers.max_pool2x2(x)), want)

@@ -126,7 +126,8 @@ class UnetBlock(nnx.Module):
         y = layer(y)
     if self.outermost:
       if self.residual:
-        image = jnp.clip(x[..., :y.shape[-1]], -RESIDUAL_CLIP, RESIDUAL_CLIP)
+        image = jnp.clip(jnp.split(x, [y.shape[-1]], axis=-1)[0], -RESIDUAL_CLIP,
+                         RESIDUAL_CLIP)
         y = tanh(y + jnp.arctanh(image))
       return y
     y = jnp.concatenate([x, y], axis=-1)
@@ -171,5 +172,6 @@ class AttentionUNet(nnx.Module):
     if self.weight is not None:
       split = x.shape[-1] - self.code_features
       scale = jnp.maximum(self.weight[...], 0.001)
-      x = jnp.concatenate([x[..., :split], x[..., split:] * scale], axis=-1)
+      image, code = jnp.split(x, [split], axis=-1)  # Not x[..., :split]: see dih.forward.
+      x = jnp.concatenate([image, code * scale], axis=-1)
     return self.model(x, rngs)

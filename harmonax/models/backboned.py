@@ -147,7 +147,7 @@ class HRNetIHModel(nnx.Module):
       size = (image.shape[1] // 2, image.shape[2] // 2)
       image = layers.resize_bilinear_align_corners(image, size)
       backbone_mask = layers.resize_bilinear_align_corners(backbone_mask, size)
-    mask_features = hrnet.run(self.mask_conv, backbone_mask[..., :1])
+    mask_features = hrnet.run(self.mask_conv, jnp.split(backbone_mask, [1], axis=-1)[0])
     return self.backbone(image, backbone_mask, mask_features, rngs)
 
   def features(self, image: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None = None) -> dict:

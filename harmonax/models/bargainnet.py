@@ -61,7 +61,8 @@ class DomainEncoder(nnx.Module):
         if i >= 2:
           x = getattr(self, f"norm{i}f")(x)
         x = jax.nn.relu(x)
-    return self.convs(jnp.mean(x, axis=(1, 2), keepdims=True))[:, 0, 0]
+    # squeeze, not [:, 0, 0]: jax2onnx fails on that gather with a symbolic batch.
+    return jnp.squeeze(self.convs(jnp.mean(x, axis=(1, 2), keepdims=True)), (1, 2))
 
 
 def triplet_margin_loss(anchor: jax.Array, positive: jax.Array, negative: jax.Array,
@@ -166,7 +167,7 @@ def predict(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
   padded_mask, _ = layers.pad_to_multiple(mask, multiple, mode="reflect")
   inside = _window(padded_mask.shape[1:3], crop, padded_mask.dtype)
   z_bg = enc(comp, (1.0 - padded_mask) * inside)
-  out = gen(_generator_input(comp, padded_mask, z_bg))[:, crop[0], crop[1]]
+  out = layers.crop_to(gen(_generator_input(comp, padded_mask, z_bg)), crop)
   return dovenet.to_unit(out)
 
 

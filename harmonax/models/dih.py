@@ -511,12 +511,15 @@ def forward(net: Network, composite: jax.Array, mask: jax.Array,
     x, crop = layers.pad_to_multiple(x, size_divisor(net), mode="centered_zero")
   else:
     x, crop = layers.pad_to_multiple(x, net.size_multiple, net.min_size, mode=padding)
-  image = layers.imagenet_normalize(x[..., :3])
+  # split, not x[..., :3]: with a symbolic size jnp indexes by a gather that
+  # jax2onnx cannot convert.
+  image, mask = jnp.split(x, [3], axis=-1)
+  image = layers.imagenet_normalize(image)
   if isinstance(net, backboned.HRNetIHModel):
-    out = net(image, x[..., 3:], None if rng is None else variables.rngs(dropout=rng))
+    out = net(image, mask, None if rng is None else variables.rngs(dropout=rng))
   else:
-    out = net(image, x[..., 3:])
-  return out[:, crop[0], crop[1]]
+    out = net(image, mask)
+  return layers.crop_to(out, crop)
 
 
 def compute_losses(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],

@@ -210,7 +210,7 @@ def predict(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
   composite, mask = layers.to_float(inputs["composite"]), layers.to_float(inputs["mask"])
   x = jnp.concatenate([composite * 2.0 - 1.0, mask], -1)
   x, crop = layers.pad_to_multiple(x, 2 ** gen.num_downs, mode="reflect")
-  return to_unit(gen(x)[:, crop[0], crop[1]])
+  return to_unit(layers.crop_to(gen(x), crop))
 
 
 def norm_of_state_dict(state_dict: dict) -> str:

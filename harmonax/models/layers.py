@@ -74,10 +74,17 @@ def floats(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
           for k, v in batch.items()}
 
 
+def ceil_div(a: int, b: int) -> int:
+  """ceil(a / b) for a >= 0, b > 0, as (a + b - 1) // b, not -(-a // b): a symbolic
+  size (an export with free height and width) then divides only non-negative
+  numbers, which jax2onnx's division (it truncates) gets right."""
+  return (a + b - 1) // b
+
+
 def padded_size(size: int, multiple: int, min_size: int = 0) -> int:
   """Smallest n >= max(size, min_size) that is a multiple of `multiple`."""
   size = max(size, min_size)
-  return -(-size // multiple) * multiple
+  return ceil_div(size, multiple) * multiple
 
 
 PAD_MODES = ("centered_zero", "edge", "reflect")
@@ -105,7 +112,8 @@ def pad_to_multiple(x: jax.Array, multiple: int, min_size: int = 0,
   predictor's PadToDivisor with BORDER_CONSTANT 0), 'edge' (replicate, at the
   bottom/right: works for any amount and feeds no black border into global
   pooling) or 'reflect' (bottom/right; DoveNet/BargainNet's test-time choice
-  here). `padded[:, crop[0], crop[1]]` is the original image area.
+  here). `crop_to(padded, crop)` (`padded[:, crop[0], crop[1]]`) is the
+  original image area.
   """
   if mode not in PAD_MODES:
     raise ValueError(f"Unknown padding mode {mode!r}; valid: {PAD_MODES}")
@@ -116,26 +124,51 @@ def pad_to_multiple(x: jax.Array, multiple: int, min_size: int = 0,
   if top == bottom == left == right == 0:
     return x, crop
   widths = ((0, 0), (top, bottom), (left, right), (0, 0))
+  if not isinstance(h * w, int):  # An export with free H, W.
+    x = _pad_gathered(x, 1, top, h + top + bottom, mode)
+    return _pad_gathered(x, 2, left, w + left + right, mode), crop
   if mode == "centered_zero":
     return jnp.pad(x, widths), crop
-  if mode == "reflect" and not isinstance(h * w, int):  # An export with free H, W.
-    return _reflect_to(_reflect_to(x, 1, h + bottom), 2, w + right), crop
   return jnp.pad(x, widths, mode=mode), crop
 
 
-def _reflect_to(x: jax.Array, axis: int, size) -> jax.Array:
-  """x reflect-padded at the end of `axis` to `size`, as a gather of its rows.
+def crop_to(x: jax.Array, crop: tuple[slice, slice]) -> jax.Array:
+  """x[:, crop[0], crop[1]]: the image area of `pad_to_multiple`'s output.
 
-  jnp.pad's reflect mode needs pad widths known when tracing; a symbolic size
-  (an export with free height and width) takes this path instead: the same
-  values, numpy's reflection repeated when the pad exceeds the size, e.g.
-  [a b c] -> [a b c b a b c b ...].
+  With a symbolic size (an export with free height and width) the rows and
+  columns are gathered: jax2onnx takes no slice of symbolic bounds.
+  """
+  if isinstance(crop[0].stop * crop[1].stop, int):
+    return x[:, crop[0], crop[1]]
+  for axis, window in ((1, crop[0]), (2, crop[1])):
+    i = jax.lax.broadcasted_iota(jnp.int32, (window.stop - window.start,), 0)
+    x = jnp.take(x, i + window.start, axis=axis)
+  return x
+
+
+def _pad_gathered(x: jax.Array, axis: int, before, size, mode: str) -> jax.Array:
+  """x padded along `axis` to `size` rows, `before` of them first, as a gather.
+
+  jnp.pad needs pad widths known when tracing (its reflect mode in jax.export,
+  every mode in jax2onnx); a symbolic size (an export with free height and
+  width) takes this path instead, with jnp.pad's values: zeros, the edge row
+  repeated, or numpy's reflection, repeated when the pad exceeds the size
+  ([a b c] -> [a b c b a b c b ...]; reflect pads at the end only).
   """
   n = x.shape[axis]
-  i = jax.lax.broadcasted_iota(jnp.int32, (size,), 0)
-  period = jnp.maximum(2 * (n - 1), 1)
-  i = i % period
-  return jnp.take(x, jnp.where(i < n, i, period - i), axis=axis)
+  i = jax.lax.broadcasted_iota(jnp.int32, (size,), 0) - before
+  if mode == "reflect":
+    period = jnp.maximum(2 * (n - 1), 1)
+    # i % period without rem, whose jax2onnx lowering takes no symbolic shape.
+    i = i - period * jnp.floor(i.astype(jnp.float32) / period).astype(jnp.int32)
+    return jnp.take(x, jnp.where(i < n, i, period - i), axis=axis)
+  out = jnp.take(x, jnp.clip(i, 0, n - 1), axis=axis)
+  if mode == "edge":
+    return out
+  shape = [1] * x.ndim
+  shape[axis] = size
+  inside = ((i >= 0) & (i < n)).reshape(shape)
+  return jnp.where(inside, out, jnp.zeros((), x.dtype))
 
 
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -176,8 +209,10 @@ def align_corners_taps(n, size, xp=np) -> tuple:
   height and width) arrays computed in the graph."""
   if size == 1 or n == 1:
     src = xp.zeros((size,), xp.float32)
-  else:
-    src = xp.arange(size, dtype=xp.float32) * ((n - 1) / (size - 1))
+  elif xp is np:
+    src = np.arange(size, dtype=np.float32) * ((n - 1) / (size - 1))
+  else:  # lax's iota, not jnp.arange: jax2onnx's arange takes no symbolic length.
+    src = jax.lax.broadcasted_iota(jnp.float32, (size,), 0) * ((n - 1) / (size - 1))
   lo = xp.clip(xp.floor(src).astype(xp.int32), 0, n - 1)
   hi = xp.minimum(lo + 1, n - 1)
   return lo, hi, src - lo.astype(xp.float32)
@@ -228,8 +263,16 @@ def upsample2x_align_corners(x: jax.Array) -> jax.Array:
 
 def max_pool2x2(x: jax.Array) -> jax.Array:
   """nn.MaxPool2d(2, 2) on NHWC (odd trailing rows/columns are dropped)."""
-  # window_shape by keyword: jax2onnx patches nnx.max_pool with a keyword-only signature.
-  return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+  b, h, w, c = x.shape
+  if isinstance(h * w, int):
+    # window_shape by keyword: jax2onnx patches nnx.max_pool with a keyword-only signature.
+    return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+  # A symbolic size (an export with free height and width): jax2onnx's max_pool
+  # keeps such a size unhalved, and its reduce_window makes a 4-D MaxPool that
+  # onnxruntime rejects; the maximum over 2 x 2 blocks of a reshape instead.
+  if 2 * (h // 2) != h or 2 * (w // 2) != w:
+    x = crop_to(x, (slice(0, 2 * (h // 2)), slice(0, 2 * (w // 2))))
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 Padding = str | Sequence[tuple[int, int]]
@@ -471,7 +514,7 @@ def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int)
   kernel = jnp.pad(kernel, ((0, taps * s - k), (0, taps * s - k), (0, 0), (0, 0)))
   n, h, w, _ = x.shape
   oh, ow = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
-  uh, uw = -(-(oh + p) // s), -(-(ow + p) // s)  # Outputs per phase.
+  uh, uw = ceil_div(oh + p, s), ceil_div(ow + p, s)  # Outputs per phase.
   xp = jnp.pad(x, ((0, 0), (taps - 1, max(uh - h, 0)), (taps - 1, max(uw - w, 0)), (0, 0)))
   xp = xp[:, :uh + taps - 1, :uw + taps - 1]
   # [m, r, m', c, I, O] -> flip m, m' (a correlation) -> [m, m', I, (r, c, O)].
@@ -481,7 +524,7 @@ def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int)
                                    dimension_numbers=_NHWC)
   if _PORTABLE:  # Channels are (r, c, O): move r, c next to the rows and columns.
     out = z.reshape(n, uh, uw, s, s, cout).transpose(0, 1, 3, 2, 4, 5)
-    return out.reshape(n, uh * s, uw * s, cout)[:, p:p + oh, p:p + ow]
+    return crop_to(out.reshape(n, uh * s, uw * s, cout), (slice(p, p + oh), slice(p, p + ow)))
   out = None
   for r in range(s):
     for c in range(s):
@@ -491,7 +534,7 @@ def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int)
         phase = jax.lax.pad(phase, jnp.zeros((), phase.dtype), (
             (0, 0, 0), (r, s - 1 - r, s - 1), (c, s - 1 - c, s - 1), (0, 0, 0)))
       out = phase if out is None else out + phase
-  return out[:, p:p + oh, p:p + ow]
+  return crop_to(out, (slice(p, p + oh), slice(p, p + ow)))
 
 
 class BatchNorm(nnx.BatchNorm):
