@@ -22,6 +22,11 @@ runs with the flags harmonax's CLIs use (`harmonax.xla_setup`) plus any in
 XLA_FLAGS. Needs torch (the test extras). Appends a table to
 benchmarks/results/vit_attention.md (--output).
 
+  python benchmarks/vit_attention.py --bf16
+
+adds the two products with bfloat16 inputs, and as three bfloat16 products (the
+cheapest split that comes near float32 accuracy) against torch's float32 bmm.
+
   python benchmarks/vit_attention.py --variants
 
 times instead other ways of writing one layer's attention in JAX, each against
@@ -158,6 +163,8 @@ def main() -> None:
                       help="time variants() of one layer's attention instead")
   parser.add_argument("--predict", type=int, default=0,
                       help="time the whole predict at this size, with and without attention")
+  parser.add_argument("--bf16", action="store_true",
+                      help="also time the products in bfloat16 and as three bfloat16 products")
   args = parser.parse_args()
   os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
   sys.path.insert(0, ROOT)
@@ -209,6 +216,8 @@ def main() -> None:
       "attention": (4 * HEADS * TOKENS * TOKENS * HEAD_DIM / 1e9, exact_attention(*qkv),
                     lambda: jax.block_until_ready(attention(*jqkv)), torch_attention),
   }
+  if args.bf16:
+    cases.update(_bf16_cases(cases, (jq, jk, tq, tk), (jw, jv, tw, tv)))
   load_before = os.getloadavg()[0]
   flags = os.environ.get("XLA_FLAGS", "") or "none"
   heading = (f"\n### {datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.machine()}, "
@@ -227,7 +236,7 @@ def main() -> None:
   for name, (gflop, exact, xla_fn, torch_fn) in cases.items():
     t = {k: 1000 * v for k, v in
          vs_pytorch.alternate({"xla": xla_fn, "torch": torch_fn}, args.repeats).items()}
-    errors = [float(np.abs(np.asarray(fn()) - exact).max()) for fn in (xla_fn, torch_fn)]
+    errors = [float(np.abs(_float32(fn()) - exact).max()) for fn in (xla_fn, torch_fn)]
     rows.append((name, t["xla"], t["torch"], gflop, *errors))
   load_after = os.getloadavg()[0]
 
@@ -245,6 +254,56 @@ def main() -> None:
   with open(args.output, "a") as f:
     f.write(table + "\n")
 
+
+
+def _float32(x):
+  """A result as a float32 numpy array (torch's bfloat16 has no numpy dtype)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return x.float().numpy() if hasattr(x, "float") else np.asarray(x, np.float32)
+
+
+def bf16_matmul(a, b):
+  """a @ b of bfloat16 inputs, accumulated in float32."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+
+def three_bf16_matmuls(a, b):
+  """float32 a @ b from three bfloat16 products: a_hi b_hi + a_hi b_lo + a_lo b_hi."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def split(x):
+    hi = x.astype(jnp.bfloat16)
+    return hi, (x - hi.astype(jnp.float32)).astype(jnp.bfloat16)
+
+  (a_hi, a_lo), (b_hi, b_lo) = split(a), split(b)
+  return bf16_matmul(a_hi, b_hi) + (bf16_matmul(a_hi, b_lo) + bf16_matmul(a_lo, b_hi))
+
+
+def _bf16_cases(cases: dict, qk: tuple, pv: tuple) -> dict:
+  """--bf16: the qk and pv products with bfloat16 inputs (float32 accumulation in
+  XLA; torch.bmm in bfloat16), and as three bfloat16 products (a = a_hi + a_lo,
+  b likewise; a_hi b_hi + a_hi b_lo + a_lo b_hi) against torch's float32 bmm.
+
+  Whether the CPU's bfloat16 units (AMX on Sapphire Rapids) could carry the ViT
+  at float32 accuracy: three products are the cheapest such split, and they
+  still drop the a_lo b_lo term (about 2**-16 of each product).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  bf16_product, three_products = jax.jit(bf16_matmul), jax.jit(three_bf16_matmuls)
+  out = {}
+  for name, (ja, jb, ta, tb) in (("qk", qk), ("pv", pv)):
+    gflop, exact, _, torch_fn = cases[name]
+    ja16, jb16 = ja.astype(jnp.bfloat16), jb.astype(jnp.bfloat16)
+    ta16, tb16 = ta.to(torch.bfloat16), tb.to(torch.bfloat16)
+    out[f"{name} bf16"] = (gflop, exact,
+                           lambda a=ja16, b=jb16: jax.block_until_ready(bf16_product(a, b)),
+                           lambda a=ta16, b=tb16: torch.bmm(a, b))
+    out[f"{name} 3 x bf16 (torch: float32)"] = (
+        gflop, exact, lambda a=ja, b=jb: jax.block_until_ready(three_products(a, b)), torch_fn)
+  return out
 
 
 def _time_variants(args, jqkv, torch_attention, exact) -> list[str]:

@@ -97,6 +97,22 @@ def test_vit_attention_variants_compute_the_same_attention():
       np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5, err_msg=name)
 
 
+def test_three_bfloat16_products_come_near_float32():
+  # vit_attention.py --bf16 times three bfloat16 products as the cheapest split
+  # near float32 accuracy; one bfloat16 product is far from it.
+  from benchmarks import vit_attention  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(2, 16, 128)), rng.normal(size=(2, 128, 24))
+  exact = a @ b
+  a, b = a.astype(np.float32), b.astype(np.float32)
+  error = lambda fn: np.abs(np.asarray(jax.jit(fn)(a, b), np.float64) - exact).max()
+  one = error(lambda a, b: vit_attention.bf16_matmul(a.astype(jnp.bfloat16),
+                                                     b.astype(jnp.bfloat16)))
+  three, single = error(vit_attention.three_bf16_matmuls), error(lambda a, b: a @ b)
+  assert three < 1e-3 < 1e-2 < one, (three, one)
+  assert three < 20 * single, (three, single)
+
+
 def test_alternate_takes_turns_after_a_pause_it_does_not_time():
   # Short calls alternated back to back ran while the other framework's threads
   # still spun (BENCHMARKS.md); alternate() sleeps before each call, untimed.
