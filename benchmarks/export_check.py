@@ -68,7 +68,7 @@ def _runner(fmt: str, path: str):
     return export_lib.load_stablehlo(path)
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
   options = ort.SessionOptions()
-  options.log_severity_level = 3  # Not its shape-merge warnings.
+  options.log_severity_level = 3  # Errors only.
   session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
   return lambda c, m: session.run(None, {"composite": c, "mask": m})[0]
 

@@ -72,8 +72,8 @@ def dynamic_size_note(config: ml_collections.ConfigDict) -> str | None:
     return None
   return (f"a dynamic {model_card.model_name(config)} file computes at once what harmonize "
           f"and fixed-size files compute in chunks ({', '.join(fields)}), so its memory grows "
-          "faster with the photo: at 3840x2160 up to 5.7 GB against 1.0-1.8 GB for "
-          "harmonize, and over 23 GB for CDTNet's ONNX file (README, Deploying). For photos "
+          "faster with the photo: at 3840x2160 up to 5.7 GB against 0.9-1.8 GB for "
+          "harmonize, and 20 GB for CDTNet's ONNX file (README, Deploying). For photos "
           "of several megapixels, export a fixed size (--height, --width).")
 
 
