@@ -104,8 +104,7 @@ def child(args) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from harmonax import models, sharding, train  # pylint: disable=g-import-not-at-top
+  from harmonax import inference, models, sharding, train  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
   twin = importlib.import_module(f"benchmarks.torch_models.{TWINS[args.models]}")
 
@@ -159,7 +158,9 @@ def child(args) -> None:
   sizes = [int(x) for x in args.sizes.split(",") if x]
   if sizes:
     nets, model = eval_pair(config, twin)
-    predict = nnx.jit(predict_fn(family, config))
+    # As `harmonize` calls it since 2026-12-01: the networks split once, not by
+    # nnx.jit on every call (benchmarks/call_overhead.py; rows before then include that).
+    predict = inference.jit_networks(predict_fn(family, config))
     for size in sizes:
       local = batch_of(1, size, size)
       comp, mask = jax.numpy.asarray(local["composite"]), jax.numpy.asarray(local["mask"])

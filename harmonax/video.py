@@ -80,7 +80,9 @@ def smooth_arguments(raw: Iterable[np.ndarray], fps: float) -> list[np.ndarray]:
 
 @functools.cache
 def _jitted():
-  raw = nnx.jit(lambda net, comp, mask: net.raw_arguments(comp, mask))
+  # The networks split once (inference.split_networks), not by nnx.jit at every frame.
+  raw = inference.jit_networks(
+      lambda networks, comp, mask: networks["harmonizer"].raw_arguments(comp, mask))
   apply = jax.jit(lambda comp, mask, args: filters.apply_filters(comp, mask, args)[0])
   return raw, apply
 
@@ -195,14 +197,13 @@ class _Writer:
 def harmonize_frames(networks: dict[str, nnx.Module], frames: Iterable[np.ndarray],
                      masks: Iterable[np.ndarray], fps: float) -> Iterator[np.ndarray]:
   """Yields harmonized uint8 frames of uint8 frames [H,W,3] and soft masks [H,W,1]."""
-  net = networks["harmonizer"]
   raw_fn, apply_fn = _jitted()
   ema = ArgumentEma(fps)
   for frame, mask in zip(frames, masks):
     _check_size(frame, mask)
     comp = jnp.asarray(frame, jnp.float32)[None] / 255.0
     m = jnp.asarray(mask)[None]
-    args = jnp.asarray(ema.update(np.asarray(raw_fn(net, comp, m))[0]))[None]
+    args = jnp.asarray(ema.update(np.asarray(raw_fn(networks, comp, m))[0]))[None]
     out = np.asarray(apply_fn(comp, m, args))[0]
     out = np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
     yield np.where(mask > 0, out, frame)  # Background bytes stay as they were.
