@@ -44,6 +44,7 @@ import tqdm
 from data_builders.compositing_triplets import compositing_triplets_dataset_builder as triplets
 from data_builders.harmonization_composites import compose
 from harmonax import checkpoint
+from harmonax import inference
 from harmonax import input_pipeline
 from harmonax.models import deep_compositing
 
@@ -128,7 +129,7 @@ def _forward(config: ml_collections.ConfigDict, harder: tuple[str, ...]):
       fg = deep_compositing.compose_with_mask(config, networks, fg, bg, used)
     return mask, fg
 
-  return nnx.jit(forward)
+  return inference.jit_networks(forward)  # Split once, not at every image (nnx.jit).
 
 
 def harder_examples(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
