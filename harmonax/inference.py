@@ -35,35 +35,59 @@ def demo_warning(config: ml_collections.ConfigDict) -> str | None:
           "a full recipe for real use")
 
 
-# nnx.split of each set of networks that `jitted_predict` / `jitted_harmonize` ran,
-# by the ids of its modules; an entry goes when one of them is garbage collected.
-_SPLITS: dict[tuple, tuple[nnx.GraphDef, nnx.State]] = {}
+class _Graph:
+  """A GraphDef as jit's static argument, hashed once: hashing HRNet18 + iDIH256's
+  took 22 ms, which jit would pay at every call."""
+
+  __slots__ = ("graphdef", "_hash")
+
+  def __init__(self, graphdef: nnx.GraphDef):
+    self.graphdef, self._hash = graphdef, hash(graphdef)
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, _Graph) and (other.graphdef is self.graphdef
+                                          or other.graphdef == self.graphdef)
 
 
-def split_networks(networks: dict[str, nnx.Module]) -> tuple[nnx.GraphDef, nnx.State]:
-  """nnx.split(networks), done once per set of module objects.
+# nnx.split of each set of networks that `jit_networks` functions ran, by the ids
+# of its modules; an entry goes when one of them is garbage collected.
+_SPLITS: dict[tuple, tuple[_Graph, nnx.State]] = {}
 
-  Splitting walks every Variable: 145 ms a call for HRNet18 + iDIH256's 1,649
-  on this project's 2-core CPU, which nnx.jit paid on every image (BENCHMARKS.md).
-  The state holds the networks' own Variables, so new values set in them
-  (nnx.update, a checkpoint restored into them) are used; a network whose
-  structure changes afterwards (a layer or Variable replaced by another
-  object) is not re-split: build new networks instead.
-  """
+
+def _split(networks: dict[str, nnx.Module]) -> tuple[_Graph, nnx.State]:
   key = tuple(sorted((name, id(module)) for name, module in networks.items()))
   if key not in _SPLITS:
-    _SPLITS[key] = nnx.split(networks)
+    graphdef, state = nnx.split(networks)
+    _SPLITS[key] = (_Graph(graphdef), state)
     for module in networks.values():
       weakref.finalize(module, _SPLITS.pop, key, None)
   return _SPLITS[key]
 
 
+def split_networks(networks: dict[str, nnx.Module]) -> tuple[nnx.GraphDef, nnx.State]:
+  """nnx.split(networks), done once per set of module objects.
+
+  Splitting walks every Variable: 128-175 ms a call for HRNet18 + iDIH256's 1,649
+  on this project's 2-core CPU, which nnx.jit paid on every image
+  (benchmarks/call_overhead.py). The state holds the networks' own Variables,
+  so new values set in them (nnx.update, a checkpoint restored into them) are
+  used; a network whose structure changes afterwards (a layer or Variable
+  replaced by another object) is not re-split: build new networks instead.
+  """
+  graph, state = _split(networks)
+  return graph.graphdef, state
+
+
 def jit_networks(fn: Callable) -> Callable:
   """fn(networks, *args) jitted with the networks split once (`split_networks`)
-  rather than by nnx.jit on every call; values, not Variable updates, come out."""
-  jitted = jax.jit(lambda graphdef, state, *args: fn(nnx.merge(graphdef, state), *args),
+  rather than by nnx.jit on every call; values, not Variable updates, come out.
+  Networks of the same structure share compilations."""
+  jitted = jax.jit(lambda graph, state, *args: fn(nnx.merge(graph.graphdef, state), *args),
                    static_argnums=0)
-  return lambda networks, *args: jitted(*split_networks(networks), *args)
+  return lambda networks, *args: jitted(*_split(networks), *args)
 
 
 @functools.lru_cache(maxsize=16)

@@ -513,12 +513,12 @@ def forward(net: Network, composite: jax.Array, mask: jax.Array,
     x, crop = layers.pad_to_multiple(x, net.size_multiple, net.min_size, mode=padding)
   # split, not x[..., :3]: with a symbolic size jnp indexes by a gather that
   # jax2onnx cannot convert.
-  image, mask = jnp.split(x, [3], axis=-1)
+  image, padded_mask = jnp.split(x, [3], axis=-1)
   image = layers.imagenet_normalize(image)
   if isinstance(net, backboned.HRNetIHModel):
-    out = net(image, mask, None if rng is None else variables.rngs(dropout=rng))
+    out = net(image, padded_mask, None if rng is None else variables.rngs(dropout=rng))
   else:
-    out = net(image, mask)
+    out = net(image, padded_mask)
   return layers.crop_to(out, crop)
 
 
