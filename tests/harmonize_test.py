@@ -102,6 +102,21 @@ def test_networks_are_split_once_and_their_new_values_used():
   assert key not in harmonize_lib._SPLITS
 
 
+def test_networks_of_one_structure_share_a_compilation():
+  traces = []
+
+  def fn(networks, x):
+    traces.append(x.shape)  # Runs when jit traces, not when it reuses a compilation.
+    return networks["net"](x)
+
+  run = harmonize_lib.jit_networks(fn)
+  x = np.ones((1, 2), np.float32)
+  for seed in range(3):  # Other objects, other values, the same structure.
+    networks = {"net": nnx.Linear(2, 3, rngs=nnx.Rngs(seed))}
+    np.testing.assert_allclose(run(networks, x), networks["net"](x), rtol=1e-6)
+  assert len(traces) == 1, traces
+
+
 def test_size_mismatch_is_an_error(model):
   config, networks = model
   composite, mask = _pair(16, 16)
