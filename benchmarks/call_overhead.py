@@ -4,7 +4,7 @@ r"""What a `harmonize` call costs besides the network: nnx.jit against networks 
 
 `inference.harmonize` once jitted its function with nnx.jit, which walks every
 Variable of the networks on each call (nnx.split); it now splits each set of
-networks once (`inference.split_networks`) and calls jax.jit with that state.
+networks once (`inference.jit_networks`) and calls jax.jit with that state.
 For each recipe (full size, random weights, eval mode) this times, in one
 process and in turn (`vs_pytorch.alternate`, medians of --repeats after a
 warm-up), the old call (nnx.jit of `harmonize_arrays`) and the new one

@@ -80,7 +80,7 @@ def smooth_arguments(raw: Iterable[np.ndarray], fps: float) -> list[np.ndarray]:
 
 @functools.cache
 def _jitted():
-  # The networks split once (inference.split_networks), not by nnx.jit at every frame.
+  # The networks split once (inference.jit_networks), not by nnx.jit at every frame.
   raw = inference.jit_networks(
       lambda networks, comp, mask: networks["harmonizer"].raw_arguments(comp, mask))
   apply = jax.jit(lambda comp, mask, args: filters.apply_filters(comp, mask, args)[0])
