@@ -14,7 +14,6 @@ dtype. A `<file>.json` beside it records versions, license and source. The
 library is harmonax.export_lib.
 """
 
-import json
 import sys
 
 from absl import app
@@ -52,10 +51,6 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"Wrote {path} and {sidecar}")
-  with open(sidecar, encoding="utf-8") as f:
-    note = json.load(f).get("note")
-  if note:
-    print(f"note: {note}")
   return 0
 
 

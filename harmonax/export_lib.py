@@ -58,25 +58,6 @@ def inference_function(config: ml_collections.ConfigDict, networks: dict[str, nn
   return harmonize
 
 
-# config.model fields of the chunk loops that a dynamic file computes in one
-# piece (their loops need a known size): PCT-Net's fused upsample-and-apply,
-# CDTNet's LUT gathers and refinement strips.
-CHUNK_FIELDS = ("chunk_pixels", "lut_chunk", "refine_rows")
-
-
-def dynamic_size_note(config: ml_collections.ConfigDict) -> str | None:
-  """For a model whose dynamic file computes its chunks in one piece: what that
-  costs (README, Deploying); None for the others."""
-  fields = [f"model.{k}" for k in CHUNK_FIELDS if config.model.get(k)]
-  if not fields:
-    return None
-  return (f"a dynamic {model_card.model_name(config)} file computes at once what harmonize "
-          f"and fixed-size files compute in chunks ({', '.join(fields)}), so its memory grows "
-          "faster with the photo: at 3840x2160 up to 5.7 GB against 0.9-1.8 GB for "
-          "harmonize, and 20 GB for CDTNet's ONNX file (README, Deploying). For photos "
-          "of several megapixels, export a fixed size (--height, --width).")
-
-
 def _specs(height: int | None, width: int | None, input_dtype: str) -> list:
   """Input ShapeDtypeStructs: a symbolic batch, and symbolic H, W when dynamic."""
   dims = ("B", height or "H", width or "W")
@@ -133,7 +114,31 @@ def export_onnx(config, networks, height: int | None, width: int | None,
   # info"), and with a symbolic size refuses the file (HRNet: "Incompatible
   # dimensions"). The shapes of inner values are optional; onnxruntime infers them.
   del proto.graph.value_info[:]
+  _drop_unused_initializers(proto.graph)
   return proto
+
+
+def _graphs(graph) -> list:
+  """graph and every subgraph (loop bodies) within it."""
+  found = [graph]
+  for node in graph.node:
+    for attribute in node.attribute:
+      for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+        found += _graphs(sub)
+  return found
+
+
+def _drop_unused_initializers(graph) -> None:
+  """Removes constants that no node reads: jax2onnx leaves some in loop bodies
+  (`layers.row_chunks`), and onnxruntime warns about each while loading."""
+  graphs = _graphs(graph)
+  used = {name for g in graphs for node in g.node for name in node.input}
+  used |= {out.name for g in graphs for out in g.output}
+  for g in graphs:
+    keep = [init for init in g.initializer if init.name in used]
+    if len(keep) < len(g.initializer):
+      del g.initializer[:]
+      g.initializer.extend(keep)
 
 
 def artifact_name(config, fmt: str, height: int | None, width: int | None,
@@ -199,9 +204,6 @@ def export(checkpoint_dir: str, fmt: str, output: str, height: int | None = None
   }
   if fmt == "stablehlo":
     sidecar["compatibility"] = STABLEHLO_COMPATIBILITY
-  note = dynamic_size_note(config) if height is None else None
-  if note:
-    sidecar["note"] = note
   with open(output + ".json", "w", encoding="utf-8") as f:
     json.dump(sidecar, f, indent=2)
   return output, output + ".json"

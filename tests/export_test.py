@@ -63,10 +63,12 @@ def photo(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
   return composite[None].astype(np.float32), mask[None]
 
 
-# Small chunks, so that the exports go through the loops a 4K image takes
-# (unrolled in exports, `layers.portable_ops`): PCT-Net's rows of the fused
-# upsample-and-apply and the ViT's blocks of queries (a 128 view: 1,024 tokens,
-# 2 blocks), CDTNet's LUT chunks (and its refinement strips, runlocal's 48 rows).
+# Small chunks, so that the exports go through the loops a 4K image takes:
+# PCT-Net's rows of the fused upsample-and-apply and the ViT's blocks of queries
+# (a 128 view: 1,024 tokens, 2 blocks), CDTNet's LUT chunks (and its refinement
+# strips, runlocal's 48 rows); unrolled in fixed-size ONNX files
+# (`layers.portable_ops`). Dynamic files take as many chunks as 3840x2160 would
+# (`layers.symbolic_chunks`).
 CHUNKS = {"pctnet_cnn": dict(chunk_pixels=24576),  # 3 chunks at 256x256, 2 at 160x224.
           "pctnet_vit": dict(chunk_pixels=24576, low_res=128),
           "cdtnet": dict(lut_chunk=32768)}
@@ -100,9 +102,8 @@ def _check(run, directory, height, width):
 
 
 # Families whose dynamic-size export works: every one, in both formats. A
-# dynamic file of PCT-Net or CDTNet computes the whole image at once (their
-# chunk loops need a known size), so their fixed-size ONNX files, whose loops
-# are unrolled, are checked too.
+# dynamic file of PCT-Net or CDTNet loops over a fixed count of chunks
+# (`layers.row_chunks`), a fixed-size one unrolls its chunks, so both are checked.
 DYNAMIC = {"stablehlo": ("idih", "issam", "hrnet_idih", "dovenet", "bargainnet", "harmonizer",
                          "pctnet_cnn", "pctnet_vit", "cdtnet"),
            "onnx": ("issam", "hrnet_idih", "dovenet", "bargainnet", "harmonizer",
@@ -128,14 +129,16 @@ def test_stablehlo_matches_jax(recipe_dir, tmp_path):
       _check(export_lib.load_stablehlo(path), directory, height, width)
   meta = json.loads(open(sidecar, encoding="utf-8").read())
   assert meta["versions"]["jax"] and "6 months" in meta["compatibility"]
-  # A dynamic file that computes its chunks in one piece says what that costs.
-  chunked = recipe in ("pctnet_cnn", "pctnet_vit", "cdtnet")
-  assert ("note" in meta) == chunked, meta.get("note")
-  if chunked:
-    assert f"a dynamic {name} file" in meta["note"] and "export a fixed size" in meta["note"]
 
 
-def test_onnx_matches_jax(recipe_dir, tmp_path):
+# The chunk loops a dynamic ONNX file keeps (`layers.row_chunks`): PCT-Net's rows
+# of the fused upsample-and-apply, CDTNet's LUT chunks and refinement strips.
+# Fixed-size files unroll theirs (`layers.portable_ops`).
+LOOPS = {"pctnet_cnn": 1, "pctnet_vit": 1, "cdtnet": 2}
+
+
+def test_onnx_matches_jax(recipe_dir, tmp_path, capfd):
+  onnx = pytest.importorskip("onnx")
   pytest.importorskip("jax2onnx")
   ort = pytest.importorskip("onnxruntime")
   recipe, directory = recipe_dir
@@ -148,7 +151,14 @@ def test_onnx_matches_jax(recipe_dir, tmp_path):
   for (height, width), sizes in checks:
     path, _ = export_lib.export(directory, "onnx", str(tmp_path) + "/", height, width)
     assert ("_dynamic_" in path) == (height is None)
+    # A dynamic file computes its chunks in loops, not the whole image at once.
+    assert [node.op_type for node in onnx.load(path).graph.node].count("Loop") == (
+        LOOPS.get(recipe, 0) if height is None else 0)
+    capfd.readouterr()
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    # onnxruntime loads the file without a warning (jax2onnx's loop bodies hold
+    # constants that no node reads, which export_lib removes).
+    assert "[W:onnxruntime" not in capfd.readouterr().err
 
     def run(composite, mask, session=session):
       return session.run(None, {"composite": composite, "mask": mask})[0]

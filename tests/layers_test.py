@@ -121,3 +121,53 @@ def test_max_pool_of_a_symbolic_size_equals_a_known_one():
   want = x[:, :12].reshape(2, 6, 2, 11, 2, 2).max(axis=(2, 4))  # Odd rows dropped.
   np.testing.assert_array_equal(np.asarray(exported(x)), want)
   np.testing.assert_array_equal(np.asarray(layers.max_pool2x2(x)), want)
+
+
+def _rows_plus_index(x, chunks):
+  """x * 2 + each row's index, computed in `chunks` chunks of rows: fn must get
+  each chunk's row indices (the last chunk's clamped to the last row)."""
+  b, h, w, _ = x.shape
+
+  def chunk(idx):
+    return jnp.take(x, idx, axis=1) * 2.0 + idx.astype(jnp.float32)[None, :, None, None]
+
+  return layers.row_chunks(chunk, (b, h, w, 2), jnp.float32, chunks)
+
+
+@pytest.mark.parametrize("height", [1, 3, 4, 5, 13, 21])
+def test_row_chunks_of_a_symbolic_size_writes_every_row(height):
+  # The rows per chunk are only known when the file runs: heights below, at and
+  # around multiples of the 4 chunks, the last chunk partial or past the end.
+  x = np.random.default_rng(2).normal(size=(2, height, 5, 2)).astype(np.float32)
+  want = x * 2.0 + np.arange(height, dtype=np.float32)[None, :, None, None]
+  np.testing.assert_array_equal(np.asarray(_symbolic(lambda x: _rows_plus_index(x, 4))(x)),
+                                want)
+  np.testing.assert_array_equal(np.asarray(jax.jit(lambda x: _rows_plus_index(x, 4))(x)), want)
+
+
+def test_row_chunks_converts_to_an_onnx_loop():
+  jax2onnx = pytest.importorskip("jax2onnx")
+  ort = pytest.importorskip("onnxruntime")
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("B, H, W, 2"), jnp.float32)
+  proto = jax2onnx.to_onnx(lambda x: _rows_plus_index(x, 4), [spec])
+  assert "Loop" in [node.op_type for node in proto.graph.node]
+  session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+  for height in (3, 8, 22):
+    x = np.random.default_rng(height).normal(size=(1, height, 4, 2)).astype(np.float32)
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    want = x * 2.0 + np.arange(height, dtype=np.float32)[None, :, None, None]
+    np.testing.assert_allclose(got, want, atol=1e-6, err_msg=str(height))
+
+
+@pytest.mark.parametrize("n,out", [(5, 13), (64, 1000), (1000, 64), (7, 7), (1, 9)])
+def test_bilinear_taps_in_the_graph_equal_the_constants(n, out):
+  # A dynamic export computes the taps in float32 in the graph; a known size
+  # uses float64 constants. Indices must agree, weights to float32 rounding.
+  i0, i1, frac = layers.bilinear_taps(n, out)
+  traced = jax.export.export(jax.jit(lambda x: layers.bilinear_taps(n, x.shape[0])))(
+      jax.ShapeDtypeStruct(jax.export.symbolic_shape("N"), jnp.float32)).call(
+          np.zeros(out, np.float32))
+  np.testing.assert_array_equal(np.asarray(traced[0]), i0)
+  np.testing.assert_array_equal(np.asarray(traced[1]), i1)
+  np.testing.assert_allclose(np.asarray(traced[2]), frac, atol=1e-5)
+  assert i0.min() >= 0 and i1.max() <= n - 1 and frac.min() >= 0 and frac.max() < 1

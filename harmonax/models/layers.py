@@ -182,25 +182,29 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
   if (h, w) == tuple(size):
     return x
   for axis, (out, n) in ((1, (size[0], h)), (2, (size[1], w))):
-    if isinstance(n, int) and isinstance(out, int):  # Taps in float64, once, as constants.
-      src = np.maximum((np.arange(out) + 0.5) * (n / out) - 0.5, 0.0)
-      i0 = np.minimum(np.floor(src).astype(np.int32), n - 1)
-      i1 = np.minimum(i0 + 1, n - 1)
-      frac = jnp.asarray((src - i0).astype(np.float32))
-    else:  # A symbolic size (an export with free height and width): float32 in the graph.
-      last = jnp.asarray(n, jnp.int32) - 1
-      scale = jnp.asarray(n, jnp.float32) / jnp.asarray(out, jnp.float32)
-      # lax's iota, not jnp.arange: jax2onnx's arange takes no symbolic length.
-      src = jnp.maximum((jax.lax.broadcasted_iota(jnp.float32, (out,), 0) + 0.5) * scale - 0.5,
-                        0.0)
-      i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), last)
-      i1 = jnp.minimum(i0 + 1, last)
-      frac = src - i0.astype(jnp.float32)
+    i0, i1, frac = bilinear_taps(n, out)
     shape = [1, 1, 1, 1]
     shape[axis] = out
-    w1 = frac.reshape(shape).astype(x.dtype)
+    w1 = jnp.asarray(frac).reshape(shape).astype(x.dtype)
     x = jnp.take(x, i0, axis=axis) * (1 - w1) + jnp.take(x, i1, axis=axis) * w1
   return x
+
+
+def bilinear_taps(n: int, out: int) -> tuple:
+  """(i0, i1, frac) [out] of `resize_bilinear` along an axis of n -> out: the
+  half-pixel grid, source clamped at 0. numpy (int32, int32, float32), computed
+  in float64 once; for a symbolic size (an export with free height and width),
+  jax arrays computed in float32 in the graph."""
+  if isinstance(n, int) and isinstance(out, int):
+    src = np.maximum((np.arange(out) + 0.5) * (n / out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int32), n - 1)
+    return i0, np.minimum(i0 + 1, n - 1), (src - i0).astype(np.float32)
+  last = jnp.asarray(n, jnp.int32) - 1
+  scale = jnp.asarray(n, jnp.float32) / jnp.asarray(out, jnp.float32)
+  # lax's iota, not jnp.arange: jax2onnx's arange takes no symbolic length.
+  src = jnp.maximum((jax.lax.broadcasted_iota(jnp.float32, (out,), 0) + 0.5) * scale - 0.5, 0.0)
+  i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), last)
+  return i0, jnp.minimum(i0 + 1, last), src - i0.astype(jnp.float32)
 
 
 def align_corners_taps(n, size, xp=np) -> tuple:
@@ -291,7 +295,7 @@ def portable_ops():
   of interior padding. Same values; the reshape form needs an explicit output
   sharding under a mesh with explicit axes, so training does not use it.
   Loops over chunks (`fori_loop`, `map` below) are unrolled: jax2onnx cannot
-  convert a loop whose body reads arrays of the enclosing trace.
+  convert a fori_loop whose body reads arrays of the enclosing trace.
   """
   global _PORTABLE
   previous, _PORTABLE = _PORTABLE, True
@@ -320,6 +324,48 @@ def map(fn: Callable[[jax.Array], jax.Array], xs: jax.Array) -> jax.Array:  # py
   if not _PORTABLE:
     return jax.lax.map(fn, xs)
   return jnp.stack([fn(xs[i]) for i in range(xs.shape[0])])
+
+
+# A symbolic size (an export with free height and width) splits the image into
+# as many chunks as harmonize does at this size (3840x2160).
+REFERENCE_PIXELS = 3840 * 2160
+REFERENCE_ROWS = 2160
+
+
+def symbolic_chunks(pixels: int) -> int:
+  """Chunks for `row_chunks` where a known size takes chunks of `pixels` pixels."""
+  return ceil_div(REFERENCE_PIXELS, pixels)
+
+
+def row_chunks(fn: Callable[[jax.Array], jax.Array], shape: Sequence[Any], dtype: Any,
+               chunks: int, axis: int = 1) -> jax.Array:
+  """The array of `shape` whose slices along `axis` are computed `chunks` at a
+  time: fn(idx) for idx = ceil(size / chunks) consecutive indices, clamped to
+  the last, in a loop (`lax.scan`), so only one chunk's intermediates exist at once.
+
+  For a symbolic size (an export with free height and width), where the count
+  of chunks must be fixed when tracing: their length is computed in the graph.
+  fn gets int32 indices and returns `shape` with their length along `axis`.
+  The last chunk's clamped indices repeat the last slice; the rows past the end
+  are cropped away. (In ONNX a Loop whose outputs are concatenated; a while
+  loop over chunks of a fixed length would copy its carried output at every
+  step in onnxruntime.)
+  """
+  size = shape[axis]
+  rows = ceil_div(size, chunks)
+  last = jnp.asarray(size, jnp.int32) - 1
+  offsets = jax.lax.broadcasted_iota(jnp.int32, (rows,), 0)
+
+  def chunk(carry, i):
+    return carry, fn(jnp.minimum(i * rows + offsets, last)).astype(dtype)
+
+  _, out = jax.lax.scan(chunk, 0, jnp.arange(chunks, dtype=jnp.int32))
+  padded = list(shape)
+  padded[axis] = chunks * rows
+  out = jnp.moveaxis(out, 0, axis).reshape(padded)
+  if isinstance(size, int):
+    return jax.lax.slice_in_dim(out, 0, size, axis=axis)
+  return jnp.take(out, jax.lax.broadcasted_iota(jnp.int32, (size,), 0), axis=axis)
 
 
 def _explicit_padding(padding: Padding, spatial: Sequence[int], kernel: Sequence[int],

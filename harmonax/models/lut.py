@@ -14,7 +14,9 @@ channels by H * W * batch, see `tests/lut_test.py`), so its batch > 1 outputs
 are not reproduced: the official batch-1 output is the reference.
 
 Memory: pixels are processed in chunks of `chunk` (default 2**18) under
-`lax.map` (unrolled in exports), so the eight gathered corners of a 4K image never exist at once;
+`lax.map` (unrolled in fixed-size exports; for symbolic sizes, chunks of
+rows: `layers.row_chunks`), so the eight gathered corners of a 4K image
+never exist at once;
 the table gradient (a scatter-add per chunk) accumulates across chunks.
 """
 
@@ -70,7 +72,7 @@ def _apply_one(lut: jax.Array, image: jax.Array, chunk: int) -> jax.Array:
   table = lut.reshape(c, dim ** 3).T  # [dim**3, C]: one gather fetches all channels.
   pixels = image.reshape(h * w, 3)
   n = h * w
-  if not isinstance(n, int) or n <= chunk:  # Symbolic sizes (exports): at once.
+  if not isinstance(n, int) or n <= chunk:  # Symbolic sizes: apply_lut's chunks of rows.
     return _interpolate(table, pixels, dim).reshape(h, w, c)
   if layers.portable():  # An export: the chunks unrolled, the last one shorter.
     out = [_interpolate(table, pixels[i:i + chunk], dim) for i in range(0, n, chunk)]
@@ -92,4 +94,11 @@ def apply_lut(luts: jax.Array, images: jax.Array, chunk: int = DEFAULT_CHUNK) ->
   if luts.shape[0] != images.shape[0] or images.shape[-1] != 3:
     raise ValueError(f"apply_lut: luts {luts.shape} and images {images.shape} do not "
                      "match ([B, C, d, d, d] and [B, H, W, 3])")
-  return jax.vmap(lambda l, x: _apply_one(l, x, chunk))(luts, images.astype(luts.dtype))
+  images = images.astype(luts.dtype)
+  b, h, w, _ = images.shape
+  if not isinstance(h * w, int):  # A symbolic size (a dynamic export): chunks of rows.
+    return layers.row_chunks(
+        lambda idx: jax.vmap(lambda l, x: _apply_one(l, x, chunk))(
+            luts, jnp.take(images, idx, axis=1)),
+        (b, h, w, luts.shape[1]), luts.dtype, layers.symbolic_chunks(chunk))
+  return jax.vmap(lambda l, x: _apply_one(l, x, chunk))(luts, images)

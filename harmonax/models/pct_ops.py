@@ -98,8 +98,8 @@ def apply_upsampled(lowres: jax.Array, full: Mapping[str, jax.Array],
   at most chunk_pixels / W pixels are upsampled along H and handed to `fn`
   with the same rows of every array in `full` ([B,H,W,*], any dtype), and the
   results written into the output. Only one chunk of the C-channel map exists
-  at a time (a fori_loop); inputs that fit one chunk, and symbolic sizes,
-  take a direct path (training crops, differentiable).
+  at a time (a fori_loop; for a symbolic size, `layers.row_chunks`); inputs
+  that fit one chunk take a direct path (training crops, differentiable).
   """
   b, h, w, _ = lowres.shape
   height, width = next(iter(full.values())).shape[1:3]
@@ -107,10 +107,16 @@ def apply_upsampled(lowres: jax.Array, full: Mapping[str, jax.Array],
   xi, xw = cubic_taps(w, width)
   cols = _interp(lowres, jnp.asarray(xi), jnp.asarray(xw), axis=2)
   yi, yw = jnp.asarray(yi), jnp.asarray(yw)
-  # A symbolic size (a dynamic export) also takes the whole image at once.
-  symbolic = not isinstance(height * width, int)
-  rows = height if symbolic else max(1, min(height, chunk_pixels // width))
-  if symbolic or rows >= height:
+
+  def rows_at(idx):
+    up = _interp(cols, jnp.take(yi, idx, axis=0), jnp.take(yw, idx, axis=0), axis=1)
+    return fn(up, {k: jnp.take(v, idx, axis=1) for k, v in full.items()})
+
+  if not isinstance(height * width, int):  # A symbolic size (a dynamic export).
+    return layers.row_chunks(rows_at, (b, height, width, 3), jnp.float32,
+                             layers.symbolic_chunks(chunk_pixels))
+  rows = max(1, min(height, chunk_pixels // width))
+  if rows >= height:
     return fn(_interp(cols, yi, yw, axis=1), dict(full))
 
   def body(i, out):
