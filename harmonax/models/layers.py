@@ -327,7 +327,8 @@ def map(fn: Callable[[jax.Array], jax.Array], xs: jax.Array) -> jax.Array:  # py
 
 
 # A symbolic size (an export with free height and width) splits the image into
-# as many chunks as harmonize does at this size (3840x2160).
+# as many chunks as harmonize does at 3840x2160: of pixels (`symbolic_chunks`)
+# or of rows (CDTNet's refinement strips).
 REFERENCE_PIXELS = 3840 * 2160
 REFERENCE_ROWS = 2160
 
@@ -339,7 +340,7 @@ def symbolic_chunks(pixels: int) -> int:
 
 def row_chunks(fn: Callable[[jax.Array], jax.Array], shape: Sequence[Any], dtype: Any,
                chunks: int, axis: int = 1) -> jax.Array:
-  """The array of `shape` whose slices along `axis` are computed `chunks` at a
+  """The array of `shape` computed along `axis` in `chunks` chunks, one at a
   time: fn(idx) for idx = ceil(size / chunks) consecutive indices, clamped to
   the last, in a loop (`lax.scan`), so only one chunk's intermediates exist at once.
 
