@@ -364,8 +364,6 @@ def row_chunks(fn: Callable[[jax.Array], jax.Array], shape: Sequence[Any], dtype
   padded = list(shape)
   padded[axis] = chunks * rows
   out = jnp.moveaxis(out, 0, axis).reshape(padded)
-  if isinstance(size, int):
-    return jax.lax.slice_in_dim(out, 0, size, axis=axis)
   return jnp.take(out, jax.lax.broadcasted_iota(jnp.int32, (size,), 0), axis=axis)
 
 

@@ -95,10 +95,9 @@ def apply_lut(luts: jax.Array, images: jax.Array, chunk: int = DEFAULT_CHUNK) ->
     raise ValueError(f"apply_lut: luts {luts.shape} and images {images.shape} do not "
                      "match ([B, C, d, d, d] and [B, H, W, 3])")
   images = images.astype(luts.dtype)
+  per_image = jax.vmap(lambda l, x: _apply_one(l, x, chunk))
   b, h, w, _ = images.shape
   if not isinstance(h * w, int):  # A symbolic size (a dynamic export): chunks of rows.
-    return layers.row_chunks(
-        lambda idx: jax.vmap(lambda l, x: _apply_one(l, x, chunk))(
-            luts, jnp.take(images, idx, axis=1)),
-        (b, h, w, luts.shape[1]), luts.dtype, layers.symbolic_chunks(chunk))
-  return jax.vmap(lambda l, x: _apply_one(l, x, chunk))(luts, images)
+    return layers.row_chunks(lambda idx: per_image(luts, jnp.take(images, idx, axis=1)),
+                             (b, h, w, luts.shape[1]), luts.dtype, layers.symbolic_chunks(chunk))
+  return per_image(luts, images)
