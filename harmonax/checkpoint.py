@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from harmonax import cli
 from harmonax import model_card
 from harmonax import models
 from harmonax import optimizers
@@ -38,6 +39,24 @@ STATE_ITEM = "state"
 DATA_ITER_ITEM = "data_iter"
 
 PyTree = Any
+
+# What a resumed run may change: how long it trains and what it logs, saves and
+# evaluates (a field or a whole block). Any other difference (the model, the
+# losses, the optimiser, the data, the seed) would go on from weights trained
+# under another config, so resuming refuses it (check_resumable).
+RESUMABLE_CHANGES = (
+    "total_steps", "num_epochs", "log_every", "eval_every", "checkpoint_every",
+    "image_every", "keep_checkpoints", "eval", "evals", "init",
+    "data.data_dir", "data.num_workers", "data.eval_split", "data.max_eval_examples",
+)
+
+
+class CheckpointMismatchError(cli.UserError, ValueError):
+  """A checkpoint that does not belong to the config it is restored for."""
+
+
+class OutputNotEmptyError(cli.UserError, FileExistsError):
+  """save_networks was asked to write into a directory holding other things."""
 
 
 def _path(path: str | os.PathLike) -> epath.Path:
@@ -75,6 +94,54 @@ def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def _flat_json(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict) and tree:
+    out = {}
+    for key, value in tree.items():
+      out.update(_flat_json(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume checkpoints of `workdir` that another config trained.
+
+  When `workdir` holds a checkpoint and the config.json of the run that wrote
+  it, the two configs may differ only in RESUMABLE_CHANGES; the changes that
+  are allowed are logged.
+
+  Raises:
+    CheckpointMismatchError: naming each other field that differs, with its
+      value in the workdir and in `config`.
+  """
+  workdir = _path(workdir)
+  path = workdir / CONFIG_FILE
+  if not path.exists() or not good_steps(workdir / CHECKPOINT_DIR):
+    return
+  try:
+    saved = _flat_json(json.loads(path.read_text()))
+  except ValueError as e:
+    raise CheckpointMismatchError(
+        f"{path} is not valid JSON ({e}): cannot tell which config trained the "
+        f"checkpoints in {workdir / CHECKPOINT_DIR}") from e
+  now = _flat_json(json.loads(config.to_json_best_effort()))
+  missing = "(absent)"
+  changed = [k for k in sorted(saved.keys() | now.keys())
+             if saved.get(k, missing) != now.get(k, missing)]
+  allowed = lambda key: any(key == f or key.startswith(f + ".") for f in RESUMABLE_CHANGES)
+  describe = lambda keys: "; ".join(
+      f"{k}: {json.dumps(saved.get(k, missing))} -> {json.dumps(now.get(k, missing))}"
+      for k in keys)
+  if refused := [k for k in changed if not allowed(k)]:
+    raise CheckpointMismatchError(
+        f"{workdir} holds checkpoints trained with another config ({path} -> "
+        f"this run): {describe(refused)}. Resume with the config in {path} (a "
+        f"resumed run may change only {', '.join(RESUMABLE_CHANGES)}), or train "
+        "in a new --workdir.")
+  if changed:
+    logging.info("Resuming with a changed config: %s", describe(changed))
+
+
 def _check_no_rng_state(name: str, network: nnx.Module) -> None:
   # Typed PRNG keys are not checkpointable as plain arrays, and the family
   # contract keeps randomness in the `rng` argument of compute_losses.
@@ -105,6 +172,46 @@ def abstract_networks(config: ml_collections.ConfigDict) -> dict[str, nnx.Module
   """The config's networks with ShapeDtypeStruct leaves (no memory, no compute)."""
   family = models.get_family(config.model.name)
   return nnx.eval_shape(lambda: family.create_networks(config, variables.rngs(0)))
+
+
+def _key(path: tuple) -> str:
+  # Dict keys, sequence indices and (optax's namedtuples) attribute names alike:
+  # orbax's metadata holds namedtuples as dicts.
+  parts = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+  return "/".join(map(str, parts))
+
+
+def _check_layout(directory: epath.Path, target: PyTree, *, partial: bool = False) -> None:
+  """Checks that the orbax tree in `directory` has `target`'s leaves and shapes.
+
+  orbax restores numpy arrays at the shapes saved and, with partial_restore,
+  leaves absent leaves as they were: a checkpoint of another model would
+  restore without a word. `partial` allows leaves that `target` lacks.
+
+  Raises:
+    CheckpointMismatchError: naming the missing and unexpected leaves and the
+      shapes that differ.
+  """
+  metadata = ocp.PyTreeCheckpointHandler().metadata(directory).tree
+  saved = {_key(p): tuple(getattr(m, "shape", None) or ())
+           for p, m in jax.tree_util.tree_leaves_with_path(metadata)}
+  wanted = {_key(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
+  problems = []
+  params_first = lambda k: (not k.startswith("params/"), k)
+  listed = lambda keys: ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5
+                                                else "")
+  if missing := sorted(wanted.keys() - saved.keys(), key=params_first):
+    problems.append(f"{len(missing)} leaves missing ({listed(missing)})")
+  if not partial and (extra := sorted(saved.keys() - wanted.keys(), key=params_first)):
+    problems.append(f"{len(extra)} unexpected leaves ({listed(extra)})")
+  if shapes := [f"{k} {saved[k]} (expected {wanted[k]})"
+                for k in sorted(wanted, key=params_first)
+                if k in saved and saved[k] != wanted[k]]:
+    problems.append(f"{len(shapes)} shapes differ: {listed(shapes)}")
+  if problems:
+    raise CheckpointMismatchError(
+        f"{directory} does not hold the model its config.json describes (was it "
+        f"written with another config or harmonax version?): {'; '.join(problems)}")
 
 
 def _numpy_restore_args(tree: PyTree) -> PyTree:
@@ -142,8 +249,23 @@ def _materialize(networks: dict[str, nnx.Module], states: dict[str, dict]) -> No
 def save_networks(directory: str | os.PathLike, config: ml_collections.ConfigDict,
                   networks: dict[str, nnx.Module], card: dict | None = None) -> None:
   """Writes `directory/config.json`, the model card (see save_config) and an
-  orbax checkpoint of the networks' full state."""
+  orbax checkpoint of the networks' full state.
+
+  Raises:
+    OutputNotEmptyError: `directory` holds files of its own (e.g. a training
+      workdir); a previous save_networks directory is overwritten.
+  """
   directory = _path(directory)
+  # A previous save_networks directory is overwritten; anything else (a
+  # training workdir, whose config.json and model card would be replaced and
+  # whose checkpoints networks/ would shadow for load_networks) is refused.
+  ours = {CONFIG_FILE, model_card.CARD_FILE, NETWORKS_DIR}
+  if directory.is_dir() and (others := sorted(
+      p.name for p in directory.iterdir() if p.name not in ours)):
+    what = ("a training workdir" if CHECKPOINT_DIR in others
+            else f"not empty ({', '.join(others[:5])}{' ...' if len(others) > 5 else ''})")
+    raise OutputNotEmptyError(
+        f"{directory} is {what}: write the networks to a new or empty directory")
   save_config(directory, config, card)
   path = directory / NETWORKS_DIR
   if path.exists():
@@ -202,6 +324,8 @@ def _restore_newest(checkpoint_dir: epath.Path, restore_one) -> tuple[Any, int]:
   for step in steps:
     try:
       return restore_one(step), step
+    except CheckpointMismatchError:
+      raise  # Not corruption: every step of the run has the same layout.
     except Exception as e:  # pylint: disable=broad-except
       # Any failure (missing file, truncated tensorstore chunk, bad metadata)
       # means this step is unusable; an older one may still be fine.
@@ -229,6 +353,7 @@ def load_networks(path: str | os.PathLike, average: bool = True
   if not networks and ((path / NETWORKS_DIR).exists() or (path / CHECKPOINT_DIR).exists()):
     return config, networks  # Parameter-free (save_networks wrote no orbax tree).
   if (path / NETWORKS_DIR).exists():
+    _check_layout(path / NETWORKS_DIR, full)
     with ocp.PyTreeCheckpointer() as checkpointer:
       states = checkpointer.restore(
           path / NETWORKS_DIR,
@@ -241,6 +366,7 @@ def load_networks(path: str | os.PathLike, average: bool = True
       target = {"ema": target}
 
     def restore_one(step):
+      _check_layout(path / CHECKPOINT_DIR / str(step) / STATE_ITEM, target, partial=True)
       with ocp.PyTreeCheckpointer() as checkpointer:
         return checkpointer.restore(
             path / CHECKPOINT_DIR / str(step) / STATE_ITEM,
@@ -349,6 +475,7 @@ def restore_train_state(manager: ocp.CheckpointManager, abstract_state: PyTree,
   restore_args = _numpy_restore_args(abstract_state)
 
   def restore_one(step):
+    _check_layout(directory / str(step) / STATE_ITEM, abstract_state)
     items = {STATE_ITEM: ocp.args.PyTreeRestore(item=abstract_state,
                                                 restore_args=restore_args)}
     if data_iter is not None:

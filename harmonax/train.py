@@ -326,6 +326,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if batch_size != config.batch_size:
     config = copy.deepcopy(config)  # config.json records the batch trained with.
     config.batch_size = batch_size
+  # Before config.json is rewritten: it names the config the checkpoints have.
+  checkpoint.check_resumable(workdir, config)
   if is_writer:
     checkpoint.save_config(workdir, config)
 

@@ -69,6 +69,24 @@ def test_save_networks_overwrites(tmp_path):
   _assert_same_state(second, checkpoint.load_networks(tmp_path)[1])
 
 
+def test_save_networks_refuses_a_training_workdir_or_other_files(tmp_path):
+  # Into a workdir it replaced config.json and the card, and networks/ then
+  # shadowed the run's checkpoints in load_networks.
+  config = fake_family.get_config()
+  networks = fake_family.create_networks(config, nnx.Rngs(1))
+  workdir = tmp_path / "workdir"
+  (workdir / "checkpoints" / "2").mkdir(parents=True)
+  (workdir / "config.json").write_text("{}")
+  with pytest.raises(checkpoint.OutputNotEmptyError, match="workdir is a training workdir"):
+    checkpoint.save_networks(workdir, config, networks)
+  assert (workdir / "config.json").read_text() == "{}"
+  assert not (workdir / "networks").exists()
+  (tmp_path / "photos").mkdir()
+  (tmp_path / "photos" / "a.jpg").write_bytes(b"")
+  with pytest.raises(checkpoint.OutputNotEmptyError, match=r"not empty \(a.jpg\)"):
+    checkpoint.save_networks(tmp_path / "photos", config, networks)
+
+
 def test_relative_paths_work_for_networks_and_training_checkpoints(tmp_path, monkeypatch):
   # The trainer's default workdir (./workdirs/<config>) is relative; orbax
   # itself only takes absolute paths.
@@ -140,6 +158,85 @@ def test_load_networks_from_a_training_workdir_falls_back_past_corruption(
     _, loaded = checkpoint.load_networks(tmp_path)
   np.testing.assert_allclose(loaded["generator"].conv1.kernel[...], 2.0 * kernel)
   assert "step 4" in caplog.text and "falling back" in caplog.text
+
+
+def _wider(config, width):
+  config = config.copy_and_resolve_references()
+  config.model.width = width
+  return config
+
+
+def test_networks_of_another_config_are_refused_naming_the_leaves(tmp_path):
+  # orbax restores numpy arrays at their saved shapes: without the check, a
+  # config.json that no longer matches the weights loaded without a word.
+  config = fake_family.get_config()
+  checkpoint.save_networks(tmp_path / "model", config,
+                           fake_family.create_networks(config, nnx.Rngs(1)))
+  checkpoint.save_config(tmp_path / "model", _wider(config, 8))
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"shapes differ: generator/conv1/kernel "
+                           r"\(3, 3, 4, 4\) \(expected \(3, 3, 4, 8\)\)"):
+    checkpoint.load_networks(tmp_path / "model")
+
+  # A training workdir: the mismatch is not taken for corruption (no fallback).
+  workdir = tmp_path / "workdir"
+  networks = fake_family.create_networks(config, nnx.Rngs(1))
+  checkpoint.save_config(workdir, config)
+  manager = checkpoint.make_manager(workdir, keep=3, async_save=False)
+  for step in (2, 4):
+    checkpoint.save_train_state(manager, step, _train_state(networks, config, 1.0), None)
+  manager.close()
+  checkpoint.save_config(workdir, _wider(config, 8))
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="checkpoints/4/state"):
+    checkpoint.load_networks(workdir)
+  gan = fake_family.get_config(gan=True)
+  checkpoint.save_config(workdir, gan)  # A discriminator the checkpoint lacks.
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"leaves missing \(params/discriminator/"):
+    checkpoint.load_networks(workdir)
+
+  # The trainer's restore (before any state is placed) too.
+  abstract = jax.eval_shape(lambda: _train_state(
+      fake_family.create_networks(_wider(config, 8), nnx.Rngs(1)), config, 1.0))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=jax.sharding.SingleDeviceSharding(
+                                         jax.devices()[0])), abstract)
+  manager = checkpoint.make_manager(workdir, keep=3, async_save=False)
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="shapes differ"):
+    checkpoint.restore_train_state(manager, abstract, None)
+  manager.close()
+  assert checkpoint.good_steps(workdir / "checkpoints") == [4, 2]  # None quarantined.
+
+
+def test_check_resumable_refuses_other_configs_and_names_the_fields(tmp_path, caplog):
+  config = fake_family.get_config()
+  checkpoint.check_resumable(tmp_path, _wider(config, 8))  # Nothing to resume: fine.
+  checkpoint.save_config(tmp_path, config)
+  checkpoint.check_resumable(tmp_path, _wider(config, 8))  # Config, no checkpoint: fine.
+  manager = checkpoint.make_manager(tmp_path, keep=1, async_save=False)
+  networks = fake_family.create_networks(config, nnx.Rngs(1))
+  checkpoint.save_train_state(manager, 2, _train_state(networks, config, 1.0), None)
+  manager.close()
+
+  changed = _wider(config, 8)
+  changed.seed = 3
+  changed.optim.b1 = 0.5  # A field the saved config lacks.
+  with pytest.raises(checkpoint.CheckpointMismatchError) as e:
+    checkpoint.check_resumable(tmp_path, changed)
+  message = str(e.value)
+  for part in ("model.width: 4 -> 8", "seed: 0 -> 3", 'optim.b1: "(absent)" -> 0.5',
+               "train in a new --workdir"):
+    assert part in message, (part, message)
+  assert "total_steps" not in message.split(":", 1)[1].split(". Resume")[0]
+
+  # The run's length, logging, saving and evaluation may change; logged.
+  longer = config.copy_and_resolve_references()
+  longer.total_steps, longer.log_every, longer.evals.val.max_examples = 8, 5, 4
+  with caplog.at_level(logging.INFO):
+    checkpoint.check_resumable(tmp_path, longer)
+  assert "total_steps: 4 -> 8" in caplog.text
+  assert "evals.val.max_examples: 16 -> 4" in caplog.text
 
 
 def test_after_a_restore_only_closed_event_loop_callbacks_are_dropped(tmp_path, monkeypatch):

@@ -155,6 +155,18 @@ def test_resume_matches_an_uninterrupted_run(straight, tmp_path, monkeypatch):
   _assert_trees_equal(resumed["opt_state"], straight_state["opt_state"])
 
 
+def test_resuming_under_another_config_is_refused_and_config_json_kept(straight, tmp_path):
+  workdir = tmp_path / "copy"
+  shutil.copytree(straight[0], workdir)
+  saved = (workdir / "config.json").read_bytes()
+  changed = _gan_config()
+  changed.model.width = 8
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="model.width: 4 -> 8"):
+    train.train_and_evaluate(changed, os.fspath(workdir))
+  assert (workdir / "config.json").read_bytes() == saved
+  assert checkpoint.good_steps(workdir / "checkpoints") == [4, 2]
+
+
 def _ema_config(**overrides):
   config = _gan_config(**overrides)
   config.optim.ema_decay = 0.6
