@@ -22,6 +22,7 @@ import json
 import os
 from typing import Iterator
 
+from absl import logging
 from etils import epath
 import numpy as np
 from PIL import Image
@@ -126,19 +127,42 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     max_size = self.builder_config.max_size
 
     def load(ex):
-      return ex, _prepare_images(ex, ex["composite"].read_bytes(), ex["real"].read_bytes(),
-                                 ex["mask"].read_bytes(), max_size)
+      try:
+        return ex, _prepare_images(ex, ex["composite"].read_bytes(), ex["real"].read_bytes(),
+                                   ex["mask"].read_bytes(), max_size)
+      except (UnreadableExampleError, OSError) as e:
+        return ex, e
 
     # Threads: reading and Pillow's decode/resize/encode release the GIL, and resizing
     # 20k multi-megapixel HAdobe5k photos one at a time would take hours.
+    skipped = []
+
+    def take(ex, result):
+      if isinstance(result, Exception):
+        logging.warning("iHarmony4: skipping %s: %s", ex["key"], result)
+        skipped.append(ex["key"])
+        return None
+      return _example(ex, result)
+
     with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
       window = collections.deque()
       for ex in examples:
         window.append(pool.submit(load, ex))
         if len(window) >= 4 * _THREADS:  # Bounded: results are yielded in order.
-          yield _example(*window.popleft().result())
+          if (item := take(*window.popleft().result())) is not None:
+            yield item
       while window:
-        yield _example(*window.popleft().result())
+        if (item := take(*window.popleft().result())) is not None:
+          yield item
+    if skipped:
+      listed = ", ".join(skipped[:_MAX_LISTED])
+      more = f" and {len(skipped) - _MAX_LISTED} more" if len(skipped) > _MAX_LISTED else ""
+      logging.warning(
+          "iHarmony4: skipped %d of %d examples whose files are unreadable or "
+          "disagree in size (%s%s; each is named above). Scores on a split with "
+          "skipped examples are not comparable with published ones: replace the "
+          "files from the official download and build again.",
+          len(skipped), len(examples), listed, more)
 
 
 def _example(ex: dict[str, epath.Path | str], images: tuple[bytes, bytes, bytes]
@@ -243,18 +267,45 @@ def _resized_size(size: tuple[int, int], max_size: int) -> tuple[int, int]:
   return int(round(w * scale)), max_size
 
 
+class UnreadableExampleError(ValueError):
+  """An example whose files do not decode, or disagree in size; the message names them."""
+
+
+def _open_decoded(data: bytes, path, what: str) -> Image.Image:
+  """Opens `data`, checking that all of it decodes (a header alone opens fine).
+
+  A truncated or corrupt JPEG would otherwise build and fail later, at
+  evaluation, in a data loader that cannot name the file. JPEGs are checked
+  with a DCT-scaled decode (all of the entropy-coded data, 1/64 of the pixels).
+
+  Raises:
+    UnreadableExampleError: naming the file.
+  """
+  try:
+    img = Image.open(io.BytesIO(data))
+    check = Image.open(io.BytesIO(data))
+    if check.format == "JPEG":
+      check.draft(check.mode, (max(1, check.width // 8), max(1, check.height // 8)))
+    check.load()
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise UnreadableExampleError(
+        f"{what} {path} is not a readable image ({type(e).__name__}: {e})") from e
+  return img
+
+
 def _prepare_images(ex: dict[str, epath.Path | str], composite: bytes, real: bytes, mask: bytes,
                     max_size: int | None) -> tuple[bytes, bytes, bytes]:
   """Checks sizes, makes the mask HxWx1 0/255 and resizes when the long side > max_size.
 
   Raises:
-    ValueError: when composite, real and mask sizes differ (naming the files).
+    UnreadableExampleError: when a file does not decode, or composite, real and
+      mask sizes differ (naming the files).
   """
-  comp_img = Image.open(io.BytesIO(composite))
-  real_img = Image.open(io.BytesIO(real))
-  mask_img = Image.open(io.BytesIO(mask))
+  comp_img = _open_decoded(composite, ex["composite"], "composite")
+  real_img = _open_decoded(real, ex["real"], "real image")
+  mask_img = _open_decoded(mask, ex["mask"], "mask")
   if not comp_img.size == real_img.size == mask_img.size:
-    raise ValueError(
+    raise UnreadableExampleError(
         f"iHarmony4 {ex['key']}: sizes differ (width, height): composite "
         f"{comp_img.size} {ex['composite']}, real {real_img.size} {ex['real']}, "
         f"mask {mask_img.size} {ex['mask']}")

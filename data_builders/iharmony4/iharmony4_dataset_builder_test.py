@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import os
 import shutil
 import unittest
@@ -158,5 +159,29 @@ def test_size_mismatch_names_the_files():
     img.save(out, format="PNG" if key == "mask" else "JPEG")
     buf[key] = out.getvalue()
   ex = {"key": "HCOCO/x_1_1.jpg", "composite": "c.jpg", "real": "r.jpg", "mask": "m.png"}
-  with pytest.raises(ValueError, match=r"HCOCO/x_1_1.jpg: sizes differ.*mask \(7, 6\) m.png"):
+  with pytest.raises(ihd.UnreadableExampleError,
+                     match=r"HCOCO/x_1_1.jpg: sizes differ.*mask \(7, 6\) m.png"):
     ihd._prepare_images(ex, buf["composite"], buf["real"], buf["mask"], None)
+
+
+def test_unreadable_files_are_skipped_counted_and_named(tmp_path, caplog):
+  # A truncated JPEG opens (its header is whole) and used to build, then failed
+  # at evaluation inside the data loader, naming no file.
+  manual = tmp_path / "manual"
+  shutil.copytree(DUMMY, manual)
+  truncated = manual / "HFlickr" / "composite_images" / "f1001_1_1.jpg"
+  data = truncated.read_bytes()
+  truncated.write_bytes(data[:len(data) // 2])
+  Image.open(truncated).size  # pylint: disable=expression-not-assigned
+  (manual / "HCOCO" / "real_images" / "c202.jpg").write_text("<html>Not found</html>")
+  with caplog.at_level(logging.WARNING):
+    builder = _build(tmp_path, "all", manual)
+  # c202.jpg is the real image of train c202_3_1 and test c202_4_1.
+  assert {s: builder.info.splits[s].num_examples for s in ("train", "test")} == {
+      "train": 7, "test": 4}
+  assert "f1001_1_1.jpg" not in _by_name(builder, "train")
+  assert "c202_4_1.jpg" not in _by_name(builder, "test")
+  text = caplog.text
+  assert f"composite {truncated} is not a readable image" in text
+  assert "real image" in text and "HCOCO/real_images/c202.jpg" in text
+  assert "skipped 2 of 9 examples" in text and "skipped 1 of 5 examples" in text
