@@ -237,6 +237,36 @@ def _refuse_code(path: str, error: pickle.UnpicklingError) -> CheckpointFileErro
       "weights from a source you trust.")
 
 
+# How the files start: .npz and torch.save's format since 1.6 are zip archives;
+# older torch.save files are pickles (protocol 2 or later starts with 0x80).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+
+
+def _check_magic(path: str) -> None:
+  """Refuses a file that is neither a zip archive nor a pickle, saying what it starts with.
+
+  A download that saved an error page or a git-lfs pointer would otherwise
+  reach the unpickler and be reported as holding pickled code.
+  """
+  with open(path, "rb") as f:
+    head = f.read(64)
+  zip_only = path.endswith(".npz")
+  if head.startswith(_ZIP_MAGIC) or (not zip_only and head.startswith(_PICKLE_MAGIC)):
+    return
+  kind = "an .npz (zip) archive" if zip_only else "a PyTorch checkpoint (zip or pickle)"
+  text = head.decode("ascii", "replace")
+  hint = ""
+  if text.lstrip().lower().startswith(("<!doctype", "<html")):
+    hint = ": it is an HTML page (a failed download?)"
+  elif text.startswith("version https://git-lfs"):
+    hint = ": it is a git-lfs pointer (run git lfs pull)"
+  elif not head:
+    hint = ": it is empty"
+  raise CheckpointFileError(
+      f"{path} is not {kind}{hint}; it starts with {head[:24]!r}")
+
+
 def load_state_dict(path: str, *, strip_prefix: str = "module.") -> dict[str, np.ndarray]:
   """Reads a PyTorch checkpoint (`.pth`, `.pt`, `.bin`) or an `.npz` file.
 
@@ -255,6 +285,7 @@ def load_state_dict(path: str, *, strip_prefix: str = "module.") -> dict[str, np
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"Checkpoint file not found: {path}")
+  _check_magic(path)
   if path.endswith(".npz"):
     with np.load(path, allow_pickle=False) as data:
       state = {k: data[k] for k in data.files}

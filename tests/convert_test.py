@@ -259,6 +259,27 @@ def test_a_pth_holding_code_is_refused_plainly(tmp_path):
   assert not marker.exists()
 
 
+def test_files_that_are_not_checkpoints_are_named_for_what_they_are(tmp_path):
+  # They used to reach the unpickler and read as "contains pickled code".
+  cases = {
+      "page.pth": (b"<!DOCTYPE html><html>404</html>", "an HTML page"),
+      "lfs.pth": (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab", "git-lfs pointer"),
+      "empty.pth": (b"", "it is empty"),
+      "page.npz": (b"<html></html>", r"not an .npz \(zip\) archive: it is an HTML page"),
+      "text.pt": (b"weights", r"not a PyTorch checkpoint \(zip or pickle\); it starts with "
+                              r"b'weights'"),
+  }
+  for name, (data, message) in cases.items():
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(torch_import.CheckpointFileError, match=message):
+      torch_import.load_state_dict(str(tmp_path / name))
+  # torch.save's zip format and its legacy pickle format both still load.
+  for legacy in (False, True):
+    path = tmp_path / f"legacy{legacy}.pth"
+    torch.save({"a": torch.ones(2)}, path, _use_new_zipfile_serialization=not legacy)
+    np.testing.assert_array_equal(torch_import.load_state_dict(str(path))["a"], [1, 1])
+
+
 def test_load_state_dict_unwraps_and_strips_prefix(tmp_path):
   path = tmp_path / "wrapped.pth"
   torch.save({"state_dict": {"module.a.weight": torch.ones(2)}, "epoch": 3}, path)
