@@ -33,17 +33,47 @@ def _count(module: nnx.Module, filt) -> int:
   return sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(module, filt)))
 
 
-def lowered_flops(fn: Callable, *args) -> float:
-  """FLOPs of jax.jit(fn)(*args) from XLA's cost analysis of the lowered HLO.
-
-  `args` may be ShapeDtypeStructs (nothing is computed or compiled).
-  """
+def _xla_flops(fn: Callable, *args) -> float:
   cost = jax.jit(fn).lower(*args).cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older JAX: one dict per device program.
     cost = cost[0]
   if not cost or "flops" not in cost:
     raise RuntimeError(f"XLA cost analysis reported no 'flops' (got {cost})")
   return float(cost["flops"])
+
+
+def _sub_jaxprs(params: dict):
+  for value in params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, jax.extend.core.ClosedJaxpr):
+        yield item
+      elif isinstance(item, jax.extend.core.Jaxpr):
+        yield jax.extend.core.ClosedJaxpr(item, ())
+
+
+def _loop_repeats(jaxpr: jax.extend.core.ClosedJaxpr) -> float:
+  """FLOPs that XLA's cost analysis leaves out of `jaxpr`: it counts a loop's
+  body once, and every scan (lax.scan, lax.map, fori_loop with static bounds)
+  runs its body `length` times."""
+  extra = 0.0
+  for eqn in jaxpr.jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      body = eqn.params["jaxpr"]
+      avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in body.jaxpr.invars]
+      once = _xla_flops(jax.extend.core.jaxpr_as_fun(body), *avals)
+      extra += (eqn.params["length"] - 1) * once + eqn.params["length"] * _loop_repeats(body)
+    else:
+      extra += sum(_loop_repeats(sub) for sub in _sub_jaxprs(eqn.params))
+  return extra
+
+
+def lowered_flops(fn: Callable, *args) -> float:
+  """FLOPs of jax.jit(fn)(*args) from XLA's cost analysis of the lowered HLO.
+
+  `args` may be ShapeDtypeStructs (nothing is computed or compiled). Scan
+  loops count their body once per iteration (XLA alone counts it once).
+  """
+  return _xla_flops(fn, *args) + _loop_repeats(jax.make_jaxpr(fn)(*args))
 
 
 def summarize(config: ml_collections.ConfigDict, image_size: int | None = None) -> Summary:
