@@ -10,12 +10,15 @@ Defaults come from the checkpoint's config (config.eval: the protocol its paper
 used; its first evaluation set's dataset and size). The table says which PSNR
 peak, SSIM window and background it used; the model's image is scored as it
 comes out unless --background=pasted. Writes <output_dir>/eval_<dataset>_<split>_<size>.{md,csv}
-(output_dir defaults to the workdir/checkpoint directory). The library is
-harmonax.evaluation.
+(output_dir defaults to the workdir/checkpoint directory), the name extended by
+what differs from the config's protocol or the whole split (e.g. `_peak-255`,
+`_first100`, `_bfloat16`), and adds the 'All' row under the same description to
+the model card. The library is harmonax.evaluation.
 """
 
 import os
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -50,6 +53,35 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the table and CSV go.")
 
 
+def _check_writable(directory: str) -> None:
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryFile(dir=directory):
+      pass
+  except OSError as e:
+    raise cli.UserError(
+        f"cannot write the results to {directory} ({e.strerror or e}): pass a writable "
+        "--output_dir") from e
+
+
+def _qualifiers(default, protocol, max_examples: int, count: int, dtype: str
+                ) -> list[tuple[str, str]]:
+  """(file name part, description) of each way a run differs from the full
+  split scored with the config's protocol in float32."""
+  out = []
+  if protocol.psnr_peak != default.psnr_peak:
+    out.append((f"peak-{protocol.psnr_peak}", f"PSNR peak {protocol.psnr_peak}"))
+  if protocol.ssim != default.ssim:
+    out.append((f"ssim-{protocol.ssim}", f"SSIM {protocol.ssim}"))
+  if protocol.background != default.background:
+    out.append((f"bg-{protocol.background}", f"background {protocol.background}"))
+  if max_examples >= 0:
+    out.append((f"first{count}", f"first {count} examples"))
+  if dtype != "float32":
+    out.append((dtype, dtype))
+  return out
+
+
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -63,6 +95,8 @@ def main(argv: list[str]) -> int:
   if jax.process_count() > 1:
     raise app.UsageError("harmonax.evaluate runs on one host; use evaluation.evaluate_sets on pods")
   source = _WORKDIR.value or _CHECKPOINT.value
+  output_dir = _OUTPUT_DIR.value or source
+  _check_writable(output_dir)  # Now, not after the whole evaluation.
   started = time.monotonic()
   with metric_writers.Phase(f"loading the networks from {source}"):
     config, networks = checkpoint.load_networks(source)
@@ -104,16 +138,20 @@ def main(argv: list[str]) -> int:
   title = f"{model_card.model_name(config)} ({source}) on {data_config.name} {split}, {size}"
   table = evaluation.format_table(records, protocol, title, extra)
   print(table)
-  output_dir = _OUTPUT_DIR.value or source
+  # Runs that score differently from the config's protocol, or part of the
+  # split, get their own files and card entry instead of replacing the run's.
+  qualifiers = _qualifiers(evaluation.protocol_of(config), protocol, _MAX_EXAMPLES.value,
+                           len(records), _DTYPE.value)
   stem = (f"eval_{data_config.name.replace('/', '_')}_{split}_"
-          f"{data_config.image_size or 'full'}")
-  os.makedirs(output_dir, exist_ok=True)
+          f"{data_config.image_size or 'full'}"
+          + "".join(f"_{short}" for short, _ in qualifiers))
   with open(os.path.join(output_dir, stem + ".md"), "w", encoding="utf-8") as out:
     out.write(table)
   evaluation.write_csv(os.path.join(output_dir, stem + ".csv"), records)
   print(f"Wrote {os.path.join(output_dir, stem)}.md and .csv")
   # The model card (if the checkpoint has one) keeps the 'All' row of each evaluation.
-  model_card.update_metrics(source, f"{data_config.name} {split} {size}",
+  described = f" ({', '.join(long for _, long in qualifiers)})" if qualifiers else ""
+  model_card.update_metrics(source, f"{data_config.name} {split} {size}{described}",
                             evaluation.summarize(records)["All"])
   return 0
 

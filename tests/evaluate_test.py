@@ -18,6 +18,7 @@ from harmonax import evaluation
 from harmonax import image_io
 from harmonax import input_pipeline
 from harmonax import metrics
+from harmonax import model_card
 import fake_family
 
 DUMMY = os.path.join(os.path.dirname(__file__), "..", "data_builders", "iharmony4",
@@ -178,7 +179,7 @@ def test_command_line_table_csv_and_images(dataset, tmp_path):
       "--image_size=0", "--psnr_peak=255", "--ssim=gaussian7",
       f"--output_dir={tmp_path / 'out'}", f"--save_images={tmp_path / 'images'}"])
   assert result.returncode == 0, result.stderr[-3000:]
-  table = (tmp_path / "out" / "eval_iharmony4_all_test_full.md").read_text()
+  table = (tmp_path / "out" / "eval_iharmony4_all_test_full_peak-255_ssim-gaussian7.md").read_text()
   assert table.startswith(f"### fake_zeroed ({tmp_path / 'ckpt'}) on iharmony4/all test, full")
   assert "full resolution" in table and "255 (peak = 255" in table and "gaussian7" in table
   assert "Background: model output" in table
@@ -187,7 +188,7 @@ def test_command_line_table_csv_and_images(dataset, tmp_path):
     assert table.count(f"| {subset} |") == 2
     row = next(l for l in table.splitlines() if l.startswith(f"| model | {subset} |"))
     assert row.endswith(f"| {n} |")
-  with open(tmp_path / "out" / "eval_iharmony4_all_test_full.csv", encoding="utf-8") as f:
+  with open(tmp_path / "out" / "eval_iharmony4_all_test_full_peak-255_ssim-gaussian7.csv", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   assert sorted(r["subset"] for r in rows) == sorted(
       [s for s, n in TEST_COUNTS.items() if s != "All" for _ in range(n)])
@@ -200,6 +201,30 @@ def test_command_line_table_csv_and_images(dataset, tmp_path):
   comp = image_io.read_image(os.path.join(DUMMY, "HAdobe5k", "composite_images", "a0002_1_4.jpg"))
   assert saved.shape == comp.shape
   assert np.abs(saved.astype(int) - comp.astype(int)).max() <= 1
+
+  # Another protocol on part of the split: its own files and card entry; the
+  # full run's are kept.
+  result = fake_family.run_cli("evaluate", [
+      f"--checkpoint={tmp_path / 'ckpt'}", "--dataset=iharmony4/all", f"--data_dir={dataset}",
+      "--image_size=0", "--background=pasted", "--max_examples=2",
+      f"--output_dir={tmp_path / 'out'}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(os.listdir(tmp_path / "out")) == [
+      f"eval_iharmony4_all_test_full{q}.{ext}"
+      for q in ("_bg-pasted_first2", "_peak-255_ssim-gaussian7") for ext in ("csv", "md")]
+  metrics_of = model_card.read(tmp_path / "ckpt")["metrics"]
+  assert sorted(metrics_of) == [
+      "iharmony4/all test full resolution (PSNR peak 255, SSIM gaussian7)",
+      "iharmony4/all test full resolution (background pasted, first 2 examples)"]
+
+  # An output dir that cannot be written is an error before anything runs.
+  (tmp_path / "file").write_text("")
+  result = fake_family.run_cli("evaluate", [
+      f"--checkpoint={tmp_path / 'ckpt'}", f"--output_dir={tmp_path / 'file' / 'out'}"])
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: cannot write the results to {tmp_path / 'file' / 'out'}")
+  assert "loading the networks" not in result.stderr
 
 
 def test_image_path_keeps_names_unique_and_inside():
