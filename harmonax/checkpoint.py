@@ -319,6 +319,11 @@ def _drop_closed_loop_callbacks() -> None:
 def _restore_newest(checkpoint_dir: epath.Path, restore_one) -> tuple[Any, int]:
   """Calls restore_one(step) newest-first, falling back past corrupt steps."""
   steps = good_steps(checkpoint_dir)
+  if not steps:
+    raise FileNotFoundError(
+        f"No checkpoint in {checkpoint_dir} yet: its run saved none (a checkpoint is "
+        "written every config.checkpoint_every steps, at the end, and on SIGTERM or "
+        "Ctrl-C); train (or resume) with harmonax.train first")
   errors = []
   _drop_closed_loop_callbacks()  # Before: callbacks may come before the exception.
   for step in steps:

@@ -76,6 +76,26 @@ def guarded(main: Callable[[list[str]], int | None],
   return wrapped
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad override of a config field as one line.
+
+  `--config.modle.ch=3` raises KeyError (with ml_collections' "Did you
+  mean" hint) and a value of the wrong type a TypeError or ValueError while
+  the flags are parsed, before any main runs and outside `guarded`.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
+    if "--verbose" in argv:
+      raise
+    if isinstance(e, KeyError):  # ml_collections: "'modle'\nDid you mean ...".
+      message = f"no such config field {e.args[0] if e.args else e}"
+    else:
+      message = str(e)
+    print(f"error: bad flag: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
 def run(main: Callable[[list[str]], int | None],
         user_errors: Sequence[type[BaseException]] = ()) -> None:
   """`app.run(guarded(main, user_errors))`, with a `--verbose` flag; does not return.
@@ -90,4 +110,4 @@ def run(main: Callable[[list[str]], int | None],
   xla_setup.configure()
   metric_writers.quiet_library_logs()
   _define_verbose()
-  app.run(guarded(main, user_errors))
+  app.run(guarded(main, user_errors), flags_parser=_parse_flags)

@@ -24,7 +24,7 @@ import copy
 import os
 import signal
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from absl import app
 from absl import flags
@@ -303,12 +303,45 @@ class _Preemption:
       signal.signal(signum, previous)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises cli.UserError naming the first config field that cannot train.
+
+  Checked before anything is written or read: the loop's counts, the batch,
+  the crop size, and the model (its networks are built abstractly, so an
+  unknown variant or a bad shape setting is found here, not mid-setup).
+  """
+  def need(name: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+      raise cli.UserError(f"config.{name}={value!r}: expected {expected}")
+
+  is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+  need("batch_size", config.batch_size, is_int(config.batch_size) and config.batch_size > 0,
+       "a positive integer")
+  size = config.data.get("image_size")
+  need("data.image_size", size, is_int(size) and size > 0,
+       "a positive integer (the training crop size)")
+  for name in ("total_steps", "num_epochs", "log_every", "eval_every", "checkpoint_every",
+               "image_every", "keep_checkpoints"):
+    if (value := config.get(name)) is not None:
+      need(name, value, is_int(value) and value >= 0, "an integer >= 0")
+  try:
+    checkpoint.abstract_networks(config)
+  except (ValueError, KeyError, TypeError) as e:
+    raise cli.UserError(f"config.model ({config.model.get('name')!r}) cannot be built: "
+                        f"{e}") from e
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from workdir's checkpoints) and returns the final train state.
 
   Raises:
-    workdir_lock.WorkdirBusyError: another live trainer holds workdir.
+    cli.UserError: a config field that cannot train (check_config), a config
+      that differs from the one of workdir's checkpoints, a workdir in use by
+      another live trainer (workdir_lock.WorkdirBusyError) or not writable.
   """
+  # Before the workdir is touched: a config that cannot train leaves nothing
+  # behind, and never replaces the config.json of a run's checkpoints.
+  check_config(config)
   with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir)
 

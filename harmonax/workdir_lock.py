@@ -34,6 +34,10 @@ class WorkdirBusyError(cli.UserError):
   """Another live trainer holds the workdir's lock."""
 
 
+class WorkdirUnusableError(cli.UserError):
+  """The workdir cannot be created or written (a file in its path, no permission)."""
+
+
 def _owner(path: str) -> str:
   try:
     with open(path, encoding="utf-8") as f:
@@ -52,14 +56,20 @@ def hold(workdir: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
 
   Raises:
     WorkdirBusyError: another live process holds the lock.
+    WorkdirUnusableError: the workdir or its lock file cannot be created.
   """
   workdir = os.fspath(workdir)
   if not enabled or fcntl is None or "://" in workdir:
     yield
     return
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  except OSError as e:
+    raise WorkdirUnusableError(
+        f"cannot use {workdir} as the workdir ({e.strerror or e}: {e.filename or path}); "
+        "pass a writable --workdir") from e
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -84,3 +84,42 @@ def test_train_on_a_busy_workdir_refuses_in_one_line(tmp_path):
                   f"--workdir={tmp_path}")
   _assert_one_line_error(result, f"workdir {tmp_path} is in use by another trainer "
                                  f"(pid {os.getpid()} on")
+
+
+def test_a_mistyped_config_field_is_one_line_with_the_hint():
+  # Raised while absl parses the flags, before main (outside cli.guarded).
+  result = _cli("harmonax.train", "--config=configs/issam.py:runlocal", "--config.modle.ch=3")
+  _assert_one_line_error(result, "error: bad flag: no such config field 'modle'",
+                         'Did you mean "model"')
+
+
+def test_configs_that_cannot_train_are_refused_before_the_workdir_is_touched(tmp_path):
+  import fake_family  # pylint: disable=g-import-not-at-top
+  from harmonax import train  # pylint: disable=g-import-not-at-top
+  fake_family.register()
+  cases = {
+      ("data", "image_size", -5): r"config.data.image_size=-5: expected a positive integer",
+      (None, "batch_size", 0): r"config.batch_size=0: expected a positive integer",
+      (None, "total_steps", -1): r"config.total_steps=-1: expected an integer >= 0",
+      ("model", "name", "nope"): r"config.model \('nope'\) cannot be built: .*nope",
+  }
+  for (block, field, value), message in cases.items():
+    config = fake_family.get_config()
+    (config[block] if block else config)[field] = value
+    with pytest.raises(cli.UserError, match=message):
+      train.train_and_evaluate(config, os.fspath(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+  (tmp_path / "file").write_text("")
+  with pytest.raises(workdir_lock.WorkdirUnusableError,
+                     match=f"cannot use {tmp_path / 'file' / 'w'} as the workdir"):
+    with workdir_lock.hold(tmp_path / "file" / "w"):
+      pass
+
+
+def test_a_workdir_without_checkpoints_says_to_train_first(tmp_path):
+  from configs import issam  # pylint: disable=g-import-not-at-top
+  checkpoint.save_config(tmp_path, issam.get_config("runlocal"))
+  (tmp_path / "checkpoints").mkdir()
+  with pytest.raises(FileNotFoundError, match="yet: its run saved none.*harmonax.train first"):
+    checkpoint.load_networks(tmp_path)
