@@ -10,6 +10,8 @@ The builders read photos and masks with these conversions, and harmonax's
   ('I;16' or 'I'), any non-zero pixel for 1-bit. Colour masks use their
   brightest channel (a pure red mask marks the foreground). A mask with a
   non-constant alpha channel (RGBA/LA/PA, e.g. a cut-out PNG) uses the alpha.
+  An 8- or 16-bit mask whose largest value is 1 is a label mask (0/1, as
+  segmentation tools write them): 1 is the foreground.
 """
 
 import numpy as np
@@ -40,17 +42,18 @@ def mask_to_binary(img: Image.Image) -> np.ndarray:
       return (alpha >= 128).astype(np.float32)[..., None]
     img = img.convert("RGB" if img.mode.startswith("RGB") else "L")
   if img.mode == "1":
-    fg = np.asarray(img, dtype=bool)
-  elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
-    fg = np.asarray(img, dtype=np.int64) >= 32768
-  elif img.mode == "F":
+    return np.asarray(img, dtype=np.float32)[..., None]
+  if img.mode == "F":
     arr = np.asarray(img)
-    fg = arr >= (0.5 if arr.max() <= 1.0 else 128)
+    return (arr >= (0.5 if arr.max() <= 1.0 else 128)).astype(np.float32)[..., None]
+  if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    arr, half = np.asarray(img, dtype=np.int64), 32768
   elif img.mode == "L":
-    fg = np.asarray(img) >= 128
+    arr, half = np.asarray(img), 128
   else:
-    fg = np.asarray(img.convert("RGB")).max(axis=-1) >= 128
-  return fg.astype(np.float32)[..., None]
+    arr, half = np.asarray(img.convert("RGB")).max(axis=-1), 128
+  # A 0/1 label mask would otherwise read as empty.
+  return (arr >= (1 if arr.max() == 1 else half)).astype(np.float32)[..., None]
 
 
 def mask_to_alpha(img: Image.Image) -> np.ndarray:

@@ -191,6 +191,10 @@ def test_read_mask_modes(tmp_path):
       "l8.png": Image.fromarray(np.where(fg, 200, 100).astype(np.uint8)),
       "l16.png": Image.fromarray(np.where(fg, 50000, 30000).astype(np.uint16)),
       "one.png": Image.fromarray(fg),
+      # 0/1 label masks (segmentation tools) used to read as empty.
+      "labels8.png": Image.fromarray(fg.astype(np.uint8)),
+      "labels16.png": Image.fromarray(fg.astype(np.uint16)),
+      "labels_rgb.png": Image.fromarray(np.stack([fg] * 3, -1).astype(np.uint8)),
       "red.png": Image.fromarray(np.stack([fg * 255, 0 * fg, 0 * fg], -1).astype(np.uint8)),
       "alpha.png": Image.fromarray(
           np.concatenate([np.full((6, 8, 3), 90, np.uint8), (fg * 255).astype(np.uint8)[..., None]],

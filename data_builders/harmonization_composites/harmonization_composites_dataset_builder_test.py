@@ -267,6 +267,8 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
   _save(msk / "mismatch.png", _mask(20, 32))
   _save(img / "empty.png", good)
   _save(msk / "empty.png", Image.new("L", (32, 24)))
+  _save(img / "labels.png", good)  # A 0/1 label mask: converted, not empty.
+  _save(msk / "labels.png", Image.fromarray((np.asarray(_mask(24, 32)) > 0).astype(np.uint8)))
   _save(img / "lonely.png", good)
   _save(msk / "orphan.png", _mask(24, 32))
   config = dataclasses.replace(hcb.Builder.BUILDER_CONFIGS[2], name="folder_exposure",
@@ -286,13 +288,13 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
   assert files["palette"] == {"palette.png"}
   assert files["16bit"] == {"deep.png", "deep_rgb.png"}
   assert files["exif_rotated"] == {"rotated.jpg"}
-  assert files["mask_converted"] == {"palette.png"}
+  assert files["mask_converted"] == {"palette.png", "labels.png"}
   text = summary.format()
   for name in ("truncated.jpg", "garbage.png", "mismatch.png", "orphan.png"):
     assert name in text
   built = {**examples(builder, "train"), **examples(builder, "test")}
   assert {n.split("/")[0] for n in built} == {
-      "good", "gray", "rgba", "palette", "deep", "deep_rgb", "rotated"}
+      "good", "gray", "rgba", "palette", "deep", "deep_rgb", "rotated", "labels"}
   for ex in built.values():
     check_example(ex)
   rotated = built["rotated/v00"]["real"]
