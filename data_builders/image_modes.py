@@ -61,7 +61,8 @@ def mask_to_alpha(img: Image.Image) -> np.ndarray:
 
   The modes are read as in mask_to_binary, without the threshold: 8-bit values
   / 255, 16-bit / 65535, float images clipped (or / 255 above 1), a varying
-  alpha channel is the matte, RGB takes the largest channel.
+  alpha channel is the matte, RGB takes the largest channel, and an 8- or
+  16-bit image whose largest value is 1 is a 0/1 label mask.
   """
   if img.mode == "P":
     img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -71,14 +72,16 @@ def mask_to_alpha(img: Image.Image) -> np.ndarray:
       return (alpha.astype(np.float32) / 255.0)[..., None]
     img = img.convert("RGB" if img.mode.startswith("RGB") else "L")
   if img.mode == "1":
-    a = np.asarray(img, dtype=np.float32)
-  elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
-    a = np.clip(np.asarray(img, dtype=np.float64) / 65535.0, 0.0, 1.0)
-  elif img.mode == "F":
+    return np.asarray(img, dtype=np.float32)[..., None]
+  if img.mode == "F":
     arr = np.asarray(img, dtype=np.float64)
     a = np.clip(arr if arr.max() <= 1.0 else arr / 255.0, 0.0, 1.0)
+    return a.astype(np.float32)[..., None]
+  if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    arr, full = np.clip(np.asarray(img, dtype=np.float64), 0, 65535), 65535.0
   elif img.mode == "L":
-    a = np.asarray(img, dtype=np.float32) / 255.0
+    arr, full = np.asarray(img, dtype=np.float64), 255.0
   else:
-    a = np.asarray(img.convert("RGB")).max(axis=-1).astype(np.float32) / 255.0
-  return a.astype(np.float32)[..., None]
+    arr, full = np.asarray(img.convert("RGB")).max(axis=-1).astype(np.float64), 255.0
+  # A 0/1 label mask (as in mask_to_binary) is its own matte.
+  return (arr / (1.0 if arr.max() == 1 else full)).astype(np.float32)[..., None]

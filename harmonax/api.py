@@ -13,8 +13,8 @@ import dataclasses
 import os
 from typing import Any
 
-import numpy as np
 
+from data_builders import image_modes
 from harmonax import checkpoint
 from harmonax import inference
 from harmonax import model_card
@@ -35,7 +35,8 @@ class Model:
       composite: [H,W,3] or [B,H,W,3] uint8 (0..255) or float ([0, 1]) array,
         a PIL image, or a list of either (each harmonized at its own size).
       mask: the foreground, as `inference.harmonize` reads it (bool, 0/1,
-        0..255 or float), an array or a PIL image ('L' or '1'), or a list.
+        0..255 or float), an array or a PIL image (any mode, read as
+        `harmonize` reads mask files), or a list.
 
     Returns:
       The composite's kind: a PIL image for a PIL image, else an array of the
@@ -47,13 +48,20 @@ class Model:
         raise ValueError("a list of composites needs a list of masks of the same length")
       return [self(c, m) for c, m in zip(composite, mask)]
     is_pil = _is_pil(composite)
-    image = np.asarray(composite.convert("RGB") if is_pil else composite)
-    mask_array = np.asarray(mask.convert("L") if _is_pil(mask) else mask)
+    # PIL images as `harmonize` reads files: EXIF orientation applied, any
+    # mode (16-bit grey, palette, CMYK; masks by colour or alpha, 0/1 labels).
+    image = image_modes.image_to_rgb(_upright(composite)) if is_pil else composite
+    mask_array = image_modes.mask_to_binary(_upright(mask)) if _is_pil(mask) else mask
     out = inference.harmonize(self.networks, image, mask_array, config=self.config)
     if is_pil:
       from PIL import Image  # pylint: disable=g-import-not-at-top
       return Image.fromarray(out)
     return out
+
+
+def _upright(image: Any) -> Any:
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+  return ImageOps.exif_transpose(image)
 
 
 def _is_pil(image: Any) -> bool:

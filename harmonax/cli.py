@@ -62,6 +62,12 @@ def guarded(main: Callable[[list[str]], int | None],
   def wrapped(argv: list[str]) -> int | None:
     try:
       return main(argv)
+    except app.UsageError as e:
+      # absl would print the module's whole docstring above the one line that matters.
+      if _verbose():
+        raise
+      print(f"error: {e} (--help for usage)", file=sys.stderr)
+      return EXIT_USER_ERROR
     except routine as e:
       if _verbose():
         raise

@@ -55,4 +55,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main, user_errors=(FileNotFoundError, ImportError))
+  # Missing checkpoint, no jax2onnx, bad sizes or output path: one line
+  # (--verbose for the traceback).
+  cli.run(main, user_errors=(FileNotFoundError, ImportError, ValueError))

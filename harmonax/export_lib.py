@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from harmonax import checkpoint
+from harmonax import image_io
 from harmonax import inference
 from harmonax import model_card
 from harmonax.models import layers
@@ -177,10 +178,17 @@ def export(checkpoint_dir: str, fmt: str, output: str, height: int | None = None
     raise ValueError(f"input_dtype {input_dtype!r}: expected one of {INPUT_DTYPES}")
   if (height is None) != (width is None):
     raise ValueError("give both height and width, or neither (dynamic)")
+  if height is not None and (height < 1 or width < 1):
+    raise ValueError(f"height and width must be positive, got {height}x{width}")
+  to_folder = output.endswith("/") or os.path.isdir(output)
+  suffix = os.path.splitext(output)[1].lower()
+  if not to_folder and suffix in SUFFIXES.values() and suffix != SUFFIXES[fmt]:
+    raise ValueError(f"output {output}: a {fmt} file is named *{SUFFIXES[fmt]}, not *{suffix}")
+  image_io.check_output_path(output, folder=to_folder)  # Before the minutes of exporting.
   config, networks = checkpoint.load_networks(checkpoint_dir)
-  if output.endswith("/") or os.path.isdir(output):
+  if to_folder:
     output = os.path.join(output, artifact_name(config, fmt, height, width, input_dtype))
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  image_io.make_output_dir(os.path.dirname(os.path.abspath(output)))
   card = model_card.read(checkpoint_dir) or {}
   if fmt == "stablehlo":
     with open(output, "wb") as f:

@@ -3,7 +3,8 @@ r"""Harmonizes user images at any resolution with a trained or imported model.
 One image (after the quick start):
   python -m harmonax.harmonize --workdir=./workdirs/harmonizer_demo \
       --composite=photo.jpg --mask=photo_mask.png --output=out.png
-A folder (masks matched by file stem; the output is <stem>.png):
+A folder (masks matched by file stem; the output is <stem>.png, also for one
+image whose --output is an existing folder):
   python -m harmonax.harmonize --checkpoint=/tmp/converted/issam \
       --composite=comps/ --mask=masks/ --output=out/
 Video: --video / --frames are handed to harmonax.video (Harmonizer smooths its
@@ -17,7 +18,7 @@ the trained network, which then predicts it:
 
 Masks are binarized (rules in harmonax.inference.harmonize); the output keeps
 every background pixel's bytes (where mask == 0 the output equals the
-composite exactly). Write PNG to keep them: JPEG is lossy. The library is
+composite exactly). Write PNG to keep them: JPEG and WebP are lossy. The library is
 harmonax.inference.
 """
 
@@ -56,6 +57,13 @@ def main(argv: list[str]) -> int:
   from harmonax import checkpoint  # pylint: disable=g-import-not-at-top
   from harmonax import inference  # pylint: disable=g-import-not-at-top
   from harmonax import models  # pylint: disable=g-import-not-at-top
+  output = _OUTPUT.value
+  if output and _COMPOSITE.value and os.path.isfile(_COMPOSITE.value) and os.path.isdir(output):
+    # One image into an existing folder: <folder>/<stem>.png, as folder runs name it.
+    output = os.path.join(output, os.path.splitext(os.path.basename(_COMPOSITE.value))[0] + ".png")
+  if output and not (_VIDEO.value or _FRAMES.value):  # (harmonize_video checks its own.)
+    # Before the model loads and runs: a file where a folder must be.
+    image_io.check_output_path(output, folder=os.path.isdir(_COMPOSITE.value or ""))
   config, networks = checkpoint.load_networks(_WORKDIR.value or _CHECKPOINT.value)
   models.set_compute_dtype(networks, _DTYPE.value)
   warning = inference.demo_warning(config)
@@ -71,7 +79,7 @@ def main(argv: list[str]) -> int:
   inputs = models.get_family(config.model.name).INPUTS
   if _FOREGROUND.value or _BACKGROUND.value or "composite" not in inputs:
     return _compose(config, networks, inputs)
-  composite, mask, output = _COMPOSITE.value, _MASK.value, _OUTPUT.value
+  composite, mask = _COMPOSITE.value, _MASK.value
   if not (composite and mask and output):
     raise app.UsageError("--composite, --mask and --output are required")
   if os.path.isdir(composite):

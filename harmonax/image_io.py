@@ -33,6 +33,42 @@ class ImageError(ValueError):
   """An image or mask file that cannot be used, with the reason and the file."""
 
 
+class OutputPathError(ValueError):
+  """An output path that cannot be written (a file where a folder must be)."""
+
+
+def make_output_dir(directory: str | os.PathLike) -> None:
+  """os.makedirs(directory, exist_ok=True), failing with the folder named.
+
+  Raises:
+    OutputPathError: the folder cannot be created (a file of that name, or in
+      its path, or no permission).
+  """
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as e:
+    raise OutputPathError(
+        f"cannot create the output folder {directory}: {e.strerror or e}"
+        f"{f' ({e.filename})' if e.filename and e.filename != directory else ''}") from None
+
+
+def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> None:
+  """Raises OutputPathError now when `path` (a file, or with `folder` a folder)
+  could not be written later: a file stands where a folder must be. Nothing
+  is created.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if folder and os.path.exists(path) and not os.path.isdir(path):
+    raise OutputPathError(f"cannot write into {path}: {path} is a file, not a folder")
+  if not folder and os.path.isdir(path):
+    raise OutputPathError(f"cannot write {path}: it is a folder")
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise OutputPathError(f"cannot write {path}: {parent} is a file, not a folder")
+
+
 def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
   """Opens, checks the size from the header, decodes and orients one file."""
   path = os.fspath(path)
@@ -119,6 +155,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
 
   Raises:
     ValueError: on a bad shape or an unknown suffix.
+    OutputPathError: its folder cannot be created.
   """
   path = os.fspath(path)
   image = np.asarray(image)
@@ -130,7 +167,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
   if suffix not in IMAGE_SUFFIXES:
     raise ValueError(f"{path}: unknown image suffix {suffix!r}; use one of {IMAGE_SUFFIXES}")
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
+  make_output_dir(directory)
   fd, tmp = tempfile.mkstemp(suffix=suffix, dir=directory)
   os.close(fd)
   try:

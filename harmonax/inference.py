@@ -103,7 +103,8 @@ def binary_mask(mask: jax.Array) -> jax.Array:
   """
   if mask.dtype == jnp.bool_:
     return mask
-  top = jnp.max(mask)
+  # Each image's own maximum: a 0/1 mask batched with a 0/255 one is 0/1.
+  top = jnp.max(mask, axis=(-3, -2, -1), keepdims=True)
   if jnp.issubdtype(mask.dtype, jnp.integer):
     bits = jnp.iinfo(mask.dtype).bits
     high = 32768 if bits > 8 else 128
@@ -157,6 +158,46 @@ def jitted_harmonize(config: ml_collections.FrozenConfigDict) -> Callable:
   return jit_networks(functools.partial(harmonize_arrays, config))
 
 
+# Float composites are [0, 1]; this much outside is rounding, not another range.
+_FLOAT_SLACK = 1e-3
+
+
+def _checked_composite(composite: np.ndarray) -> np.ndarray:
+  """uint8 or float32 [H,W,3] / [B,H,W,3], its values checked.
+
+  Other integer types holding 0..255 become uint8; floats must lie in [0, 1]
+  (a 0..255 float image used to be clipped to white without a word).
+
+  Raises:
+    ValueError: naming the shape, dtype or range that is wrong.
+  """
+  if composite.ndim not in (3, 4) or composite.shape[-1] != 3:
+    raise ValueError(f"composite: expected [H,W,3] or [B,H,W,3], got {composite.shape}")
+  if 0 in composite.shape:
+    raise ValueError(f"composite: empty image, shape {composite.shape}")
+  kind = composite.dtype.kind
+  if composite.dtype == np.uint8:
+    return composite
+  if kind in "iub":
+    low, high = int(composite.min()), int(composite.max())
+    if low < 0 or high > 255:
+      raise ValueError(
+          f"composite: {composite.dtype} values {low}..{high}; pass uint8 (0..255) or "
+          "float in [0, 1] (e.g. a 16-bit image as (x / 65535).astype(np.float32))")
+    return composite.astype(np.uint8)
+  if kind != "f":
+    raise ValueError(f"composite: unsupported dtype {composite.dtype}; pass uint8 or float")
+  if not np.isfinite(composite).all():
+    raise ValueError(f"composite: {np.size(composite) - np.isfinite(composite).sum()} "
+                     "NaN or infinite values")
+  low, high = float(composite.min()), float(composite.max())
+  if low < -_FLOAT_SLACK or high > 1 + _FLOAT_SLACK:
+    raise ValueError(
+        f"composite: float values {low:.4g}..{high:.4g}, expected [0, 1] (divide a "
+        "0..255 image by 255, or pass it as uint8)")
+  return composite.astype(np.float32)
+
+
 def harmonize(networks: dict[str, nnx.Module], composite: np.ndarray, mask: np.ndarray,
               *, config: ml_collections.ConfigDict) -> np.ndarray:
   """Harmonizes one image [H,W,3] or a batch [B,H,W,3] of any size.
@@ -181,22 +222,25 @@ def harmonize(networks: dict[str, nnx.Module], composite: np.ndarray, mask: np.n
     ValueError: on bad shapes or composite/mask size mismatch, or for a model
       that does not harmonize a composite (Deep Image Compositing).
   """
-  composite = np.asarray(composite)
+  composite = _checked_composite(np.asarray(composite))
   mask = np.asarray(mask)
   single = composite.ndim == 3
-  if composite.ndim not in (3, 4) or composite.shape[-1] != 3:
-    raise ValueError(f"composite: expected [H,W,3] or [B,H,W,3], got {composite.shape}")
-  if mask.ndim == composite.ndim - 1:
-    mask = mask[..., None]
-  if mask.shape != composite.shape[:-1] + (1,):
-    raise ValueError(
-        f"mask size {mask.shape[:-1]} does not match composite size "
-        f"{composite.shape[:-1]} (composite {composite.shape}, mask {mask.shape})")
   if single:
-    composite, mask = composite[None], mask[None]
-  if composite.dtype != np.uint8:
-    composite = composite.astype(np.float32)
-  if mask.dtype == np.float64:
+    composite = composite[None]
+  b, h, w, _ = composite.shape
+  if mask.shape in ((h, w), (h, w, 1)):  # The image's mask, or one for the whole batch.
+    mask = np.broadcast_to(mask.reshape(1, h, w, 1), (b, h, w, 1))
+  elif mask.shape == (b, h, w):
+    mask = mask[..., None]
+  if mask.shape != (b, h, w, 1):
+    want = ("[H,W] or [H,W,1]" if single
+            else "[B,H,W], [B,H,W,1], or [H,W] / [H,W,1] for every image")
+    raise ValueError(
+        f"mask size does not match the composite: expected {want} with (H, W) = {(h, w)}"
+        f"{'' if single else f' and B = {b}'}, got mask shape {mask.shape}")
+  if mask.dtype.kind == "f":
+    if not np.isfinite(mask).all():
+      raise ValueError("mask: holds NaN or infinite values")
     mask = mask.astype(np.float32)
   out = np.asarray(jitted_harmonize(ml_collections.FrozenConfigDict(config))(
       networks, jnp.asarray(composite), jnp.asarray(mask)))
@@ -248,7 +292,8 @@ def find_mask(stem: str, masks_by_stem: dict[str, list[str]]) -> str:
       raise LookupError(f"several masks for {stem!r}: {found}")
     if found:
       return found[0]
-  raise LookupError(f"no mask named {stem}.* (or {stem.rpartition('_')[0]}.*)")
+  shorter = stem.rpartition("_")[0]
+  raise LookupError(f"no mask named {stem}.*" + (f" (or {shorter}.*)" if shorter else ""))
 
 
 def harmonize_folder(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
@@ -257,23 +302,39 @@ def harmonize_folder(config: ml_collections.ConfigDict, networks: dict[str, nnx.
                      ) -> tuple[list[str], list[tuple[str, str]]]:
   """Harmonizes every image of `composite_dir` into `output_dir/<stem>.png`.
 
-  A bad file (unreadable, too large, no mask, size mismatch) is skipped and
-  reported, never fatal.
+  A bad file (unreadable, too large, no mask, size mismatch, another
+  composite of the same stem) is skipped and reported, never fatal.
+
+  Raises:
+    ValueError: `composite_dir` holds no images, or `output_dir` is the
+      composite or mask folder (whose files it would overwrite).
 
   Returns:
     (written output paths, [(composite path, reason), ...] for skipped files).
   """
+  for folder, what in ((composite_dir, "composite"), (mask_dir, "mask")):
+    if os.path.isdir(output_dir) and os.path.samefile(folder, output_dir):
+      raise ValueError(f"the output folder {output_dir} is the {what} folder: its files "
+                       "would be overwritten; give another output folder")
   masks_by_stem: dict[str, list[str]] = {}
   for name in _image_files(mask_dir):
     masks_by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
-  written, skipped = [], []
   names = _image_files(composite_dir)
+  if not names:
+    raise ValueError(f"{composite_dir} holds no images ({', '.join(image_io.IMAGE_SUFFIXES)})")
+  by_stem: dict[str, list[str]] = {}
+  for name in names:
+    by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
+  written, skipped = [], []
   progress = metric_writers.ItemProgress(f"harmonizing {composite_dir}", total=len(names))
   for name in names:
     stem = os.path.splitext(name)[0]
     composite_path = os.path.join(composite_dir, name)
     output_path = os.path.join(output_dir, stem + ".png")
     try:
+      if len(by_stem[stem]) > 1:  # a.jpg and a.png would both write a.png.
+        raise LookupError(f"{' and '.join(by_stem[stem])} would both be written to "
+                          f"{stem}.png; rename one")
       mask_path = os.path.join(mask_dir, find_mask(stem, masks_by_stem))
       harmonize_file(config, networks, composite_path, mask_path, output_path, max_pixels)
       written.append(output_path)

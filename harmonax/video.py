@@ -38,6 +38,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from data_builders import image_modes
+
 from harmonax import filters
 from harmonax import image_io
 from harmonax import inference
@@ -134,37 +136,47 @@ def _read_video(path: str) -> tuple[Iterator[np.ndarray], float, int | None]:
   return frames(), float(meta.get("fps") or DEFAULT_FPS), count
 
 
-def _soft_mask(mask: np.ndarray) -> np.ndarray:
-  """float32 [H,W,1] in [0, 1] from an 8-bit gray or RGB mask."""
-  mask = np.asarray(mask)
-  if mask.ndim == 3:
-    mask = mask[..., :1] if mask.shape[-1] in (1, 3, 4) else mask
-  else:
-    mask = mask[..., None]
-  scale = 255.0 if mask.dtype == np.uint8 or mask.max(initial=0) > 1 else 1.0
-  return mask.astype(np.float32) / scale
-
-
-def _read_gray(path: str) -> np.ndarray:
-  with Image.open(path) as img:
-    return np.asarray(img.convert("L"))
+def _frame_matte(frame: np.ndarray) -> np.ndarray:
+  """float32 [H,W,1] in [0, 1] of a mask video's frame, read as mask files are."""
+  return image_modes.mask_to_alpha(Image.fromarray(np.asarray(frame)))
 
 
 def _masks(mask: str, num_frames: int | None) -> Iterator[np.ndarray]:
-  """Per-frame soft masks from a folder, one image, or a mask video."""
+  """Per-frame soft masks from a folder, one image, or a mask video, read as
+  `harmonize` reads mask files (image_io.read_matte: colour, alpha, 16-bit,
+  0/1 labels, EXIF orientation), soft values kept."""
   if os.path.isdir(mask):
     files = _frame_files(mask)
     if num_frames is not None and len(files) != num_frames:
       raise ValueError(f"{mask} holds {len(files)} masks for {num_frames} frames; "
                        "give one mask per frame, or a single mask file")
-    return (_soft_mask(_read_gray(f)) for f in files)
+    return (image_io.read_matte(f) for f in files)
   if _is_video(mask):
-    frames, _, _ = _read_video(mask)
-    return (_soft_mask(f) for f in frames)
+    frames, _, count = _read_video(mask)
+    if num_frames is not None and count is not None and count != num_frames:
+      raise ValueError(f"the mask video {mask} has {count} frames for {num_frames} frames "
+                       "of the clip; give one mask per frame, or a single mask file")
+    return (_frame_matte(f) for f in frames)
   if not os.path.exists(mask):
     raise FileNotFoundError(f"Mask not found: {mask}")
-  single = _soft_mask(_read_gray(mask))
-  return itertools.repeat(single)  # The same mask for every frame.
+  return itertools.repeat(image_io.read_matte(mask))  # The same mask for every frame.
+
+
+def _pairs(frames: Iterable[np.ndarray], masks: Iterable[np.ndarray]
+           ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(frame, mask) pairs; masks running out before the frames is an error
+  (zip would end the video there without a word)."""
+  masks = iter(masks)
+  for i, frame in enumerate(frames):
+    mask = next(masks, None)
+    if mask is None:
+      raise ValueError(f"the masks ran out after {i} frames; give one mask per frame, or "
+                       "a single mask file for all")
+    yield frame, mask
+
+
+def _same_folder(a: str, b: str) -> bool:
+  return os.path.exists(b) and os.path.samefile(a, b)
 
 
 class _Writer:
@@ -173,12 +185,12 @@ class _Writer:
   def __init__(self, output: str, fps: float, names: list[str] | None):
     self.output, self.names, self.count = output, names, 0
     if _is_video(output):
-      os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+      image_io.make_output_dir(os.path.dirname(os.path.abspath(output)))
       self.video = _imageio().get_writer(output, "ffmpeg", fps=fps,
                                          macro_block_size=1)
     else:
       self.video = None
-      os.makedirs(output, exist_ok=True)
+      image_io.make_output_dir(output)
 
   def write(self, frame: np.ndarray) -> None:
     if self.video is not None:
@@ -199,7 +211,7 @@ def harmonize_frames(networks: dict[str, nnx.Module], frames: Iterable[np.ndarra
   """Yields harmonized uint8 frames of uint8 frames [H,W,3] and soft masks [H,W,1]."""
   raw_fn, apply_fn = _jitted()
   ema = ArgumentEma(fps)
-  for frame, mask in zip(frames, masks):
+  for frame, mask in _pairs(frames, masks):
     _check_size(frame, mask)
     comp = jnp.asarray(frame, jnp.float32)[None] / 255.0
     m = jnp.asarray(mask)[None]
@@ -219,7 +231,7 @@ def harmonize_each_frame(config: ml_collections.ConfigDict, networks: dict[str, 
                          frames: Iterable[np.ndarray], masks: Iterable[np.ndarray]
                          ) -> Iterator[np.ndarray]:
   """Yields `inference.harmonize` of each uint8 frame [H,W,3] with its mask [H,W,1]."""
-  for frame, mask in zip(frames, masks):
+  for frame, mask in _pairs(frames, masks):
     _check_size(frame, mask)
     yield inference.harmonize(networks, frame, mask, config=config)
 
@@ -249,6 +261,10 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
     raise ValueError("Give exactly one of video (a file) or frames (a folder)")
   if not mask or not output:
     raise ValueError("Video harmonization needs a mask and an output")
+  image_io.check_output_path(output, folder=not _is_video(output))
+  if frames and not _is_video(output) and _same_folder(frames, output):
+    raise ValueError(f"the output folder {output} is the frame folder: its frames would be "
+                     "overwritten; give another --output")
   if video:
     stream, video_fps, count = _read_video(video)
     names = None

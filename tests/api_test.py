@@ -56,6 +56,27 @@ def test_model_call_on_arrays_pil_images_batches_and_lists(tmp_path):
   outs = model([u8, small], [m8, np.ones((24, 32), bool)])
   assert [o.shape for o in outs] == [(40, 56, 3), (24, 32, 3)]
 
+  # PIL masks and images of any mode read as `harmonize` reads files (a red or
+  # cut-out mask used to read as empty through convert("L")).
+  want = model(u8, m8)
+  red = Image.fromarray(np.stack([m8, 0 * m8, 0 * m8], -1))
+  cutout = Image.fromarray(np.concatenate([np.full((40, 56, 3), 90, np.uint8), m8[..., None]],
+                                          -1), "RGBA")
+  labels = Image.fromarray((m8 > 0).astype(np.uint8))
+  for pil_mask in (red, cutout, labels):
+    np.testing.assert_array_equal(np.asarray(model(Image.fromarray(u8), pil_mask)), want)
+  grey16 = Image.fromarray(u8[..., 1].astype(np.uint16) * 257)
+  np.testing.assert_array_equal(
+      np.asarray(model(grey16, Image.fromarray(m8))),
+      model(np.repeat(u8[..., 1:2], 3, axis=-1), m8))
+  # A phone photo stored sideways with an EXIF orientation: upright, as its mask.
+  sideways = tmp_path / "sideways.jpg"
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Rotate 90 degrees clockwise to display.
+  Image.fromarray(np.ascontiguousarray(np.rot90(u8, 1))).save(sideways, exif=exif, quality=95)
+  out = model(Image.open(sideways), Image.fromarray(m8))
+  assert out.size == (56, 40)
+
 
 def test_a_compositing_model_called_like_a_harmonizer_says_what_to_call(tmp_path):
   model = harmonax.load(recipe_checkpoint("deep_compositing", str(tmp_path / "dc")))

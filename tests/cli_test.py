@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+from absl import app
 from absl import flags
 from absl.testing import flagsaver
 from flax import nnx
@@ -29,6 +30,8 @@ def test_guarded_prints_routine_errors_as_one_line(capsys):
   assert capsys.readouterr().err == "error: no such workdir: w\n"
   assert cli.guarded(fails(FileNotFoundError("x.pth")), (FileNotFoundError,))([]) == 1
   assert capsys.readouterr().err == "error: x.pth\n"
+  assert cli.guarded(fails(app.UsageError("--output is required")))([]) == 1
+  assert capsys.readouterr().err == "error: --output is required (--help for usage)\n"
   assert cli.guarded(fails(KeyboardInterrupt()))([]) == cli.EXIT_INTERRUPTED
   assert capsys.readouterr().err == "interrupted\n"
   with pytest.raises(ZeroDivisionError):  # A bug: the traceback stays.

@@ -120,8 +120,51 @@ def test_networks_of_one_structure_share_a_compilation():
 def test_size_mismatch_is_an_error(model):
   config, networks = model
   composite, mask = _pair(16, 16)
-  with pytest.raises(ValueError, match="does not match composite size"):
+  with pytest.raises(ValueError, match=r"mask size does not match the composite: expected "
+                                       r"\[H,W\] or \[H,W,1\] with \(H, W\) = \(16, 16\), "
+                                       r"got mask shape \(16, 15\)"):
     harmonize_lib.harmonize(networks, composite, mask[:, :-1], config=config)
+
+
+def test_composites_outside_their_range_are_refused_not_clipped(model):
+  # A 0..255 float image, a 16-bit image or NaNs used to come back as garbage.
+  config, networks = model
+  composite, mask = _pair(16, 20)
+  ref = harmonize_lib.harmonize(networks, composite, mask, config=config)
+  # Integers holding 0..255 are uint8 images; the output is uint8 too.
+  np.testing.assert_array_equal(
+      harmonize_lib.harmonize(networks, composite.astype(np.int64), mask, config=config), ref)
+  bad = {
+      "float values 0..255": composite.astype(np.float32),
+      "uint16 values": composite.astype(np.uint16) * 257,
+      "2 NaN or infinite": np.where(np.arange(16 * 20 * 3).reshape(16, 20, 3) < 2, np.nan,
+                                    composite / 255.0),
+      "empty image": np.zeros((0, 20, 3), np.uint8),
+      "unsupported dtype complex": composite.astype(np.complex64),
+  }
+  for message, image in bad.items():
+    with pytest.raises(ValueError, match=message):
+      harmonize_lib.harmonize(networks, image, mask, config=config)
+  with pytest.raises(ValueError, match="mask: holds NaN"):
+    harmonize_lib.harmonize(networks, composite, np.full((16, 20), np.nan), config=config)
+
+
+def test_masks_are_thresholded_per_image_and_one_mask_serves_a_batch(model):
+  config, networks = model
+  composite, mask = _pair(16, 20, seed=1)
+  batch = np.stack([composite, composite[::-1]])
+  ref = harmonize_lib.harmonize(networks, batch, np.stack([mask, mask[::-1]]), config=config)
+  # A 0/1 mask batched with a 0/255 one: each read by its own maximum.
+  mixed = np.stack([(mask > 0).astype(np.uint8), mask[::-1]])
+  np.testing.assert_array_equal(harmonize_lib.harmonize(networks, batch, mixed, config=config),
+                                ref)
+  # One [H,W] mask for every image of the batch.
+  same = np.stack([composite, composite])
+  np.testing.assert_array_equal(
+      harmonize_lib.harmonize(networks, same, mask, config=config),
+      harmonize_lib.harmonize(networks, same, np.stack([mask, mask]), config=config))
+  with pytest.raises(ValueError, match=r"and B = 2, got mask shape \(3, 16, 20\)"):
+    harmonize_lib.harmonize(networks, batch, np.stack([mask] * 3), config=config)
 
 
 # --- image_io -----------------------------------------------------------------
@@ -274,6 +317,46 @@ def test_folder_run_skips_and_reports_bad_files(model, tmp_path):
     np.testing.assert_array_equal(out[mask == 0], composite[mask == 0])
 
 
+def test_folder_runs_never_overwrite_inputs_or_each_other(model, tmp_path):
+  config, networks = model
+  _write_pair(tmp_path, "a", 20, 30, 0)
+  _write_pair(tmp_path, "b", 20, 30, 1)
+  # a.jpg would also be written to a.png: both are skipped, named.
+  Image.fromarray(_pair(20, 30, 2)[0]).save(tmp_path / "comp" / "a.jpg", quality=95)
+  written, skipped = harmonize_lib.harmonize_folder(
+      config, networks, str(tmp_path / "comp"), str(tmp_path / "mask"), str(tmp_path / "out"))
+  assert [os.path.basename(p) for p in written] == ["b.png"]
+  reasons = {os.path.basename(p): r for p, r in skipped}
+  assert reasons == {n: "a.jpg and a.png would both be written to a.png; rename one"
+                     for n in ("a.jpg", "a.png")}
+  before = (tmp_path / "comp" / "b.png").read_bytes()
+  for folder, what in (("comp", "composite"), ("mask", "mask")):
+    with pytest.raises(ValueError, match=f"is the {what} folder: its files would be overwritten"):
+      harmonize_lib.harmonize_folder(config, networks, str(tmp_path / "comp"),
+                                     str(tmp_path / "mask"), str(tmp_path / folder))
+  assert (tmp_path / "comp" / "b.png").read_bytes() == before
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="empty holds no images"):
+    harmonize_lib.harmonize_folder(config, networks, str(tmp_path / "empty"),
+                                   str(tmp_path / "mask"), str(tmp_path / "out2"))
+  with pytest.raises(LookupError, match=r"^no mask named d\.\*$"):
+    harmonize_lib.find_mask("d", {})
+
+
+def test_output_paths_that_cannot_be_written_are_named(tmp_path):
+  (tmp_path / "file").write_text("")
+  for path, folder in ((tmp_path / "file" / "x.png", False), (tmp_path / "file", True),
+                       (tmp_path / "file" / "sub" / "x.png", False)):
+    with pytest.raises(image_io.OutputPathError, match=f"{tmp_path / 'file'} is a file"):
+      image_io.check_output_path(path, folder=folder)
+  with pytest.raises(image_io.OutputPathError, match="it is a folder"):
+    image_io.check_output_path(tmp_path, folder=False)
+  image_io.check_output_path(tmp_path / "new" / "deeper" / "x.png")  # Creatable: fine.
+  assert not (tmp_path / "new").exists()
+  with pytest.raises(image_io.OutputPathError, match="cannot create the output folder"):
+    image_io.write_image(tmp_path / "file" / "x.png", np.zeros((2, 2, 3), np.uint8))
+
+
 def test_command_line_single_file_and_folder(model, tmp_path):
   config, networks = model
   checkpoint.save_networks(tmp_path / "ckpt", config, networks)
@@ -294,6 +377,19 @@ def test_command_line_single_file_and_folder(model, tmp_path):
   assert result.returncode == 1, result.stderr[-3000:]  # One file skipped.
   assert "skipped" in result.stdout and "bad.png" in result.stdout
   assert os.listdir(tmp_path / "out") == ["x.png"]
+  # One image into an existing folder: <folder>/<stem>.png; a file in the
+  # output's path: one line, before the model loads.
+  os.remove(tmp_path / "out" / "x.png")
+  (tmp_path / "file").write_text("")
+  for output, code in ((tmp_path / "out", 0), (tmp_path / "file" / "x.png", 1)):
+    result = fake_family.run_cli("harmonize", [
+        ckpt, f"--composite={tmp_path / 'comp' / 'x.png'}",
+        f"--mask={tmp_path / 'mask' / 'x.png'}", f"--output={output}"])
+    assert result.returncode == code, result.stderr[-3000:]
+  assert os.listdir(tmp_path / "out") == ["x.png"]
+  assert f"error: cannot write {tmp_path / 'file' / 'x.png'}: {tmp_path / 'file'} is a file" in (
+      result.stderr)
+  assert "Traceback" not in result.stderr and "loading" not in result.stderr
 
 
 def test_demo_models_are_named_as_such(model, tmp_path):

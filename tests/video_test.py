@@ -166,3 +166,48 @@ def test_video_file_in_and_out_with_per_frame_masks(setup, tmp_path):
   out = [np.asarray(f) for f in reader]
   reader.close()
   assert len(out) == 4 and out[0].shape == (48, 64, 3)
+  with imageio.get_writer(tmp_path / "masks.mp4", "ffmpeg", fps=10, macro_block_size=1) as w:
+    for _ in range(3):
+      w.append_data(np.repeat(_mask()[..., None], 3, axis=-1))
+  with pytest.raises(ValueError, match="masks.mp4 has 3 frames for 4 frames of the clip"):
+    video.harmonize_video(config, networks, video=str(tmp_path / "in.mp4"),
+                          mask=str(tmp_path / "masks.mp4"), output=str(tmp_path / "o.mp4"))
+
+
+def test_masks_read_as_mask_files_and_inputs_are_never_overwritten(setup, tmp_path):
+  config, networks = setup
+  _write_frames(tmp_path / "frames", n=2)
+  fg = _mask() > 0
+  masks = {
+      "gray.png": Image.fromarray(_mask()),
+      # These read as empty through convert("L") / 255: the video came back unchanged.
+      "labels.png": Image.fromarray(fg.astype(np.uint8)),
+      "red.png": Image.fromarray(np.stack([_mask(), 0 * _mask(), 0 * _mask()], -1)),
+  }
+  outputs = {}
+  for name, img in masks.items():
+    img.save(tmp_path / name)
+    assert video.harmonize_video(config, networks, frames=str(tmp_path / "frames"),
+                                 mask=str(tmp_path / name), output=str(tmp_path / name[:-4])) == 0
+    outputs[name] = [np.asarray(Image.open(tmp_path / name[:-4] / f"f00{i}.png"))
+                     for i in range(2)]
+  for name in ("labels.png", "red.png"):
+    np.testing.assert_array_equal(outputs[name], outputs["gray.png"], err_msg=name)
+  before = (tmp_path / "frames" / "f000.png").read_bytes()
+  with pytest.raises(ValueError, match="is the frame folder: its frames would be overwritten"):
+    video.harmonize_video(config, networks, frames=str(tmp_path / "frames"),
+                          mask=str(tmp_path / "gray.png"), output=str(tmp_path / "frames"))
+  assert (tmp_path / "frames" / "f000.png").read_bytes() == before
+  (tmp_path / "file").write_text("")
+  with pytest.raises(ValueError, match="is a file, not a folder"):
+    video.harmonize_video(config, networks, frames=str(tmp_path / "frames"),
+                          mask=str(tmp_path / "gray.png"), output=str(tmp_path / "file" / "o"))
+
+
+def test_masks_running_out_before_the_frames_is_an_error(setup):
+  config, networks = setup
+  frames = [np.zeros((48, 64, 3), np.uint8)] * 3
+  masks = [np.ones((48, 64, 1), np.float32)] * 2
+  # zip() used to end the video after the second frame without a word.
+  with pytest.raises(ValueError, match="the masks ran out after 2 frames"):
+    list(video.harmonize_each_frame(config, networks, frames, masks))
