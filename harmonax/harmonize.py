@@ -3,8 +3,8 @@ r"""Harmonizes user images at any resolution with a trained or imported model.
 One image (after the quick start):
   python -m harmonax.harmonize --workdir=./workdirs/harmonizer_demo \
       --composite=photo.jpg --mask=photo_mask.png --output=out.png
-A folder (masks matched by file stem; the output is <stem>.png, also for one
-image whose --output is an existing folder):
+A folder (masks matched by file stem, or --mask=one_mask.png for all; the
+output is <stem>.png, also for one image whose --output is an existing folder):
   python -m harmonax.harmonize --checkpoint=/tmp/converted/issam \
       --composite=comps/ --mask=masks/ --output=out/
 Video: --video / --frames are handed to harmonax.video (Harmonizer smooths its
@@ -34,7 +34,8 @@ from harmonax import image_io
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to load the newest checkpoint of.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A checkpoint.save_networks directory.")
 _COMPOSITE = flags.DEFINE_string("composite", None, "Composite image file, or a folder of them.")
-_MASK = flags.DEFINE_string("mask", None, "Mask file, or a folder of masks with matching stems.")
+_MASK = flags.DEFINE_string("mask", None, "Mask file, or a folder of masks with matching stems "
+                            "(a folder run also takes one mask file for every image).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output file, or folder for folder runs.")
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", image_io.DEFAULT_MAX_PIXELS,
                                    "Refuse larger images (decompression bombs).")
@@ -83,8 +84,8 @@ def main(argv: list[str]) -> int:
   if not (composite and mask and output):
     raise app.UsageError("--composite, --mask and --output are required")
   if os.path.isdir(composite):
-    if not os.path.isdir(mask):
-      raise app.UsageError(f"--composite is a folder, so --mask must be one: {mask}")
+    if not os.path.exists(mask):
+      raise app.UsageError(f"--mask {mask} not found (a folder of masks, or one mask for all)")
     written, skipped = inference.harmonize_folder(config, networks, composite, mask,
                                                   output, _MAX_PIXELS.value)
     print(f"Harmonized {len(written)} images into {output}; skipped {len(skipped)}.")

@@ -302,6 +302,9 @@ def harmonize_folder(config: ml_collections.ConfigDict, networks: dict[str, nnx.
                      ) -> tuple[list[str], list[tuple[str, str]]]:
   """Harmonizes every image of `composite_dir` into `output_dir/<stem>.png`.
 
+  Each composite's mask is the file of `mask_dir` with its stem (see
+  find_mask); `mask_dir` may also be one mask file for every composite.
+
   A bad file (unreadable, too large, no mask, size mismatch, another
   composite of the same stem) is skipped and reported, never fatal.
 
@@ -316,8 +319,9 @@ def harmonize_folder(config: ml_collections.ConfigDict, networks: dict[str, nnx.
     if os.path.isdir(output_dir) and os.path.samefile(folder, output_dir):
       raise ValueError(f"the output folder {output_dir} is the {what} folder: its files "
                        "would be overwritten; give another output folder")
+  one_mask = mask_dir if os.path.isfile(mask_dir) else None  # The same for every image.
   masks_by_stem: dict[str, list[str]] = {}
-  for name in _image_files(mask_dir):
+  for name in [] if one_mask else _image_files(mask_dir):
     masks_by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
   names = _image_files(composite_dir)
   if not names:
@@ -335,7 +339,7 @@ def harmonize_folder(config: ml_collections.ConfigDict, networks: dict[str, nnx.
       if len(by_stem[stem]) > 1:  # a.jpg and a.png would both write a.png.
         raise LookupError(f"{' and '.join(by_stem[stem])} would both be written to "
                           f"{stem}.png; rename one")
-      mask_path = os.path.join(mask_dir, find_mask(stem, masks_by_stem))
+      mask_path = one_mask or os.path.join(mask_dir, find_mask(stem, masks_by_stem))
       harmonize_file(config, networks, composite_path, mask_path, output_path, max_pixels)
       written.append(output_path)
     except (image_io.ImageError, LookupError, ValueError) as e:

@@ -339,6 +339,13 @@ def test_folder_runs_never_overwrite_inputs_or_each_other(model, tmp_path):
   with pytest.raises(ValueError, match="empty holds no images"):
     harmonize_lib.harmonize_folder(config, networks, str(tmp_path / "empty"),
                                    str(tmp_path / "mask"), str(tmp_path / "out2"))
+  # One mask file for every composite of the folder.
+  written, skipped = harmonize_lib.harmonize_folder(
+      config, networks, str(tmp_path / "comp"), str(tmp_path / "mask" / "b.png"),
+      str(tmp_path / "one"))
+  assert [os.path.basename(p) for p in written] == ["b.png"] and len(skipped) == 2
+  np.testing.assert_array_equal(image_io.read_image(tmp_path / "one" / "b.png"),
+                                image_io.read_image(tmp_path / "out" / "b.png"))
   with pytest.raises(LookupError, match=r"^no mask named d\.\*$"):
     harmonize_lib.find_mask("d", {})
 
