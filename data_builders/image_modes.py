@@ -10,8 +10,9 @@ The builders read photos and masks with these conversions, and harmonax's
   ('I;16' or 'I'), any non-zero pixel for 1-bit. Colour masks use their
   brightest channel (a pure red mask marks the foreground). A mask with a
   non-constant alpha channel (RGBA/LA/PA, e.g. a cut-out PNG) uses the alpha.
-  An 8- or 16-bit mask whose largest value is 1 is a label mask (0/1, as
-  segmentation tools write them): 1 is the foreground.
+  A single-channel 8- or 16-bit mask stored losslessly (not JPEG or WebP, whose
+  noise can put 1s into a black mask) whose largest value is 1 is a label mask
+  (0/1, as segmentation tools write them): 1 is the foreground.
 """
 
 import numpy as np
@@ -32,8 +33,19 @@ def image_to_rgb(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+# Formats whose codec noise can put 1s into a black mask: never label masks.
+_LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")
+
+
+def _is_label_mask(fmt: str | None, single_channel: np.ndarray) -> bool:
+  """Whether a single-channel integer mask, stored losslessly (`fmt`: the
+  file's format, None for an image made in memory), holds 0/1 labels."""
+  return fmt not in _LOSSY_FORMATS and single_channel.max() == 1
+
+
 def mask_to_binary(img: Image.Image) -> np.ndarray:
   """A Pillow mask image of any mode as float32 [H,W,1] in {0, 1} (see module doc)."""
+  fmt = img.format
   if img.mode == "P":
     img = img.convert("RGBA" if "transparency" in img.info else "RGB")
   if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -46,14 +58,14 @@ def mask_to_binary(img: Image.Image) -> np.ndarray:
   if img.mode == "F":
     arr = np.asarray(img)
     return (arr >= (0.5 if arr.max() <= 1.0 else 128)).astype(np.float32)[..., None]
-  if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-    arr, half = np.asarray(img, dtype=np.int64), 32768
-  elif img.mode == "L":
-    arr, half = np.asarray(img), 128
+  if img.mode in ("I;16", "I;16B", "I;16L", "I", "L"):
+    arr = np.asarray(img, dtype=np.int64)
+    if _is_label_mask(fmt, arr):  # It would otherwise read as empty.
+      return (arr >= 1).astype(np.float32)[..., None]
+    half = 128 if img.mode == "L" else 32768
   else:
     arr, half = np.asarray(img.convert("RGB")).max(axis=-1), 128
-  # A 0/1 label mask would otherwise read as empty.
-  return (arr >= (1 if arr.max() == 1 else half)).astype(np.float32)[..., None]
+  return (arr >= half).astype(np.float32)[..., None]
 
 
 def mask_to_alpha(img: Image.Image) -> np.ndarray:
@@ -61,9 +73,10 @@ def mask_to_alpha(img: Image.Image) -> np.ndarray:
 
   The modes are read as in mask_to_binary, without the threshold: 8-bit values
   / 255, 16-bit / 65535, float images clipped (or / 255 above 1), a varying
-  alpha channel is the matte, RGB takes the largest channel, and an 8- or
-  16-bit image whose largest value is 1 is a 0/1 label mask.
+  alpha channel is the matte, RGB takes the largest channel, and a 0/1 label
+  mask (as in mask_to_binary) is its own matte.
   """
+  fmt = img.format
   if img.mode == "P":
     img = img.convert("RGBA" if "transparency" in img.info else "RGB")
   if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -77,11 +90,9 @@ def mask_to_alpha(img: Image.Image) -> np.ndarray:
     arr = np.asarray(img, dtype=np.float64)
     a = np.clip(arr if arr.max() <= 1.0 else arr / 255.0, 0.0, 1.0)
     return a.astype(np.float32)[..., None]
-  if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-    arr, full = np.clip(np.asarray(img, dtype=np.float64), 0, 65535), 65535.0
-  elif img.mode == "L":
-    arr, full = np.asarray(img, dtype=np.float64), 255.0
+  if img.mode in ("I;16", "I;16B", "I;16L", "I", "L"):
+    arr = np.clip(np.asarray(img, dtype=np.float64), 0, 65535)
+    full = 1.0 if _is_label_mask(fmt, arr) else 255.0 if img.mode == "L" else 65535.0
   else:
     arr, full = np.asarray(img.convert("RGB")).max(axis=-1).astype(np.float64), 255.0
-  # A 0/1 label mask (as in mask_to_binary) is its own matte.
-  return (arr / (1.0 if arr.max() == 1 else full)).astype(np.float32)[..., None]
+  return (arr / full).astype(np.float32)[..., None]

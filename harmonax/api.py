@@ -48,6 +48,15 @@ class Model:
         raise ValueError("a list of composites needs a list of masks of the same length")
       return [self(c, m) for c, m in zip(composite, mask)]
     is_pil = _is_pil(composite)
+    if is_pil != _is_pil(mask):
+      # An array has no orientation: which way it lines up with a rotated
+      # photo cannot be known.
+      rotated = composite if is_pil else mask
+      if _orientation(rotated) != 1:
+        raise ValueError(
+            f"the {'composite' if is_pil else 'mask'} is a PIL image with EXIF orientation "
+            f"{_orientation(rotated)} and the other an array: pass both as PIL images "
+            "(each is turned upright), or apply PIL.ImageOps.exif_transpose first")
     # PIL images as `harmonize` reads files: EXIF orientation applied, any
     # mode (16-bit grey, palette, CMYK; masks by colour or alpha, 0/1 labels).
     image = image_modes.image_to_rgb(_upright(composite)) if is_pil else composite
@@ -57,6 +66,10 @@ class Model:
       from PIL import Image  # pylint: disable=g-import-not-at-top
       return Image.fromarray(out)
     return out
+
+
+def _orientation(image: Any) -> int:
+  return int(image.getexif().get(0x0112, 1) or 1)
 
 
 def _upright(image: Any) -> Any:

@@ -51,6 +51,13 @@ RESUMABLE_CHANGES = (
 )
 
 
+# harmonax.evaluate's tables in a checkpoint directory: <prefix><dataset>...{.md,.csv}.
+EVAL_FILE_PREFIX = "eval_"
+# config.json's record of config.batch_size as given, when the trainer rounded
+# it up to split over the devices (config.batch_size is then the batch trained).
+REQUESTED_BATCH_SIZE = "requested_batch_size"
+
+
 class CheckpointMismatchError(cli.UserError, ValueError):
   """A checkpoint that does not belong to the config it is restored for."""
 
@@ -72,8 +79,11 @@ def save_config(directory: str | os.PathLike, config: ml_collections.ConfigDict,
   "trained with harmonax" card unless one is there (a resumed run keeps it)."""
   directory = _path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  (directory / CONFIG_FILE).write_text(
-      config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  # Written aside, then renamed over: a reader (another host's check_resumable)
+  # sees the old file or the new one, never half of one.
+  partial = directory / f".{CONFIG_FILE}.{os.getpid()}.tmp"
+  partial.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  partial.replace(directory / CONFIG_FILE)
   try:
     if card is None and model_card.read(directory) is None:
       card = model_card.make_card(config)
@@ -125,6 +135,11 @@ def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDic
         f"{path} is not valid JSON ({e}): cannot tell which config trained the "
         f"checkpoints in {workdir / CHECKPOINT_DIR}") from e
   now = _flat_json(json.loads(config.to_json_best_effort()))
+  # The batch asked for is what must match; the trainer rounds it up to a
+  # multiple of the device count (recording both), and a checkpoint may
+  # resume on another count.
+  for flat in (saved, now):
+    flat["batch_size"] = flat.pop(REQUESTED_BATCH_SIZE, flat.get("batch_size"))
   missing = "(absent)"
   changed = [k for k in sorted(saved.keys() | now.keys())
              if saved.get(k, missing) != now.get(k, missing)]
@@ -260,8 +275,10 @@ def save_networks(directory: str | os.PathLike, config: ml_collections.ConfigDic
   # training workdir, whose config.json and model card would be replaced and
   # whose checkpoints networks/ would shadow for load_networks) is refused.
   ours = {CONFIG_FILE, model_card.CARD_FILE, NETWORKS_DIR}
+  is_ours = lambda name: name in ours or (  # Or harmonax.evaluate's tables.
+      name.startswith(EVAL_FILE_PREFIX) and name.endswith((".md", ".csv")))
   if directory.is_dir() and (others := sorted(
-      p.name for p in directory.iterdir() if p.name not in ours)):
+      p.name for p in directory.iterdir() if not is_ours(p.name))):
     what = ("a training workdir" if CHECKPOINT_DIR in others
             else f"not empty ({', '.join(others[:5])}{' ...' if len(others) > 5 else ''})")
     raise OutputNotEmptyError(

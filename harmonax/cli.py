@@ -82,23 +82,37 @@ def guarded(main: Callable[[list[str]], int | None],
   return wrapped
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a bad override of a config field as one line.
+def _verbose_in(argv: list[str]) -> bool:
+  """Whether argv sets --verbose (before the flags are parsed)."""
+  return any(a in ("--verbose", "-verbose") or a.split("=", 1)[0] in ("--verbose", "-verbose")
+             and a.split("=", 1)[1].lower() in ("1", "t", "true", "y", "yes") for a in argv)
 
-  `--config.modle.ch=3` raises KeyError (with ml_collections' "Did you
-  mean" hint) and a value of the wrong type a TypeError or ValueError while
-  the flags are parsed, before any main runs and outside `guarded`.
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a mistyped config field as one line.
+
+  `--config.modle.ch=3` (`--config.model.chh=3`) raises a KeyError
+  (AttributeError) with ml_collections' "Did you mean" hint while the flags
+  are parsed, before any main runs and outside `guarded`. Only one naming a
+  part of a `--config.` override is taken for a typo; any other (a bug in a
+  config file) keeps its traceback.
   """
   try:
     return app.parse_flags_with_usage(argv)
-  except (KeyError, TypeError, ValueError, AttributeError) as e:
-    if "--verbose" in argv:
+  except (KeyError, AttributeError) as e:  # A missing block, a missing leaf.
+    text = e.args[0] if e.args else ""
+    while isinstance(text, KeyError) and text.args:  # An AttributeError wraps one.
+      text = text.args[0]
+    text = str(text)
+    first = text.splitlines()[0:1] or [""]
+    key = first[0].strip("'\"")
+    overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if _verbose_in(argv) or not key or not any(
+        key in o.split(".")[1:] for o in overrides):
       raise
-    if isinstance(e, KeyError):  # ml_collections: "'modle'\nDid you mean ...".
-      message = f"no such config field {e.args[0] if e.args else e}"
-    else:
-      message = str(e)
-    print(f"error: bad flag: {' '.join(message.split())}", file=sys.stderr)
+    hint = " ".join(text.split()[1:])  # "Did you mean ...", if any.
+    print(f"error: bad flag: no such config field {key!r}{' ' + hint if hint else ''} "
+          f"(in {', '.join(o for o in overrides if key in o.split('.'))})", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 
 

@@ -18,7 +18,6 @@ the model card. The library is harmonax.evaluation.
 
 import os
 import sys
-import tempfile
 import time
 
 from absl import app
@@ -54,14 +53,20 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the table and CSV g
 
 
 def _check_writable(directory: str) -> None:
+  """Fails now if the results could not be written to `directory` later;
+  creates nothing (a mistyped --workdir must not leave a folder behind)."""
+  from harmonax import image_io  # pylint: disable=g-import-not-at-top
   try:
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.TemporaryFile(dir=directory):
-      pass
-  except OSError as e:
-    raise cli.UserError(
-        f"cannot write the results to {directory} ({e.strerror or e}): pass a writable "
-        "--output_dir") from e
+    image_io.check_output_path(directory, folder=True)
+  except image_io.OutputPathError as e:
+    raise cli.UserError(f"cannot write the results to {directory} ({e}): pass a "
+                        "writable --output_dir") from e
+  existing = os.path.abspath(directory)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise cli.UserError(f"cannot write the results to {directory} ({existing} is not "
+                        "writable): pass a writable --output_dir")
 
 
 def _qualifiers(default, protocol, max_examples: int, count: int, dtype: str
@@ -75,7 +80,7 @@ def _qualifiers(default, protocol, max_examples: int, count: int, dtype: str
     out.append((f"ssim-{protocol.ssim}", f"SSIM {protocol.ssim}"))
   if protocol.background != default.background:
     out.append((f"bg-{protocol.background}", f"background {protocol.background}"))
-  if max_examples >= 0:
+  if 0 <= max_examples <= count:  # The cap cut the split short (or just fit it).
     out.append((f"first{count}", f"first {count} examples"))
   if dtype != "float32":
     out.append((dtype, dtype))
@@ -142,9 +147,10 @@ def main(argv: list[str]) -> int:
   # split, get their own files and card entry instead of replacing the run's.
   qualifiers = _qualifiers(evaluation.protocol_of(config), protocol, _MAX_EXAMPLES.value,
                            len(records), _DTYPE.value)
-  stem = (f"eval_{data_config.name.replace('/', '_')}_{split}_"
+  stem = (f"{checkpoint.EVAL_FILE_PREFIX}{data_config.name.replace('/', '_')}_{split}_"
           f"{data_config.image_size or 'full'}"
           + "".join(f"_{short}" for short, _ in qualifiers))
+  os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, stem + ".md"), "w", encoding="utf-8") as out:
     out.write(table)
   evaluation.write_csv(os.path.join(output_dir, stem + ".csv"), records)

@@ -55,6 +55,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Missing checkpoint, no jax2onnx, bad sizes or output path: one line
-  # (--verbose for the traceback).
-  cli.run(main, user_errors=(FileNotFoundError, ImportError, ValueError))
+  # Missing checkpoint, no jax2onnx: one line (as are bad sizes, formats and
+  # output paths, cli.UserErrors); --verbose for the traceback.
+  cli.run(main, user_errors=(FileNotFoundError, ImportError))

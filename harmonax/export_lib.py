@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from harmonax import checkpoint
+from harmonax import cli
 from harmonax import image_io
 from harmonax import inference
 from harmonax import model_card
@@ -39,6 +40,10 @@ INPUT_NAMES = inference.HARMONIZATION_INPUTS
 OUTPUT_NAME = "harmonized"
 STABLEHLO_COMPATIBILITY = ("jax.export serializations stay loadable for about 6 months of "
                            "JAX releases after jax_version; re-export after upgrading further")
+
+
+class ExportArgumentError(cli.UserError, ValueError):
+  """A format, size, dtype or output path that export cannot take."""
 
 
 class ExportError(ValueError):
@@ -169,21 +174,24 @@ def export(checkpoint_dir: str, fmt: str, output: str, height: int | None = None
     (artifact path, sidecar path).
 
   Raises:
+    ExportArgumentError: a bad format, dtype, size or output file name.
+    image_io.OutputPathError: a file where the output's folder must be.
     ExportError: the format cannot express an operation of the model (or
       dynamic sizes); the message names it.
   """
   if fmt not in FORMATS:
-    raise ValueError(f"format {fmt!r}: expected one of {FORMATS}")
+    raise ExportArgumentError(f"format {fmt!r}: expected one of {FORMATS}")
   if input_dtype not in INPUT_DTYPES:
-    raise ValueError(f"input_dtype {input_dtype!r}: expected one of {INPUT_DTYPES}")
+    raise ExportArgumentError(f"input_dtype {input_dtype!r}: expected one of {INPUT_DTYPES}")
   if (height is None) != (width is None):
-    raise ValueError("give both height and width, or neither (dynamic)")
+    raise ExportArgumentError("give both height and width, or neither (dynamic)")
   if height is not None and (height < 1 or width < 1):
-    raise ValueError(f"height and width must be positive, got {height}x{width}")
+    raise ExportArgumentError(f"height and width must be positive, got {height}x{width}")
   to_folder = output.endswith("/") or os.path.isdir(output)
   suffix = os.path.splitext(output)[1].lower()
   if not to_folder and suffix in SUFFIXES.values() and suffix != SUFFIXES[fmt]:
-    raise ValueError(f"output {output}: a {fmt} file is named *{SUFFIXES[fmt]}, not *{suffix}")
+    raise ExportArgumentError(
+        f"output {output}: a {fmt} file is named *{SUFFIXES[fmt]}, not *{suffix}")
   image_io.check_output_path(output, folder=to_folder)  # Before the minutes of exporting.
   config, networks = checkpoint.load_networks(checkpoint_dir)
   if to_folder:

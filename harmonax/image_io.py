@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from data_builders.image_modes import image_to_rgb
 from data_builders.image_modes import mask_to_alpha
 from data_builders.image_modes import mask_to_binary
+from harmonax import cli
 
 # Pillow's own guard (about 89.5 megapixels). Checked here from the header so
 # that huge images fail before any memory is spent. Pillow itself still refuses
@@ -33,7 +34,7 @@ class ImageError(ValueError):
   """An image or mask file that cannot be used, with the reason and the file."""
 
 
-class OutputPathError(ValueError):
+class OutputPathError(cli.UserError, ValueError):
   """An output path that cannot be written (a file where a folder must be)."""
 
 
@@ -50,6 +51,17 @@ def make_output_dir(directory: str | os.PathLike) -> None:
     raise OutputPathError(
         f"cannot create the output folder {directory}: {e.strerror or e}"
         f"{f' ({e.filename})' if e.filename and e.filename != directory else ''}") from None
+
+
+def check_not_an_input(output_dir: str | os.PathLike, inputs: dict[str, str | None]) -> None:
+  """Raises OutputPathError if `output_dir` is one of `inputs` (what each
+  folder holds -> the folder): writing there would overwrite the inputs."""
+  if not os.path.isdir(output_dir):
+    return
+  for what, folder in inputs.items():
+    if folder and os.path.isdir(folder) and os.path.samefile(folder, output_dir):
+      raise OutputPathError(f"the output folder {output_dir} is the {what} folder: its files "
+                            "would be overwritten; give another output folder")
 
 
 def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> None:

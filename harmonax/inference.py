@@ -165,8 +165,9 @@ _FLOAT_SLACK = 1e-3
 def _checked_composite(composite: np.ndarray) -> np.ndarray:
   """uint8 or float32 [H,W,3] / [B,H,W,3], its values checked.
 
-  Other integer types holding 0..255 become uint8; floats must lie in [0, 1]
-  (a 0..255 float image used to be clipped to white without a word).
+  Other integer types holding 0..255 (int32, int64: numpy arithmetic) become
+  uint8; uint16 is refused (a 16-bit image); floats must lie in [0, 1] (a
+  0..255 float image used to be clipped to white without a word).
 
   Raises:
     ValueError: naming the shape, dtype or range that is wrong.
@@ -180,7 +181,8 @@ def _checked_composite(composite: np.ndarray) -> np.ndarray:
     return composite
   if kind in "iub":
     low, high = int(composite.min()), int(composite.max())
-    if low < 0 or high > 255:
+    # uint16 is a 16-bit image even when dark (all values <= 255).
+    if low < 0 or high > 255 or composite.dtype == np.uint16:
       raise ValueError(
           f"composite: {composite.dtype} values {low}..{high}; pass uint8 (0..255) or "
           "float in [0, 1] (e.g. a 16-bit image as (x / 65535).astype(np.float32))")
@@ -315,10 +317,7 @@ def harmonize_folder(config: ml_collections.ConfigDict, networks: dict[str, nnx.
   Returns:
     (written output paths, [(composite path, reason), ...] for skipped files).
   """
-  for folder, what in ((composite_dir, "composite"), (mask_dir, "mask")):
-    if os.path.isdir(output_dir) and os.path.samefile(folder, output_dir):
-      raise ValueError(f"the output folder {output_dir} is the {what} folder: its files "
-                       "would be overwritten; give another output folder")
+  image_io.check_not_an_input(output_dir, {"composite": composite_dir, "mask": mask_dir})
   one_mask = mask_dir if os.path.isfile(mask_dir) else None  # The same for every image.
   masks_by_stem: dict[str, list[str]] = {}
   for name in [] if one_mask else _image_files(mask_dir):

@@ -58,10 +58,15 @@ def _loop_repeats(jaxpr: jax.extend.core.ClosedJaxpr) -> float:
   extra = 0.0
   for eqn in jaxpr.jaxpr.eqns:
     if eqn.primitive.name == "scan":
-      body = eqn.params["jaxpr"]
+      body, length = eqn.params["jaxpr"], eqn.params["length"]
+      # Unrolled k times, the loop's HLO body holds k copies of the scan's.
+      unroll = eqn.params.get("unroll", 1)
+      unroll = length if unroll is True else max(1, min(int(unroll), length))
       avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in body.jaxpr.invars]
       once = _xla_flops(jax.extend.core.jaxpr_as_fun(body), *avals)
-      extra += (eqn.params["length"] - 1) * once + eqn.params["length"] * _loop_repeats(body)
+      extra += (length - unroll) * once + length * _loop_repeats(body)
+    elif eqn.primitive.name == "cond":  # One branch runs.
+      extra += max((_loop_repeats(b) for b in eqn.params["branches"]), default=0.0)
     else:
       extra += sum(_loop_repeats(sub) for sub in _sub_jaxprs(eqn.params))
   return extra

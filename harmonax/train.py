@@ -355,12 +355,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   # ---- Mesh: data parallelism, batch split over 'data', state replicated.
   mesh = sharding.make_mesh()
   replicated = sharding.replicated(mesh)
-  batch_size = sharding.fit_batch_size(config.batch_size, mesh)
-  if batch_size != config.batch_size:
-    config = copy.deepcopy(config)  # config.json records the batch trained with.
-    config.batch_size = batch_size
   # Before config.json is rewritten: it names the config the checkpoints have.
   checkpoint.check_resumable(workdir, config)
+  batch_size = sharding.fit_batch_size(config.batch_size, mesh)
+  if batch_size != config.batch_size:
+    # config.json records the batch trained with, and the one asked for.
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config[checkpoint.REQUESTED_BATCH_SIZE] = config.batch_size
+    config.batch_size = batch_size
   if is_writer:
     checkpoint.save_config(workdir, config)
 

@@ -10,8 +10,10 @@ Harmonizer, as the official video demo: each frame's filter arguments are
 predicted, then smoothed with an exponential moving average of weight
 1 - 1/fps (the first frame starts the average), clamped to [-1, 1], and the
 filters are applied to the full-resolution frame. Masks are used soft
-(0..255 -> [0, 1]) as the demo does; background pixels (mask 0) stay exactly
-as in the input.
+(0..255 -> [0, 1]) as the demo does, read as mask files are (colour masks by
+their brightest channel, transparency by its alpha, 0/1 label PNGs as 0/1:
+`image_io.read_matte`); background pixels (mask 0) stay exactly as in the
+input.
 
 Other models that harmonize a composite with its mask (iDIH, iS2AM, HRNet,
 DoveNet, BargainNet, PCT-Net, CDTNet) have no video mode in their papers or
@@ -175,10 +177,6 @@ def _pairs(frames: Iterable[np.ndarray], masks: Iterable[np.ndarray]
     yield frame, mask
 
 
-def _same_folder(a: str, b: str) -> bool:
-  return os.path.exists(b) and os.path.samefile(a, b)
-
-
 class _Writer:
   """Writes frames to a video file or to a folder of PNGs."""
 
@@ -252,7 +250,8 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
     fps: for the EMA and the written video; default: the video's, else 25.
 
   Raises:
-    ValueError: wrong model, both or neither input, mask count or size mismatch.
+    ValueError: wrong model, both or neither input, mask count or size mismatch,
+      an output folder that is the frame or mask folder (image_io.OutputPathError).
   """
   if inference.inputs_of(config) != inference.HARMONIZATION_INPUTS:
     raise ValueError(f"Video harmonization needs a model that harmonizes a composite with "
@@ -262,9 +261,8 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
   if not mask or not output:
     raise ValueError("Video harmonization needs a mask and an output")
   image_io.check_output_path(output, folder=not _is_video(output))
-  if frames and not _is_video(output) and _same_folder(frames, output):
-    raise ValueError(f"the output folder {output} is the frame folder: its frames would be "
-                     "overwritten; give another --output")
+  if not _is_video(output):
+    image_io.check_not_an_input(output, {"frame": frames, "mask": mask})
   if video:
     stream, video_fps, count = _read_video(video)
     names = None

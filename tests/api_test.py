@@ -76,6 +76,11 @@ def test_model_call_on_arrays_pil_images_batches_and_lists(tmp_path):
   Image.fromarray(np.ascontiguousarray(np.rot90(u8, 1))).save(sideways, exif=exif, quality=95)
   out = model(Image.open(sideways), Image.fromarray(m8))
   assert out.size == (56, 40)
+  # The JPEG round trip moves values a little: compare with the upright decode.
+  upright = np.asarray(Image.open(sideways).transpose(Image.Transpose.ROTATE_270))
+  np.testing.assert_array_equal(np.asarray(out), model(upright, m8))
+  with pytest.raises(ValueError, match="EXIF orientation 6 and the other an array"):
+    model(Image.open(sideways), m8)
 
 
 def test_a_compositing_model_called_like_a_harmonizer_says_what_to_call(tmp_path):

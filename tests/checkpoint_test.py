@@ -81,6 +81,10 @@ def test_save_networks_refuses_a_training_workdir_or_other_files(tmp_path):
     checkpoint.save_networks(workdir, config, networks)
   assert (workdir / "config.json").read_text() == "{}"
   assert not (workdir / "networks").exists()
+  # A converted model, evaluated into its own directory, converts again.
+  checkpoint.save_networks(tmp_path / "converted", config, networks)
+  (tmp_path / "converted" / "eval_iharmony4_all_test_256.md").write_text("| table |")
+  checkpoint.save_networks(tmp_path / "converted", config, networks)
   (tmp_path / "photos").mkdir()
   (tmp_path / "photos" / "a.jpg").write_bytes(b"")
   with pytest.raises(checkpoint.OutputNotEmptyError, match=r"not empty \(a.jpg\)"):
@@ -229,6 +233,21 @@ def test_check_resumable_refuses_other_configs_and_names_the_fields(tmp_path, ca
                "train in a new --workdir"):
     assert part in message, (part, message)
   assert "total_steps" not in message.split(":", 1)[1].split(". Resume")[0]
+
+  # The batch asked for must match; the one trained with was rounded up to the
+  # device count of its run (config.json records both), so it may differ.
+  rounded = config.copy_and_resolve_references()
+  with rounded.unlocked():
+    rounded[checkpoint.REQUESTED_BATCH_SIZE] = 8
+  rounded.batch_size = 12
+  checkpoint.save_config(tmp_path, rounded)
+  checkpoint.check_resumable(tmp_path, config)  # Asks for 8, as that run did.
+  other = config.copy_and_resolve_references()
+  other.batch_size = 12
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="batch_size: 8 -> 12"):
+    checkpoint.check_resumable(tmp_path, other)
+  checkpoint.save_config(tmp_path, config)
+  assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
   # The run's length, logging, saving and evaluation may change; logged.
   longer = config.copy_and_resolve_references()

@@ -93,7 +93,20 @@ def test_a_mistyped_config_field_is_one_line_with_the_hint():
   # Raised while absl parses the flags, before main (outside cli.guarded).
   result = _cli("harmonax.train", "--config=configs/issam.py:runlocal", "--config.modle.ch=3")
   _assert_one_line_error(result, "error: bad flag: no such config field 'modle'",
-                         'Did you mean "model"')
+                         'Did you mean "model"', "(in --config.modle.ch)")
+  result = _cli("harmonax.train", "--config=configs/issam.py:runlocal", "--config.model.chh=3")
+  _assert_one_line_error(result, "no such config field 'chh'", 'Did you mean "ch"')
+
+
+def test_a_bug_in_a_config_file_keeps_its_traceback(tmp_path):
+  (tmp_path / "bad.py").write_text(
+      "import ml_collections\n"
+      "def get_config():\n"
+      "  c = ml_collections.ConfigDict({'model': {}})\n"
+      "  return c.model.undefined_thing\n")
+  result = _cli("harmonax.train", f"--config={tmp_path / 'bad.py'}", "--config.model.x=1")
+  assert result.returncode != 0 and "Traceback" in result.stderr
+  assert "undefined_thing" in result.stderr and "error: bad flag" not in result.stderr
 
 
 def test_configs_that_cannot_train_are_refused_before_the_workdir_is_touched(tmp_path):

@@ -225,6 +225,10 @@ def test_command_line_table_csv_and_images(dataset, tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith(
       f"error: cannot write the results to {tmp_path / 'file' / 'out'}")
   assert "loading the networks" not in result.stderr
+  # A mistyped workdir: its error, and no folder left behind.
+  result = fake_family.run_cli("evaluate", [f"--workdir={tmp_path / 'typo'}"])
+  assert result.returncode == 1 and "config.json not found" in result.stderr
+  assert not (tmp_path / "typo").exists()
 
 
 def test_image_path_keeps_names_unique_and_inside():

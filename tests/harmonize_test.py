@@ -137,6 +137,7 @@ def test_composites_outside_their_range_are_refused_not_clipped(model):
   bad = {
       "float values 0..255": composite.astype(np.float32),
       "uint16 values": composite.astype(np.uint16) * 257,
+      "uint16 values 0..": (composite // 2).astype(np.uint16),  # Dark: still 16-bit.
       "2 NaN or infinite": np.where(np.arange(16 * 20 * 3).reshape(16, 20, 3) < 2, np.nan,
                                     composite / 255.0),
       "empty image": np.zeros((0, 20, 3), np.uint8),
@@ -237,7 +238,6 @@ def test_read_mask_modes(tmp_path):
       # 0/1 label masks (segmentation tools) used to read as empty.
       "labels8.png": Image.fromarray(fg.astype(np.uint8)),
       "labels16.png": Image.fromarray(fg.astype(np.uint16)),
-      "labels_rgb.png": Image.fromarray(np.stack([fg] * 3, -1).astype(np.uint8)),
       "red.png": Image.fromarray(np.stack([fg * 255, 0 * fg, 0 * fg], -1).astype(np.uint8)),
       "alpha.png": Image.fromarray(
           np.concatenate([np.full((6, 8, 3), 90, np.uint8), (fg * 255).astype(np.uint8)[..., None]],

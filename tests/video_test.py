@@ -194,7 +194,7 @@ def test_masks_read_as_mask_files_and_inputs_are_never_overwritten(setup, tmp_pa
   for name in ("labels.png", "red.png"):
     np.testing.assert_array_equal(outputs[name], outputs["gray.png"], err_msg=name)
   before = (tmp_path / "frames" / "f000.png").read_bytes()
-  with pytest.raises(ValueError, match="is the frame folder: its frames would be overwritten"):
+  with pytest.raises(ValueError, match="is the frame folder: its files would be overwritten"):
     video.harmonize_video(config, networks, frames=str(tmp_path / "frames"),
                           mask=str(tmp_path / "gray.png"), output=str(tmp_path / "frames"))
   assert (tmp_path / "frames" / "f000.png").read_bytes() == before
