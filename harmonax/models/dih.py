@@ -94,8 +94,11 @@ class _Fusion(nnx.Module):
     rgb = self.to_rgb(features)
     if self.conv_attention is None:
       return rgb
-    a = jax.nn.sigmoid(3.0 * self.conv_attention(features))
-    return a * image + (1.0 - a) * rgb
+    # The map and the blend in float32 whatever the compute dtype: in bfloat16
+    # identity_init's sigmoid(6) = 0.9975 rounds to 1, and its gradient (and
+    # that of 1 - a) to 0, so a mixed-precision run never trained.
+    a = jax.nn.sigmoid(3.0 * self.conv_attention(features).astype(jnp.float32))
+    return a * image.astype(jnp.float32) + (1.0 - a) * rgb.astype(jnp.float32)
 
 
 # identity_init's blending map: sigmoid(3 * 2.0) = 0.9975 of the input everywhere.
