@@ -12,7 +12,7 @@ peak, SSIM window and background it used; the model's image is scored as it
 comes out unless --background=pasted. Writes <output_dir>/eval_<dataset>_<split>_<size>.{md,csv}
 (output_dir defaults to the workdir/checkpoint directory), the name extended by
 what differs from the config's protocol or the whole split (e.g. `_peak-255`,
-`_first100`, `_bfloat16`), and adds the 'All' row under the same description to
+`_first100`, `_bucket64`, `_bfloat16`), and adds the 'All' row under the same description to
 the model card. The library is harmonax.evaluation.
 """
 
@@ -45,7 +45,8 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", None,
                                    "config's first evaluation set.")
 _BUCKET = flags.DEFINE_integer("bucket", 0, "Full resolution: pad to multiples of this "
                                "(metrics ignore the padding) so few shapes compile; 0: exact shapes.")
-_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", -1, "Evaluate at most this many; -1: all.")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", -1,
+                                     "Evaluate at most this many; -1 (or 0): all.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "Batch size; 0: the config's.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Compute dtype of the layers (bfloat16: mixed precision).")
@@ -69,7 +70,7 @@ def _check_writable(directory: str) -> None:
                         "writable): pass a writable --output_dir")
 
 
-def _qualifiers(default, protocol, max_examples: int, count: int, dtype: str
+def _qualifiers(default, protocol, max_examples: int, count: int, dtype: str, bucket: int
                 ) -> list[tuple[str, str]]:
   """(file name part, description) of each way a run differs from the full
   split scored with the config's protocol in float32."""
@@ -80,8 +81,10 @@ def _qualifiers(default, protocol, max_examples: int, count: int, dtype: str
     out.append((f"ssim-{protocol.ssim}", f"SSIM {protocol.ssim}"))
   if protocol.background != default.background:
     out.append((f"bg-{protocol.background}", f"background {protocol.background}"))
-  if 0 <= max_examples <= count:  # The cap cut the split short (or just fit it).
+  if 0 < max_examples <= count:  # The cap cut the split short (or just fit it).
     out.append((f"first{count}", f"first {count} examples"))
+  if bucket:
+    out.append((f"bucket{bucket}", f"padded to multiples of {bucket}"))
   if dtype != "float32":
     out.append((dtype, dtype))
   return out
@@ -117,6 +120,9 @@ def main(argv: list[str]) -> int:
   if _IMAGE_SIZE.value is not None:
     data_config.image_size = _IMAGE_SIZE.value or None
   data_config.max_eval_examples = _MAX_EXAMPLES.value
+  if _BUCKET.value and data_config.image_size:
+    raise app.UsageError(f"--bucket pads full-resolution images; this evaluation resizes to "
+                         f"{data_config.image_size} (pass --image_size=0)")
   protocol = evaluation.protocol_of(config, psnr_peak=_PSNR_PEAK.value, ssim=_SSIM.value,
                                     background=_BACKGROUND.value)
   batch_size = _BATCH_SIZE.value or config.get("batch_size", 8)
@@ -146,7 +152,7 @@ def main(argv: list[str]) -> int:
   # Runs that score differently from the config's protocol, or part of the
   # split, get their own files and card entry instead of replacing the run's.
   qualifiers = _qualifiers(evaluation.protocol_of(config), protocol, _MAX_EXAMPLES.value,
-                           len(records), _DTYPE.value)
+                           len(records), _DTYPE.value, _BUCKET.value)
   stem = (f"{checkpoint.EVAL_FILE_PREFIX}{data_config.name.replace('/', '_')}_{split}_"
           f"{data_config.image_size or 'full'}"
           + "".join(f"_{short}" for short, _ in qualifiers))

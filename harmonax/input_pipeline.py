@@ -307,6 +307,8 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_siz
   process_index, process_count = _process(process_index, process_count)
   batch_size = _local_batch_size(global_batch_size, process_count)
   source = _data_source(data_config, data_config.train_split)
+  if len(source):
+    check_keys(data_config, data_config.train_split, source[0])
   if len(source) < process_count:
     raise ValueError(f"{data_config.name} {data_config.train_split!r} has {len(source)} "
                      f"examples, fewer than the {process_count} processes")
@@ -386,6 +388,21 @@ def _eval_batches(ds: grain.IterDataset, count: int, batch_size: int,
     it.close()  # Stops grain worker processes even when the caller stops early.
 
 
+def check_keys(data_config: ml_collections.ConfigDict, split: str, example: dict) -> None:
+  """Raises ValueError when `example` lacks an image the batches need
+  (image_keys and the mask): e.g. a harmonization model on compositing
+  triplets, which hold foreground, background and alpha."""
+  wanted = (*image_keys(data_config), "mask")
+  # harmonization_composites 2.0.0 stores the composite as its foreground's box.
+  held = set(example) | ({"composite"} if record.CROP in example else set())
+  if missing := [k for k in wanted if k not in held]:
+    held = sorted(k for k in example if k not in ("name", "subset", "category", "transfer"))
+    raise ValueError(
+        f"{data_config.name} {split!r}: its examples have no {', '.join(missing)} (they hold "
+        f"{', '.join(held)}); this model reads {', '.join(wanted)}: use a dataset of its "
+        "kind (harmonization composites or compositing triplets)")
+
+
 def make_eval_iterator(data_config: ml_collections.ConfigDict, global_batch_size: int,
                        split: str | None = None, *, process_index: int | None = None,
                        process_count: int | None = None) -> Iterator[dict[str, Any]]:
@@ -411,6 +428,8 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, global_batch_size
   transform = EvalTransform(data_config.image_size, data_config.get("binary_eval_mask", False),
                             image_keys(data_config))
   ds = grain.MapDataset.source(source)[:total][process_index::process_count].map(transform)
+  if total:
+    check_keys(data_config, split, source[0])
   # Padding rows copy the shapes of a real example (zeros).
   template = transform(source[min(process_index, total - 1)]) if total else None
   if template is None:

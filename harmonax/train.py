@@ -373,9 +373,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     train_examples = input_pipeline.num_examples(config.data, config.data.train_split)
   steps_per_epoch = train_examples // config.batch_size
   if steps_per_epoch < 1:
-    raise ValueError(
+    raise cli.UserError(
         f"{config.data.name} {config.data.train_split!r} has {train_examples} examples, "
-        f"fewer than config.batch_size={config.batch_size}")
+        f"fewer than config.batch_size={config.batch_size}: give it more examples, or "
+        "pass a smaller --config.batch_size")
   num_steps = total_steps(config, steps_per_epoch)
   train_iter = input_pipeline.make_train_iterator(config.data, config.batch_size, config.seed)
 

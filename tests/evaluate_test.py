@@ -206,16 +206,18 @@ def test_command_line_table_csv_and_images(dataset, tmp_path):
   # full run's are kept.
   result = fake_family.run_cli("evaluate", [
       f"--checkpoint={tmp_path / 'ckpt'}", "--dataset=iharmony4/all", f"--data_dir={dataset}",
-      "--image_size=0", "--background=pasted", "--max_examples=2",
+      "--image_size=0", "--background=pasted", "--max_examples=2", "--bucket=8",
       f"--output_dir={tmp_path / 'out'}"])
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(os.listdir(tmp_path / "out")) == [
       f"eval_iharmony4_all_test_full{q}.{ext}"
-      for q in ("_bg-pasted_first2", "_peak-255_ssim-gaussian7") for ext in ("csv", "md")]
+      for q in ("_bg-pasted_first2_bucket8", "_peak-255_ssim-gaussian7")
+      for ext in ("csv", "md")]
   metrics_of = model_card.read(tmp_path / "ckpt")["metrics"]
   assert sorted(metrics_of) == [
       "iharmony4/all test full resolution (PSNR peak 255, SSIM gaussian7)",
-      "iharmony4/all test full resolution (background pasted, first 2 examples)"]
+      "iharmony4/all test full resolution (background pasted, first 2 examples, padded to "
+      "multiples of 8)"]
 
   # An output dir that cannot be written is an error before anything runs.
   (tmp_path / "file").write_text("")

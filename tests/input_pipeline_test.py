@@ -8,6 +8,7 @@ import signal
 import time
 
 import grain
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image
@@ -389,3 +390,18 @@ def test_train_crops_of_rebuilt_composites_keep_the_background(composites_dir):
   assert background.any() and (~background).any()
   np.testing.assert_array_equal(batch["composite"][background], batch["real"][background])
   assert np.any(batch["composite"] != batch["real"])
+
+
+def test_a_dataset_of_the_other_kind_is_named_not_a_key_error():
+  triplet = {"foreground": b"", "background": b"", "alpha": b"", "mask": b"", "real": b"",
+             "name": b"x"}
+  config = ml_collections.ConfigDict({"name": "compositing_triplets/sample"})
+  with pytest.raises(ValueError, match="compositing_triplets/sample 'test': its examples have "
+                     "no composite \\(they hold alpha, background, foreground, mask, real\\)"):
+    input_pipeline.check_keys(config, "test", triplet)
+  config.image_keys = ("foreground", "background", "real")
+  input_pipeline.check_keys(config, "test", triplet)
+  # A composite stored as its foreground's box is a composite.
+  del config.image_keys
+  input_pipeline.check_keys(config, "train", {"composite_crop": b"", "composite_box": b"",
+                                              "real": b"", "mask": b""})

@@ -15,6 +15,7 @@ from tensorboardX.proto import event_pb2
 
 import fake_family
 from harmonax import checkpoint
+from harmonax import cli
 from harmonax import sharding
 from harmonax import train
 
@@ -165,6 +166,13 @@ def test_resuming_under_another_config_is_refused_and_config_json_kept(straight,
     train.train_and_evaluate(changed, os.fspath(workdir))
   assert (workdir / "config.json").read_bytes() == saved
   assert checkpoint.good_steps(workdir / "checkpoints") == [4, 2]
+
+
+def test_a_dataset_smaller_than_the_batch_is_a_user_error(tmp_path, monkeypatch):
+  config = _gan_config()
+  config.data.num_examples = 4
+  with pytest.raises(cli.UserError, match="has 4 examples, fewer than config.batch_size=8"):
+    _run(monkeypatch.setattr, tmp_path, config)
 
 
 def _ema_config(**overrides):
