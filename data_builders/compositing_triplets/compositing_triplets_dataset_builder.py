@@ -73,11 +73,6 @@ def _sample(summary: Summary) -> tuple[dict[str, list[Foreground]], dict[str, li
   return fgs, bgs
 
 
-def _listing(folder: epath.Path) -> dict[str, epath.Path]:
-  return {p.stem: p for p in sorted(folder.iterdir())
-          if p.suffix.lower() in sources.IMAGE_SUFFIXES}
-
-
 def _folder(manual_dir: epath.PathLike, config: BuilderConfig, summary: Summary
             ) -> tuple[dict[str, list[Foreground]], dict[str, list[str]]]:
   root = epath.Path(manual_dir)
@@ -85,11 +80,13 @@ def _folder(manual_dir: epath.PathLike, config: BuilderConfig, summary: Summary
     if not (root / sub).is_dir():
       raise FileNotFoundError(f"Matting folder '{root}' lacks '{sub}/': expected fg/, "
                               "alpha/ (mattes with the fg stems) and bg/")
-  fg, alpha, bg = (_listing(root / s) for s in ("fg", "alpha", "bg"))
+  (fg, _), (alpha, shared), (bg, _) = (sources.images_by_stem(root / s, summary)
+                                       for s in ("fg", "alpha", "bg"))
   fgs = {s: [] for s in SPLITS}
   for stem in sorted(fg):
     if stem not in alpha:
-      summary.add("missing_mask", os.fspath(fg[stem]))
+      if stem not in shared:  # (Else already recorded as 'duplicate_stem'.)
+        summary.add("missing_mask", os.fspath(fg[stem]))
       continue
     split = ("test" if sources.stable_fraction("split/" + stem) < config.test_fraction
              else "train")
@@ -109,9 +106,10 @@ def _folder(manual_dir: epath.PathLike, config: BuilderConfig, summary: Summary
 def _alpha(fg: Foreground, shape: tuple[int, int], summary: Summary) -> np.ndarray | None:
   """uint8 [H, W] matte at the photo's decoded size (before resizing)."""
   if fg.alpha_path is not None:
-    img = Image.open(fg.alpha_path)
-    img = img.getchannel("A") if img.mode in ("RGBA", "LA") else img.convert("L")
-    matte = np.asarray(img)
+    # Any mode (16-bit, colour, alpha, 0/1 labels); unreadable files are skipped.
+    matte = photos.read_matte(fg.alpha_path, summary)
+    if matte is None:
+      return None
     if matte.shape != shape:
       summary.add("size_mismatch", fg.alpha_path)
       return None

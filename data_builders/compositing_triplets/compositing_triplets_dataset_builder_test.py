@@ -94,3 +94,21 @@ def test_folder_without_alpha_names_it(tmp_path):
   (tmp_path / "bg").mkdir()
   with pytest.raises(FileNotFoundError, match="alpha/"):
     ctb._folder(tmp_path, ctb.Builder.BUILDER_CONFIGS[1], Summary())  # pylint: disable=protected-access
+
+
+def test_folder_mattes_of_any_mode_bad_files_and_shared_stems(tmp_path):
+  _matting_folder(tmp_path)
+  matte = np.asarray(Image.open(tmp_path / "alpha" / "p0.png"))
+  # 16-bit: convert("L") used to saturate it (the soft edge and the size grew).
+  Image.fromarray(matte.astype(np.uint16) * 257).save(tmp_path / "alpha" / "p1.png")
+  (tmp_path / "alpha" / "p2.png").write_text("<html>Not found</html>")  # Was a traceback.
+  Image.fromarray(matte).save(tmp_path / "alpha" / "p3.tif")  # p3.png and p3.tif.
+  summary = Summary()
+  fgs, _ = ctb._folder(tmp_path, ctb.Builder.BUILDER_CONFIGS[1], summary)  # pylint: disable=protected-access
+  by_name = {fg.name: fg for split in fgs.values() for fg in split}
+  assert sorted(by_name) == ["p0", "p1", "p2"]
+  assert {os.path.basename(f) for f in summary.files["duplicate_stem"]} == {"p3.png", "p3.tif"}
+  shape = matte.shape
+  np.testing.assert_array_equal(ctb._alpha(by_name["p1"], shape, summary), matte)  # pylint: disable=protected-access
+  assert ctb._alpha(by_name["p2"], shape, summary) is None  # pylint: disable=protected-access
+  assert {os.path.basename(f) for f in summary.files["unreadable"]} == {"p2.png"}

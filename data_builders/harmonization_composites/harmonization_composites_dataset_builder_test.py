@@ -269,6 +269,9 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
   _save(msk / "empty.png", Image.new("L", (32, 24)))
   _save(img / "labels.png", good)  # A 0/1 label mask: converted, not empty.
   _save(msk / "labels.png", Image.fromarray((np.asarray(_mask(24, 32)) > 0).astype(np.uint8)))
+  _save(img / "dup.png", good)  # dup.png and dup.jpg: which one pairs is ambiguous.
+  _save(img / "dup.jpg", good)
+  _save(msk / "dup.png", _mask(24, 32))
   _save(img / "lonely.png", good)
   _save(msk / "orphan.png", _mask(24, 32))
   config = dataclasses.replace(hcb.Builder.BUILDER_CONFIGS[2], name="folder_exposure",
@@ -282,6 +285,7 @@ def test_bad_inputs_are_skipped_or_converted_and_counted(tmp_path):
   assert files["size_mismatch"] == {"mismatch.png"}
   assert files["empty_mask"] == {"empty.png"}
   assert files["missing_mask"] == {"lonely.png"}
+  assert files["duplicate_stem"] == {"dup.png", "dup.jpg"}
   assert files["missing_image"] == {"orphan.png"}
   assert files["grayscale"] == {"gray.png"}
   assert files["alpha"] == {"rgba.png"}

@@ -135,6 +135,15 @@ def read_mask(path: epath.PathLike, summary: Summary) -> np.ndarray | None:
   return image_modes.mask_to_binary(img)[..., 0] > 0.5
 
 
+def read_matte(path: epath.PathLike, summary: Summary) -> np.ndarray | None:
+  """A mask or soft matte file as uint8 [H, W] (0..255, soft values kept; any
+  mode, read as data_builders.image_modes.mask_to_alpha reads it), or None."""
+  img, _ = _load(path, summary)
+  if img is None:
+    return None
+  return np.round(image_modes.mask_to_alpha(img)[..., 0] * 255).astype(np.uint8)
+
+
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
   """A bool mask resized to (height, width): bilinear, then >= 0.5."""
   img = Image.fromarray(mask.astype(np.uint8) * 255)

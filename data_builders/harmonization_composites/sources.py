@@ -163,6 +163,24 @@ def coco_objects(manual_dir: epath.PathLike, config, summary: Summary
   return out
 
 
+def images_by_stem(folder: epath.Path, summary: Summary
+                   ) -> tuple[dict[str, epath.Path], set[str]]:
+  """(the image files of `folder` by stem, the stems shared by several files).
+
+  Files that share a stem (a.jpg, a.png) are all left out and recorded as
+  'duplicate_stem'.
+  """
+  by_stem: dict[str, list[epath.Path]] = {}
+  for p in sorted(folder.iterdir()):
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+      by_stem.setdefault(p.stem, []).append(p)
+  shared = {stem for stem, paths in by_stem.items() if len(paths) > 1}
+  for stem in shared:
+    for p in by_stem[stem]:
+      summary.add("duplicate_stem", os.fspath(p))
+  return {stem: paths[0] for stem, paths in by_stem.items() if stem not in shared}, shared
+
+
 def _split_of(stem: str, test_fraction: float) -> str:
   return "test" if stable_fraction("split/" + stem) < test_fraction else "train"
 
@@ -184,17 +202,15 @@ def folder_objects(manual_dir: epath.PathLike, config, summary: Summary
       raise FileNotFoundError(
           f"Folder manual dir '{root}' lacks '{sub}/': expected images/ and masks/ "
           "holding photos and masks with matching stems")
-    listings[sub] = {}
-    for p in sorted((root / sub).iterdir()):
-      if p.suffix.lower() in IMAGE_SUFFIXES:
-        listings[sub].setdefault(p.stem, p)
-  images, masks = listings["images"], listings["masks"]
-  for stem in sorted(set(masks) - set(images)):
+    listings[sub] = images_by_stem(root / sub, summary)
+  (images, shared), (masks, shared_masks) = listings["images"], listings["masks"]
+  for stem in sorted(set(masks) - set(images) - shared):
     summary.add("missing_image", os.fspath(masks[stem]))
   out = {"train": [], "test": []}
   for stem in sorted(images):
     if stem not in masks:
-      summary.add("missing_mask", os.fspath(images[stem]))
+      if stem not in shared_masks:
+        summary.add("missing_mask", os.fspath(images[stem]))
       continue
     size = photos.oriented_size(images[stem], summary)
     mask = photos.read_mask(masks[stem], summary)

@@ -13,6 +13,8 @@ SKIPPED = {
     "empty_mask": "mask without foreground pixels",
     "missing_mask": "photo without a mask of the same stem",
     "missing_image": "mask without a photo of the same stem",
+    "duplicate_stem": "another file of the folder has the same stem (a.jpg, a.png): "
+                      "which one pairs is ambiguous",
     "area_filtered": "object area outside the configured fraction of the photo",
     "crowd": "COCO crowd annotation",
     "no_reference": "no reference object in the split",
@@ -20,7 +22,7 @@ SKIPPED = {
 CONVERTED = {
     "grayscale": "grayscale photo converted to RGB",
     "alpha": "photo with an alpha channel (RGBA/LA/PA): alpha dropped",
-    "16bit": "16-bit photo reduced to 8 bits",
+    "16bit": "16-bit RGB image (photo or mask) read at 8 bits",
     "palette": "palette photo converted to RGB",
     "cmyk": "CMYK photo converted to RGB",
     "exif_rotated": "EXIF orientation applied (photo or mask)",
