@@ -60,9 +60,18 @@ def main(argv: Sequence[str]) -> None:
                              beam_workers=_BEAM_WORKERS.value,
                              beam_pipeline_options=_BEAM_PIPELINE_OPTIONS.value,
                              log_summary=False)
-  except (FileNotFoundError, ImportError) as e:  # Manual dir problems, Beam missing.
+  except (FileNotFoundError, ImportError, datasets.BuildInputError) as e:
+    # Manual dir problems, Beam missing, nothing usable.
+    if isinstance(e, datasets.BuildInputError) and "\n" in str(e):
+      print(str(e).split("\n", 1)[1], file=sys.stderr)  # The summary of what was skipped.
+      e = datasets.BuildInputError(str(e).split("\n", 1)[0])
     _user_error(e)
-  print(f"{name} built in {datasets.resolve_data_dir(_DATA_DIR.value)}")
+  where = datasets.resolve_data_dir(_DATA_DIR.value)
+  if summary.already_built:
+    print(f"{name} is already built in {where}: left as it was (its inputs were not read "
+          "again; remove its folder there, or give another --data_dir, to build anew)")
+  else:
+    print(f"{name} built in {where}")
   print(summary.format())
 
 

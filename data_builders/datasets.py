@@ -45,6 +45,11 @@ def known_datasets() -> list[str]:
                 if os.path.exists(os.path.join(root, d, f"{d}_dataset_builder.py")))
 
 
+class BuildInputError(ValueError):
+  """Manual data a build cannot use (a malformed list, nothing usable); the
+  message names the file or shows the summary of what was skipped."""
+
+
 def builder_class(dataset: str) -> type[tfds.core.DatasetBuilder]:
   """The `Builder` class of data_builders/<dataset>/<dataset>_dataset_builder.py.
 
@@ -184,6 +189,7 @@ def build(name: str, data_dir: str | None, manual_dir: str | None = None,
     FileNotFoundError: no manual dir where the config needs one, or one that
       lacks what the config needs (naming what is missing).
     ImportError: --beam without Apache Beam installed.
+    BuildInputError: manual data that the builder cannot use, or none of it.
   """
   cls = check_name(name)
   _, config = split_name(name)
@@ -208,11 +214,20 @@ def build(name: str, data_dir: str | None, manual_dir: str | None = None,
       manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
       beam_options=_beam_options(beam_workers or os.cpu_count() or 1,
                                  beam_pipeline_options) if beam else None)
+  collect = getattr(builder, "collect_summary", None)
   with _tfds_quiet():
     already = builder.is_prepared()
-    builder.download_and_prepare(download_config=download_config)
-  collect = getattr(builder, "collect_summary", None)
+    try:
+      builder.download_and_prepare(download_config=download_config)
+    except AssertionError as e:  # TFDS: "No examples were yielded."
+      if "No examples were yielded" not in str(e):
+        raise
+      skipped = collect().format() if collect else ""
+      raise BuildInputError(
+          f"Cannot build {name}: no example survived (nothing written). What was "
+          f"skipped and why:\n{skipped}") from None
   summary = collect() if collect and not already else Summary()
+  summary.already_built = already
   for split, info in builder.info.splits.items():
     summary.examples[split] = info.num_examples
   if log_summary:

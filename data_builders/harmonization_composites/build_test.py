@@ -33,6 +33,21 @@ def test_build_returns_summary_then_reuses_the_dataset(tmp_path):
   again = build_lib.build("harmonization_composites/folder", os.fspath(tmp_path), DUMMY)
   assert dict(again.examples) == {"train": 4, "test": 1}
   assert not again.files  # Nothing was read the second time.
+  assert again.already_built and not summary.already_built
+
+
+def test_a_build_where_nothing_survives_shows_why(tmp_path):
+  manual = tmp_path / "manual"
+  for sub in ("images", "masks"):
+    (manual / sub).mkdir(parents=True)
+  Image.new("RGB", (32, 24)).save(manual / "images" / "a.png")
+  Image.new("L", (30, 24), 255).save(manual / "masks" / "a.png")  # Another size.
+  # TFDS' "AssertionError: No examples were yielded", without the summary, before.
+  with pytest.raises(build_lib.BuildInputError) as e:
+    build_lib.build("harmonization_composites/folder", os.fspath(tmp_path / "d"),
+                    os.fspath(manual))
+  assert "no example survived" in str(e.value) and "size" in str(e.value)
+  assert "a.png" in str(e.value)
 
 
 def test_data_dir_defaults_to_tfds_data_dir(tmp_path, monkeypatch):
@@ -170,6 +185,16 @@ def test_cli_user_errors_are_one_line_with_the_fix_and_exit_code_1(tmp_path):
   line = _last_line(result.stderr)
   assert "is incomplete: 1 file(s)" in line and "HCOCO/masks/c101_1.png" in line
   assert "Unpack the complete download there" in line
+  listing = manual / "HCOCO" / "HCOCO_train.txt"
+  shutil.copy(os.path.join(REPO, "data_builders", "iharmony4", "dummy_data", "HCOCO", "masks",
+                           "c101_1.png"), manual / "HCOCO" / "masks")
+  listing.write_text(listing.read_text() + "c101_1_1.jpg\n")  # Listed twice.
+  result = _cli("iharmony4/all", data_dir, f"--manual_dir={manual}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert "c101_1_1.jpg is listed twice" in _last_line(result.stderr)
+  assert "tensorflow" not in result.stderr.lower()
+  listing.write_text(listing.read_text().replace("c101_1_1.jpg\n", "", 1))
+  os.remove(manual / "HCOCO" / "masks" / "c101_1.png")
   # --verbose: the same line, after the traceback.
   result = _cli("iharmony4/all", data_dir, f"--manual_dir={manual}", "--verbose")
   assert result.returncode == 1 and "Traceback" in result.stderr

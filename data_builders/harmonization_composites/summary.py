@@ -47,6 +47,8 @@ class Summary:
       default_factory=lambda: collections.defaultdict(set))
   events: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   examples: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  # data_builders.datasets.build: the dataset was there already and left as it was.
+  already_built: bool = False
 
   def add(self, kind: str, file: str) -> None:
     """Records one occurrence of `kind` for `file` (an input file or an example key)."""

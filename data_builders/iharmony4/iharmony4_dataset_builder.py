@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from data_builders import datasets
+
 SUBSETS = ("HCOCO", "HAdobe5k", "HFlickr", "Hday2night")
 SPLITS = ("train", "test")
 # How many missing file names an error message lists before the count.
@@ -208,9 +210,11 @@ def list_examples(root: epath.Path, subsets: tuple[str, ...], split: str
 
   Raises:
     FileNotFoundError: when neither list exists for a subset.
+    datasets.BuildInputError: a line that is not a composite name, or one
+      listed twice (naming the list file).
   """
   ihd_path = root / f"IHD_{split}.txt"
-  examples = []
+  examples, seen = [], set()
   for subset in subsets:
     list_path = root / subset / f"{subset}_{split}.txt"
     if list_path.exists():
@@ -223,7 +227,16 @@ def list_examples(root: epath.Path, subsets: tuple[str, ...], split: str
           f"'{ihd_path}' exists")
     for line in lines:
       name = os.path.basename(line)
-      real_name, mask_name = parse_composite_name(name)
+      try:
+        real_name, mask_name = parse_composite_name(name)
+      except ValueError as e:
+        raise datasets.BuildInputError(
+            f"{list_path if list_path.exists() else ihd_path}: line {line!r}: {e}") from None
+      if f"{subset}/{name}" in seen:
+        raise datasets.BuildInputError(
+            f"{list_path if list_path.exists() else ihd_path}: {name} is listed twice "
+            f"in the {split} list")
+      seen.add(f"{subset}/{name}")
       subset_dir = root / subset
       examples.append({
           "key": f"{subset}/{name}",
@@ -330,6 +343,8 @@ def _prepare_images(ex: dict[str, epath.Path | str], composite: bytes, real: byt
     m = m.resize(new_size, Image.BILINEAR)
   m = np.asarray(m)
   binary = np.where(m >= 128, 255, 0).astype(np.uint8)
+  if not binary.any():  # Its fMSE and fPSNR would be 0 and 108 dB: a perfect score.
+    raise UnreadableExampleError(f"mask {ex['mask']} has no foreground pixels")
   if (not resize and mask_img.format == "PNG" and mask_img.mode == "L"
       and np.array_equal(binary, m)):
     mask_bytes = mask

@@ -174,14 +174,32 @@ def test_unreadable_files_are_skipped_counted_and_named(tmp_path, caplog):
   truncated.write_bytes(data[:len(data) // 2])
   Image.open(truncated).size  # pylint: disable=expression-not-assigned
   (manual / "HCOCO" / "real_images" / "c202.jpg").write_text("<html>Not found</html>")
+  # An empty mask would score fMSE 0: skipped too (a0002_1_4, test).
+  empty = manual / "HAdobe5k" / "masks" / "a0002_1.png"
+  Image.new("L", Image.open(empty).size).save(empty)
   with caplog.at_level(logging.WARNING):
     builder = _build(tmp_path, "all", manual)
   # c202.jpg is the real image of train c202_3_1 and test c202_4_1.
   assert {s: builder.info.splits[s].num_examples for s in ("train", "test")} == {
-      "train": 7, "test": 4}
+      "train": 7, "test": 3}
   assert "f1001_1_1.jpg" not in _by_name(builder, "train")
   assert "c202_4_1.jpg" not in _by_name(builder, "test")
   text = caplog.text
   assert f"composite {truncated} is not a readable image" in text
   assert "real image" in text and "HCOCO/real_images/c202.jpg" in text
-  assert "skipped 2 of 9 examples" in text and "skipped 1 of 5 examples" in text
+  assert "skipped 2 of 9 examples" in text and "skipped 2 of 5 examples" in text
+  assert f"mask {empty} has no foreground pixels" in text
+
+
+def test_malformed_or_repeated_list_lines_name_the_list(tmp_path):
+  from data_builders import datasets  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / "manual"
+  shutil.copytree(DUMMY, manual)
+  listing = manual / "HCOCO" / "HCOCO_train.txt"
+  original = listing.read_text()
+  listing.write_text(original + "README\n")
+  with pytest.raises(datasets.BuildInputError, match=f"{listing}: line 'README': iHarmony4"):
+    ihd.list_examples(manual, ("HCOCO",), "train")
+  listing.write_text(original + original.splitlines()[0] + "\n")
+  with pytest.raises(datasets.BuildInputError, match="c101_1_1.jpg is listed twice"):
+    ihd.list_examples(manual, ("HCOCO",), "train")
