@@ -5,6 +5,7 @@ the text after ':' reaches `get_config(arg)`, which calls `parse_arg` on it.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 # `data=<preset>` in a config argument -> the TFDS dataset it trains and evaluates on.
 DATA_PRESETS = {
@@ -62,7 +63,9 @@ def data_config(data: str, image_size: int = 256, *, hflip: bool = True,
         "'<dataset>/<config>' TFDS name")
   return ml_collections.ConfigDict({
       "name": name,
-      "data_dir": data_dir,
+      # A typed None: --config.data.data_dir=DIR can set it (a plain None
+      # refuses any override).
+      "data_dir": data_dir if data_dir is not None else config_dict.placeholder(str),
       "train_split": "train",
       "eval_split": "test",
       "image_size": image_size,

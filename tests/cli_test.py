@@ -139,3 +139,13 @@ def test_a_workdir_without_checkpoints_says_to_train_first(tmp_path):
   (tmp_path / "checkpoints").mkdir()
   with pytest.raises(FileNotFoundError, match="yet: its run saved none.*harmonax.train first"):
     checkpoint.load_networks(tmp_path)
+
+
+def test_data_dir_is_settable_from_the_command_line(tmp_path):
+  # launch/README.md passes --config.data.data_dir=gs://...: a plain None
+  # default made config_flags refuse it ("Type NoneType ... not supported").
+  # (batch_size=0 stops the run right after the flags parsed.)
+  result = _cli("harmonax.train", "--config=configs/issam.py:runlocal",
+                f"--config.data.data_dir={tmp_path}", "--config.batch_size=0",
+                f"--workdir={tmp_path / 'w'}")
+  _assert_one_line_error(result, "config.batch_size=0: expected a positive integer")
