@@ -360,20 +360,27 @@ def _restore_newest(checkpoint_dir: epath.Path, restore_one) -> tuple[Any, int]:
       + "; ".join(errors))
 
 
-def load_networks(path: str | os.PathLike, average: bool = True
+def load_networks(path: str | os.PathLike, average: bool = True, *, return_step: bool = False
                   ) -> tuple[ml_collections.ConfigDict, dict[str, nnx.Module]]:
   """Loads (config, networks in eval mode) from a training workdir or a save_networks dir.
 
   A training workdir gives the networks of its newest restorable step: their
   Polyak averages (the state's 'ema', kept when config.optim.ema_decay > 0)
-  unless `average` is False, then the last update's weights.
+  unless `average` is False, then the last update's weights. With
+  `return_step`, returns (config, networks, that step or None for a
+  save_networks directory).
   """
-  path = _path(path)
+  config, networks, step = _load_networks(_path(path), average)
+  return (config, networks, step) if return_step else (config, networks)
+
+
+def _load_networks(path: epath.Path, average: bool):
   config = load_config(path)
   networks = abstract_networks(config)
   full = network_states(networks)
+  step = None
   if not networks and ((path / NETWORKS_DIR).exists() or (path / CHECKPOINT_DIR).exists()):
-    return config, networks  # Parameter-free (save_networks wrote no orbax tree).
+    return config, networks, step  # Parameter-free (save_networks wrote no orbax tree).
   if (path / NETWORKS_DIR).exists():
     _check_layout(path / NETWORKS_DIR, full)
     with ocp.PyTreeCheckpointer() as checkpointer:
@@ -412,7 +419,7 @@ def load_networks(path: str | os.PathLike, average: bool = True
         f"{path} holds neither {NETWORKS_DIR}/ (save_networks) nor "
         f"{CHECKPOINT_DIR}/ (a training workdir)")
   _materialize(networks, states)
-  return config, networks
+  return config, networks, step
 
 
 def _merge(a: dict, b: dict) -> dict:

@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
   _check_writable(output_dir)  # Now, not after the whole evaluation.
   started = time.monotonic()
   with metric_writers.Phase(f"loading the networks from {source}"):
-    config, networks = checkpoint.load_networks(source)
+    config, networks, step = checkpoint.load_networks(source, return_step=True)
     models.set_compute_dtype(networks, _DTYPE.value)
   sets = evaluation.eval_sets(config)
   data_config, split, _ = next(iter(sets.values())) if sets else (config.data, None, -1)
@@ -146,7 +146,8 @@ def main(argv: list[str]) -> int:
   size = (f"{data_config.image_size}x{data_config.image_size}" if data_config.image_size
           else "full resolution")
   from harmonax import model_card  # pylint: disable=g-import-not-at-top
-  title = f"{model_card.model_name(config)} ({source}) on {data_config.name} {split}, {size}"
+  where = source if step is None else f"{source}, step {step}"
+  title = f"{model_card.model_name(config)} ({where}) on {data_config.name} {split}, {size}"
   table = evaluation.format_table(records, protocol, title, extra)
   print(table)
   # Runs that score differently from the config's protocol, or part of the
@@ -163,8 +164,10 @@ def main(argv: list[str]) -> int:
   print(f"Wrote {os.path.join(output_dir, stem)}.md and .csv")
   # The model card (if the checkpoint has one) keeps the 'All' row of each evaluation.
   described = f" ({', '.join(long for _, long in qualifiers)})" if qualifiers else ""
+  # A workdir's card names the step scored: training on makes the entry stale.
+  at_step = {} if step is None else {"step": int(step)}
   model_card.update_metrics(source, f"{data_config.name} {split} {size}{described}",
-                            evaluation.summarize(records)["All"])
+                            {**evaluation.summarize(records)["All"], **at_step})
   return 0
 
 

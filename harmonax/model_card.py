@@ -155,9 +155,11 @@ def read(directory: str | os.PathLike) -> dict[str, Any] | None:
 
 def update_metrics(directory: str | os.PathLike, name: str, metrics: dict[str, float]) -> None:
   """Sets `metrics[name]` (e.g. 'iharmony4/all test 256') in an existing card,
-  rounded to 4 digits; no card, no change."""
+  floats rounded to 4 digits, integers (a training step) as they are; no
+  card, no change."""
   card = read(directory)
   if card is None:
     return
-  card.setdefault("metrics", {})[name] = {k: round(float(v), 4) for k, v in metrics.items()}
+  card.setdefault("metrics", {})[name] = {
+      k: v if isinstance(v, int) else round(float(v), 4) for k, v in metrics.items()}
   write(directory, card)

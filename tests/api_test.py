@@ -100,10 +100,13 @@ def test_cards_of_trained_runs_licenses_and_metrics(tmp_path):
   workdir = tmp_path / "workdir"
   checkpoint.save_config(workdir, conversion.default_config("dovenet"))  # As the trainer does.
   assert model_card.read(workdir)["source"]["kind"] == "trained with harmonax"
-  model_card.update_metrics(workdir, "iharmony4/all test 256", {"PSNR": 34.123456, "MSE": 52.0})
+  model_card.update_metrics(workdir, "iharmony4/all test 256",
+                            {"PSNR": 34.123456, "MSE": 52.0, "step": 800})
   checkpoint.save_config(workdir, conversion.default_config("dovenet"))  # A resumed run.
   card = model_card.read(workdir)
-  assert card["metrics"] == {"iharmony4/all test 256": {"PSNR": 34.1235, "MSE": 52.0}}
+  assert card["metrics"] == {"iharmony4/all test 256": {"PSNR": 34.1235, "MSE": 52.0,
+                                                       "step": 800}}
+  assert isinstance(card["metrics"]["iharmony4/all test 256"]["step"], int)
   assert model_card.read(tmp_path / "nowhere") is None
 
 

@@ -44,6 +44,7 @@ def test_save_and_load_networks_round_trip(tmp_path):
   checkpoint.save_networks(tmp_path / "model", config, networks)
   assert (tmp_path / "model" / "config.json").exists()
 
+  assert checkpoint.load_networks(tmp_path / "model", return_step=True)[2] is None
   loaded_config, loaded = checkpoint.load_networks(tmp_path / "model")
   assert loaded_config.model.to_dict() == config.model.to_dict()
   assert loaded_config.optim.lr == config.optim.lr
@@ -148,7 +149,8 @@ def test_load_networks_from_a_training_workdir_falls_back_past_corruption(
   manager.close()
   assert checkpoint.good_steps(tmp_path / "checkpoints") == [4, 2]
 
-  _, loaded = checkpoint.load_networks(tmp_path)
+  _, loaded, step = checkpoint.load_networks(tmp_path, return_step=True)
+  assert step == 4
   kernel = networks["generator"].conv1.kernel[...]
   np.testing.assert_allclose(loaded["generator"].conv1.kernel[...], 4.0 * kernel)
   np.testing.assert_array_equal(loaded["generator"].norm.mean[...],
@@ -159,7 +161,8 @@ def test_load_networks_from_a_training_workdir_falls_back_past_corruption(
     if path.is_file() and "metadata" not in path.name:
       path.write_bytes(b"")
   with caplog.at_level(logging.WARNING):
-    _, loaded = checkpoint.load_networks(tmp_path)
+    _, loaded, step = checkpoint.load_networks(tmp_path, return_step=True)
+  assert step == 2  # What evaluate records in the model card.
   np.testing.assert_allclose(loaded["generator"].conv1.kernel[...], 2.0 * kernel)
   assert "step 4" in caplog.text and "falling back" in caplog.text
 
