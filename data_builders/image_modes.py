@@ -16,7 +16,7 @@ The builders read photos and masks with these conversions, and harmonax's
 """
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 def image_to_rgb(img: Image.Image) -> np.ndarray:
@@ -31,6 +31,14 @@ def image_to_rgb(img: Image.Image) -> np.ndarray:
     grey = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
   return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def upright(img: Image.Image) -> Image.Image:
+  """The image with its EXIF orientation applied, keeping `img.format` (the
+  label-mask rule reads it; ImageOps.exif_transpose returns a copy without)."""
+  out = ImageOps.exif_transpose(img)
+  out.format = img.format
+  return out
 
 
 # Formats whose codec noise can put 1s into a black mask: never label masks.

@@ -73,8 +73,7 @@ def _orientation(image: Any) -> int:
 
 
 def _upright(image: Any) -> Any:
-  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
-  return ImageOps.exif_transpose(image)
+  return image_modes.upright(image)
 
 
 def _is_pil(image: Any) -> bool:

@@ -14,8 +14,9 @@ import tempfile
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from data_builders import image_modes
 from data_builders.image_modes import image_to_rgb
 from data_builders.image_modes import mask_to_alpha
 from data_builders.image_modes import mask_to_binary
@@ -105,7 +106,7 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
         "--max_pixels if the image is genuine")
   try:
     img.load()
-    return ImageOps.exif_transpose(img)
+    return image_modes.upright(img)
   except (OSError, ValueError, SyntaxError) as e:  # Truncated/corrupt data.
     raise ImageError(f"{path}: corrupt or truncated image data ({e})") from None
 

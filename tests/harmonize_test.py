@@ -253,6 +253,21 @@ def test_read_mask_modes(tmp_path):
     np.testing.assert_array_equal(got[..., 0], fg.astype(np.float32), err_msg=name)
 
 
+def test_label_masks_are_read_only_from_lossless_files(tmp_path):
+  # A JPEG of a black mask with codec noise of 1 is not a 0/1 label mask: its
+  # "foreground" would be harmonized and the background lost. (exif_transpose's
+  # copy had no format, so every file read as lossless.)
+  noise = np.zeros((32, 32), np.uint8)
+  noise[4:14, 4:14] = 1
+  Image.fromarray(noise).save(tmp_path / "noise.jpg", quality=100)
+  Image.fromarray(noise).save(tmp_path / "labels.png")
+  assert np.asarray(Image.open(tmp_path / "noise.jpg")).max() == 1
+  assert image_io.read_mask(tmp_path / "noise.jpg").sum() == 0
+  assert image_io.read_matte(tmp_path / "noise.jpg").max() < 0.01
+  assert image_io.read_mask(tmp_path / "labels.png").sum() == 100
+  assert image_io.read_matte(tmp_path / "labels.png").max() == 1.0
+
+
 def test_write_image_round_trip_and_errors(tmp_path):
   image = np.random.default_rng(0).integers(0, 256, (5, 9, 3), dtype=np.uint8)
   image_io.write_image(tmp_path / "sub" / "x.png", image)

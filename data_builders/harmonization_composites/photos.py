@@ -11,7 +11,7 @@ import warnings
 
 from etils import epath
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from data_builders import image_modes
 from data_builders.harmonization_composites.summary import Summary
@@ -89,7 +89,7 @@ def _load(path: epath.PathLike, summary: Summary
     data = None
   if _orientation(img) != 1:
     summary.add("exif_rotated", os.fspath(path))
-    img = ImageOps.exif_transpose(img)
+    img = image_modes.upright(img)
     data = None
   return img, data
 
