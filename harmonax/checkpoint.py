@@ -101,7 +101,10 @@ def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
     raise FileNotFoundError(
         f"{path} not found: expected a training workdir or a save_networks "
         "directory holding config.json")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except ValueError as e:
+    raise CheckpointMismatchError(f"{path} is not valid JSON: {e}") from None
 
 
 def _flat_json(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -117,8 +120,10 @@ def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDic
   """Refuses to resume checkpoints of `workdir` that another config trained.
 
   When `workdir` holds a checkpoint and the config.json of the run that wrote
-  it, the two configs may differ only in RESUMABLE_CHANGES; the changes that
-  are allowed are logged.
+  it, the two configs may differ only in RESUMABLE_CHANGES (and in the batch
+  trained, when the same batch asked for rounds up differently on another
+  device count); the changes that are allowed are logged. `config` is the
+  trainer's, batch_size rounded (train.py records requested_batch_size).
 
   Raises:
     CheckpointMismatchError: naming each other field that differs, with its
@@ -135,11 +140,21 @@ def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDic
         f"{path} is not valid JSON ({e}): cannot tell which config trained the "
         f"checkpoints in {workdir / CHECKPOINT_DIR}") from e
   now = _flat_json(json.loads(config.to_json_best_effort()))
-  # The batch asked for is what must match; the trainer rounds it up to a
-  # multiple of the device count (recording both), and a checkpoint may
-  # resume on another count.
-  for flat in (saved, now):
-    flat["batch_size"] = flat.pop(REQUESTED_BATCH_SIZE, flat.get("batch_size"))
+  # The batch asked for must match. The batch trained is it rounded up to a
+  # multiple of the device count (the trainer records both), so it may differ
+  # on another count; config.json files written before requested_batch_size
+  # was recorded hold only the batch trained.
+  recorded = REQUESTED_BATCH_SIZE in saved
+  saved_trained, now_trained = saved.pop("batch_size", None), now.pop("batch_size", None)
+  saved_asked = saved.pop(REQUESTED_BATCH_SIZE, saved_trained)
+  now_asked = now.pop(REQUESTED_BATCH_SIZE, now_trained)
+  if saved_asked != now_asked and (recorded or saved_trained != now_trained):
+    saved["batch_size"], now["batch_size"] = saved_asked, now_asked  # Refused below.
+  elif saved_trained != now_trained:
+    logging.warning(
+        "Resuming with a batch of %s instead of %s (config.batch_size=%s rounded up to "
+        "this run's device count): steps per epoch and the schedule follow it.",
+        now_trained, saved_trained, now_asked)
   missing = "(absent)"
   changed = [k for k in sorted(saved.keys() | now.keys())
              if saved.get(k, missing) != now.get(k, missing)]

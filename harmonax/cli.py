@@ -107,6 +107,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     first = text.splitlines()[0:1] or [""]
     key = first[0].strip("'\"")
     overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    # ml_collections names the path it looked up ("Attempting to lookup:
+    # model.ch.x") where the missing part is an attribute of a value.
+    looked_up = text.rpartition("Attempting to lookup:")[2].strip()
+    if looked_up and any(o == f"--config.{looked_up}" for o in overrides):
+      key = looked_up.rpartition(".")[2]
     if _verbose_in(argv) or not key or not any(
         key in o.split(".")[1:] for o in overrides):
       raise

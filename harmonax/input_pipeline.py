@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 
 from data_builders import datasets
 from data_builders.harmonization_composites import record
+from harmonax import cli
 
 # The datasets that are built automatically on first use: their photos ship in the repo.
 AUTO_BUILD = datasets.SAMPLE
@@ -388,8 +389,12 @@ def _eval_batches(ds: grain.IterDataset, count: int, batch_size: int,
     it.close()  # Stops grain worker processes even when the caller stops early.
 
 
+class DatasetKindError(cli.UserError, ValueError):
+  """A dataset whose examples lack an image the model reads."""
+
+
 def check_keys(data_config: ml_collections.ConfigDict, split: str, example: dict) -> None:
-  """Raises ValueError when `example` lacks an image the batches need
+  """Raises DatasetKindError when `example` lacks an image the batches need
   (image_keys and the mask): e.g. a harmonization model on compositing
   triplets, which hold foreground, background and alpha."""
   wanted = (*image_keys(data_config), "mask")
@@ -397,7 +402,7 @@ def check_keys(data_config: ml_collections.ConfigDict, split: str, example: dict
   held = set(example) | ({"composite"} if record.CROP in example else set())
   if missing := [k for k in wanted if k not in held]:
     held = sorted(k for k in example if k not in ("name", "subset", "category", "transfer"))
-    raise ValueError(
+    raise DatasetKindError(
         f"{data_config.name} {split!r}: its examples have no {', '.join(missing)} (they hold "
         f"{', '.join(held)}); this model reads {', '.join(wanted)}: use a dataset of its "
         "kind (harmonization composites or compositing triplets)")

@@ -59,12 +59,14 @@ def _loop_repeats(jaxpr: jax.extend.core.ClosedJaxpr) -> float:
   for eqn in jaxpr.jaxpr.eqns:
     if eqn.primitive.name == "scan":
       body, length = eqn.params["jaxpr"], eqn.params["length"]
-      # Unrolled k times, the loop's HLO body holds k copies of the scan's.
+      # Unrolled k times, the HLO holds k copies of the body in the loop and
+      # length % k more after it: XLA counts those k + length % k.
       unroll = eqn.params.get("unroll", 1)
       unroll = length if unroll is True else max(1, min(int(unroll), length))
+      counted = unroll + length % unroll if unroll < length else length
       avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in body.jaxpr.invars]
       once = _xla_flops(jax.extend.core.jaxpr_as_fun(body), *avals)
-      extra += (length - unroll) * once + length * _loop_repeats(body)
+      extra += (length - counted) * once + length * _loop_repeats(body)
     elif eqn.primitive.name == "cond":  # One branch runs.
       extra += max((_loop_repeats(b) for b in eqn.params["branches"]), default=0.0)
     else:

@@ -355,17 +355,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   # ---- Mesh: data parallelism, batch split over 'data', state replicated.
   mesh = sharding.make_mesh()
   replicated = sharding.replicated(mesh)
-  # Before config.json is rewritten: it names the config the checkpoints have.
-  checkpoint.check_resumable(workdir, config)
-  batch_size = sharding.fit_batch_size(config.batch_size, mesh)
-  if batch_size != config.batch_size:
+  asked = config.get(checkpoint.REQUESTED_BATCH_SIZE, config.batch_size)
+  batch_size = sharding.fit_batch_size(asked, mesh)
+  if batch_size != config.batch_size or asked != config.batch_size:
     # config.json records the batch trained with, and the one asked for.
     config = copy.deepcopy(config)
     with config.unlocked():
-      config[checkpoint.REQUESTED_BATCH_SIZE] = config.batch_size
+      config[checkpoint.REQUESTED_BATCH_SIZE] = asked
     config.batch_size = batch_size
-  if is_writer:
-    checkpoint.save_config(workdir, config)
+  # Before config.json is rewritten: it names the config the checkpoints have.
+  checkpoint.check_resumable(workdir, config)
 
   # ---- Input: this host's shard; epochs -> steps.
   first_use = " (built on first use)" if config.data.name == input_pipeline.AUTO_BUILD else ""
@@ -383,6 +382,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   # ---- Model and update step.
   fns = make_train_fns(config, steps_per_epoch)
   train_step = jax.jit(fns.train_step, donate_argnums=(0,))
+  # Once the data and the model are known to work with it: a run that cannot
+  # start leaves no config.json behind.
+  if is_writer:
+    checkpoint.save_config(workdir, config)
 
   # ---- Checkpoint: resume from the newest restorable step, else initialize.
   manager = checkpoint.make_manager(workdir, config.get("keep_checkpoints", 3))

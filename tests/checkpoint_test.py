@@ -12,6 +12,7 @@ import pytest
 
 import fake_family
 from harmonax import checkpoint
+from harmonax import cli
 
 fake_family.register()
 
@@ -114,6 +115,13 @@ def test_load_networks_errors_name_the_problem(tmp_path):
     checkpoint.load_networks(tmp_path)
   checkpoint.save_config(tmp_path, fake_family.get_config())
   with pytest.raises(FileNotFoundError, match="neither networks/"):
+    checkpoint.load_networks(tmp_path)
+  # One-line errors in every command (cli.UserError), export's included.
+  (tmp_path / "config.json").write_text('{"model": {"name": "nosuchmodel"}}')
+  with pytest.raises(cli.UserError, match="Unknown model 'nosuchmodel'; valid model names"):
+    checkpoint.load_networks(tmp_path)
+  (tmp_path / "config.json").write_text('{"model": ')
+  with pytest.raises(cli.UserError, match="config.json is not valid JSON"):
     checkpoint.load_networks(tmp_path)
 
 
@@ -249,6 +257,12 @@ def test_check_resumable_refuses_other_configs_and_names_the_fields(tmp_path, ca
   other.batch_size = 12
   with pytest.raises(checkpoint.CheckpointMismatchError, match="batch_size: 8 -> 12"):
     checkpoint.check_resumable(tmp_path, other)
+  # A config.json from before requested_batch_size was recorded: batch 12 trained
+  # (8 asked, rounded up); the same run resumes, another batch does not.
+  checkpoint.save_config(tmp_path, other)
+  checkpoint.check_resumable(tmp_path, rounded)  # Asks 8, trains 12: as it did.
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="batch_size: 12 -> 8"):
+    checkpoint.check_resumable(tmp_path, config)  # Asks 8, trains 8.
   checkpoint.save_config(tmp_path, config)
   assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 

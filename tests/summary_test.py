@@ -1,5 +1,6 @@
 """Tests of harmonax.summary: parameter counts and lowered-HLO FLOPs."""
 
+import functools
 import glob
 import importlib
 import os
@@ -47,11 +48,15 @@ def test_loops_count_their_body_once_per_iteration():
     rows = jax.jit(lambda c: jax.lax.map(lambda r: jnp.tanh(r @ w), c.reshape(4, 16, 64)))
     return jax.lax.fori_loop(0, 3, lambda i, c: rows(c).reshape(64, 64), x)
 
-  def unrolled_scan(x, w):  # Two copies of the body in the loop, run 3 times.
-    return jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=6, unroll=2)[0]
+  def unrolled_scan(x, w, length, unroll):
+    return jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=length,
+                        unroll=unroll)[0]
 
   once = 2 * 64 ** 3
-  assert summary.lowered_flops(unrolled_scan, x, x) == pytest.approx(6 * once, rel=1e-4)
+  for length, unroll in ((6, 2), (7, 2), (8, 3), (5, 5)):
+    assert summary.lowered_flops(
+        functools.partial(unrolled_scan, length=length, unroll=unroll), x, x
+    ) == pytest.approx(length * once, rel=1e-4), (length, unroll)
   assert summary.lowered_flops(unrolled, x, x) == 6 * once
   assert summary.lowered_flops(fori, x, x) == pytest.approx(6 * once, rel=1e-4)
   assert summary.lowered_flops(nested, x, x) == pytest.approx(3 * once, rel=1e-4)

@@ -18,6 +18,7 @@ their key: builds are byte-identical. Features: `foreground`, `background`,
 `real` (the target; RGB PNG), `mask`, `alpha` (HxWx1 PNG), `name`, `category`.
 """
 
+import collections
 import dataclasses
 import os
 from typing import Any, Iterator
@@ -80,8 +81,11 @@ def _folder(manual_dir: epath.PathLike, config: BuilderConfig, summary: Summary
     if not (root / sub).is_dir():
       raise FileNotFoundError(f"Matting folder '{root}' lacks '{sub}/': expected fg/, "
                               "alpha/ (mattes with the fg stems) and bg/")
-  (fg, _), (alpha, shared), (bg, _) = (sources.images_by_stem(root / s, summary)
-                                       for s in ("fg", "alpha", "bg"))
+  (fg, _), (alpha, shared) = (sources.images_by_stem(root / s, summary) for s in ("fg", "alpha"))
+  # Backgrounds pair with no file: all of them, by stem (by name where stems repeat).
+  files = [p for p in sorted((root / "bg").iterdir()) if p.suffix.lower() in sources.IMAGE_SUFFIXES]
+  stems = collections.Counter(p.stem for p in files)
+  bg = {(p.stem if stems[p.stem] == 1 else p.name): p for p in files}
   fgs = {s: [] for s in SPLITS}
   for stem in sorted(fg):
     if stem not in alpha:

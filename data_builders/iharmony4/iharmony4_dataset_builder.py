@@ -344,7 +344,8 @@ def _prepare_images(ex: dict[str, epath.Path | str], composite: bytes, real: byt
   m = np.asarray(m)
   binary = np.where(m >= 128, 255, 0).astype(np.uint8)
   if not binary.any():  # Its fMSE and fPSNR would be 0 and 108 dB: a perfect score.
-    raise UnreadableExampleError(f"mask {ex['mask']} has no foreground pixels")
+    after = f" after resizing to {new_size[0]}x{new_size[1]}" if resize else ""
+    raise UnreadableExampleError(f"mask {ex['mask']} has no foreground pixels{after}")
   if (not resize and mask_img.format == "PNG" and mask_img.mode == "L"
       and np.array_equal(binary, m)):
     mask_bytes = mask

@@ -11,6 +11,8 @@ import importlib
 import pkgutil
 from types import ModuleType
 
+from harmonax import cli
+
 # config.dtype: the compute dtype of the networks' layers (set_compute_dtype).
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -33,18 +35,22 @@ def available() -> list[str]:
   return sorted(names)
 
 
+class UnknownModelError(cli.UserError, ValueError):
+  """A config.model.name that names no model family."""
+
+
 def get_family(name: str) -> ModuleType:
   """Returns the model family module `harmonax.models.<name>`.
 
   Raises:
-    ValueError: if no such family exists, listing the valid names.
+    UnknownModelError: if no such family exists, listing the valid names.
   """
   try:
     module = importlib.import_module(f"{__name__}.{name}")
   except ModuleNotFoundError as e:
     if e.name != f"{__name__}.{name}":
       raise
-    raise ValueError(
+    raise UnknownModelError(
         f"Unknown model {name!r}; valid model names: {', '.join(available())}"
     ) from None
   missing = [fn for fn in _CONTRACT if not hasattr(module, fn)]
