@@ -27,8 +27,10 @@ def image_to_rgb(img: Image.Image) -> np.ndarray:
     shift = 8 if img.mode.startswith("I;16") or arr.max() > 255 else 0
     grey = (arr >> shift).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
-  if img.mode == "F":
-    grey = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+  if img.mode == "F":  # Float images: [0, 1] (scaled, as masks read) or 0..255.
+    arr = np.asarray(img, dtype=np.float64)
+    arr = arr * 255.0 if arr.max(initial=0.0) <= 1.0 else arr
+    grey = np.round(np.clip(arr, 0, 255)).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
   return np.asarray(img.convert("RGB"), dtype=np.uint8)
 

@@ -189,9 +189,10 @@ def export(checkpoint_dir: str, fmt: str, output: str, height: int | None = None
     raise ExportArgumentError(f"height and width must be positive, got {height}x{width}")
   to_folder = output.endswith("/") or os.path.isdir(output)
   suffix = os.path.splitext(output)[1].lower()
-  if not to_folder and suffix in SUFFIXES.values() and suffix != SUFFIXES[fmt]:
+  if not to_folder and suffix != SUFFIXES[fmt]:  # Never over an image or a config.json.
     raise ExportArgumentError(
-        f"output {output}: a {fmt} file is named *{SUFFIXES[fmt]}, not *{suffix}")
+        f"output {output}: a {fmt} file is named *{SUFFIXES[fmt]}"
+        + (f", not *{suffix}" if suffix else "") + " (or give a folder)")
   image_io.check_output_path(output, folder=to_folder)  # Before the minutes of exporting.
   config, networks = checkpoint.load_networks(checkpoint_dir)
   if to_folder:

@@ -18,7 +18,7 @@ the trained network, which then predicts it:
 
 Masks are binarized (rules in harmonax.inference.harmonize); the output keeps
 every background pixel's bytes (where mask == 0 the output equals the
-composite exactly). Write PNG to keep them: JPEG and WebP are lossy. The library is
+composite exactly). Write PNG (or WebP, written lossless) to keep them: JPEG is lossy. The library is
 harmonax.inference.
 """
 
@@ -59,7 +59,8 @@ def main(argv: list[str]) -> int:
   from harmonax import inference  # pylint: disable=g-import-not-at-top
   from harmonax import models  # pylint: disable=g-import-not-at-top
   output = _OUTPUT.value
-  if output and _COMPOSITE.value and os.path.isfile(_COMPOSITE.value) and os.path.isdir(output):
+  if (output and _COMPOSITE.value and os.path.isfile(_COMPOSITE.value)
+      and (os.path.isdir(output) or output.endswith(("/", os.sep)))):
     # One image into an existing folder: <folder>/<stem>.png, as folder runs name it.
     output = os.path.join(output, os.path.splitext(os.path.basename(_COMPOSITE.value))[0] + ".png")
   if output and not (_VIDEO.value or _FRAMES.value):  # (harmonize_video checks its own.)

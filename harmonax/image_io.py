@@ -65,6 +65,18 @@ def check_not_an_input(output_dir: str | os.PathLike, inputs: dict[str, str | No
                             "would be overwritten; give another output folder")
 
 
+def check_not_an_input_file(output: str | os.PathLike,
+                            inputs: dict[str, str | os.PathLike | None]) -> None:
+  """Raises OutputPathError if the file `output` is one of `inputs` (what
+  each file is -> its path): writing it would destroy that input."""
+  if not os.path.isfile(output):
+    return
+  for what, path in inputs.items():
+    if path and os.path.isfile(path) and os.path.samefile(path, output):
+      raise OutputPathError(f"the output {output} is the {what} file: it would be "
+                            "overwritten; give another output")
+
+
 def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> None:
   """Raises OutputPathError now when `path` (a file, or with `folder` a folder)
   could not be written later: a file stands where a folder must be. Nothing
@@ -163,8 +175,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
   """Writes uint8 [H,W,3] (or float in [0, 1]) to `path`; format from the suffix.
 
   Writes to a temporary file and renames it, so a reader never sees half an
-  image; the file's permissions follow the umask, as any new file's. PNG is
-  lossless; JPEG (quality 95) does not keep background bytes.
+  image; the file's permissions follow the umask, as any new file's. PNG and
+  WebP (lossless) keep every byte; JPEG (quality 95) does not keep background
+  bytes.
 
   Raises:
     ValueError: on a bad shape or an unknown suffix.
@@ -185,7 +198,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
   os.close(fd)
   try:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files.
-    options = {"quality": 95} if suffix in (".jpg", ".jpeg", ".webp") else {}
+    # JPEG is lossy (quality 95); WebP is written lossless, as PNG.
+    options = ({"quality": 95} if suffix in (".jpg", ".jpeg")
+               else {"lossless": True} if suffix == ".webp" else {})
     Image.fromarray(image, "RGB").save(tmp, **options)
     os.replace(tmp, path)
   finally:

@@ -173,9 +173,13 @@ def _checked_composite(composite: np.ndarray) -> np.ndarray:
     ValueError: naming the shape, dtype or range that is wrong.
   """
   if composite.ndim not in (3, 4) or composite.shape[-1] != 3:
-    raise ValueError(f"composite: expected [H,W,3] or [B,H,W,3], got {composite.shape}")
+    raise ValueError(f"composite: expected [H,W,3] or [B,H,W,3], got {composite.shape}"
+                     + (f" (a {type(composite.item()).__name__}: pass the image, e.g. "
+                        "image_io.read_image(path))" if composite.ndim == 0 else ""))
   if 0 in composite.shape:
     raise ValueError(f"composite: empty image, shape {composite.shape}")
+  if composite.dtype.name == "bfloat16":  # (numpy's kind 'V': ml_dtypes.)
+    composite = composite.astype(np.float32)
   kind = composite.dtype.kind
   if composite.dtype == np.uint8:
     return composite
@@ -207,7 +211,8 @@ def harmonize(networks: dict[str, nnx.Module], composite: np.ndarray, mask: np.n
   Args:
     networks: the family's networks in eval mode (checkpoint.load_networks).
     composite: uint8 in 0..255, or float in [0, 1].
-    mask: [H,W], [H,W,1] (or with a batch axis) marking the foreground. bool;
+    mask: [H,W], [H,W,1] (or with a batch axis; [H,W,3] colour masks by their
+      brightest channel; one [H,W] mask for a whole batch) marking the foreground. bool;
       integer: foreground >= 1 if its maximum is <= 1 (a 0/1 mask), else
       >= 128 if its maximum is <= 255, else >= 32768 (16-bit); float:
       foreground >= 0.5 (>= 128 if its maximum exceeds 1, i.e. 0..255).
@@ -230,6 +235,10 @@ def harmonize(networks: dict[str, nnx.Module], composite: np.ndarray, mask: np.n
   if single:
     composite = composite[None]
   b, h, w, _ = composite.shape
+  if mask.shape in ((h, w, 3), (b, h, w, 3)):  # A colour mask: its brightest channel.
+    mask = mask.max(axis=-1)
+  if mask.dtype.name == "bfloat16":
+    mask = mask.astype(np.float32)
   if mask.shape in ((h, w), (h, w, 1)):  # The image's mask, or one for the whole batch.
     mask = np.broadcast_to(mask.reshape(1, h, w, 1), (b, h, w, 1))
   elif mask.shape == (b, h, w):
@@ -256,8 +265,10 @@ def harmonize_file(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
 
   Raises:
     image_io.ImageError: unreadable, corrupt or too large file.
-    ValueError: composite and mask sizes differ (both files named).
+    ValueError: composite and mask sizes differ (both files named), or
+      `output_path` is one of them (image_io.OutputPathError).
   """
+  image_io.check_not_an_input_file(output_path, {"composite": composite_path, "mask": mask_path})
   composite = image_io.read_image(composite_path, max_pixels=max_pixels)
   mask = image_io.read_mask(mask_path, max_pixels=max_pixels)
   if not mask.any() or mask.all():

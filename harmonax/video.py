@@ -125,9 +125,13 @@ def _read_video(path: str) -> tuple[Iterator[np.ndarray], float, int | None]:
   """(frames uint8 [H,W,3], fps, frame count or None)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"Video file not found: {path}")
-  reader = _imageio().get_reader(path, "ffmpeg")
-  meta = reader.get_meta_data()
-  count = reader.count_frames() if hasattr(reader, "count_frames") else None
+  try:
+    reader = _imageio().get_reader(path, "ffmpeg")
+    meta = reader.get_meta_data()
+    count = reader.count_frames() if hasattr(reader, "count_frames") else None
+  except (OSError, RuntimeError, ValueError) as e:  # Not a video, or a damaged one.
+    raise ValueError(f"cannot read the video {path}: {' '.join(str(e).split())[:300]}"
+                     ) from None
 
   def frames():
     try:
@@ -178,20 +182,32 @@ def _pairs(frames: Iterable[np.ndarray], masks: Iterable[np.ndarray]
 
 
 class _Writer:
-  """Writes frames to a video file or to a folder of PNGs."""
+  """Writes frames to a video file or to a folder of PNGs.
+
+  A video is written aside and renamed over `output` once complete (`commit`):
+  a run that fails keeps the previous file, and no reader sees half a video.
+  """
 
   def __init__(self, output: str, fps: float, names: list[str] | None):
     self.output, self.names, self.count = output, names, 0
+    self.video = self.partial = None
     if _is_video(output):
-      image_io.make_output_dir(os.path.dirname(os.path.abspath(output)))
-      self.video = _imageio().get_writer(output, "ffmpeg", fps=fps,
-                                         macro_block_size=1)
+      directory, name = os.path.split(os.path.abspath(output))
+      image_io.make_output_dir(directory)
+      stem, suffix = os.path.splitext(name)
+      self.partial = os.path.join(directory, f".{stem}.partial-{os.getpid()}{suffix}")
+      self.video = _imageio().get_writer(self.partial, "ffmpeg", fps=fps, macro_block_size=1)
     else:
-      self.video = None
       image_io.make_output_dir(output)
 
   def write(self, frame: np.ndarray) -> None:
     if self.video is not None:
+      if self.count == 0 and (frame.shape[0] % 2 or frame.shape[1] % 2):
+        # H.264 in yuv420p needs even sizes: ffmpeg wrote an empty file.
+        raise ValueError(
+            f"frames of {frame.shape[1]}x{frame.shape[0]} (WxH) cannot be written to "
+            f"{self.output}: video codecs need even sizes; write a frame folder "
+            "(--output=DIR) or crop the frames")
       self.video.append_data(frame)
     else:
       stem = (os.path.splitext(os.path.basename(self.names[self.count]))[0]
@@ -199,9 +215,19 @@ class _Writer:
       image_io.write_image(os.path.join(self.output, stem + ".png"), frame)
     self.count += 1
 
-  def close(self) -> None:
-    if self.video is not None:
+  def close(self, commit: bool) -> None:
+    """Finishes the video; renames it over `output` if `commit`, else deletes it."""
+    if self.video is None:
+      return
+    try:
       self.video.close()
+    except Exception:  # pylint: disable=broad-except
+      if commit:
+        raise
+    if commit:
+      os.replace(self.partial, self.output)
+    elif os.path.exists(self.partial):
+      os.remove(self.partial)
 
 
 def harmonize_frames(networks: dict[str, nnx.Module], frames: Iterable[np.ndarray],
@@ -263,6 +289,8 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
   image_io.check_output_path(output, folder=not _is_video(output))
   if not _is_video(output):
     image_io.check_not_an_input(output, {"frame": frames, "mask": mask})
+  else:
+    image_io.check_not_an_input_file(output, {"video": video, "mask": mask})
   if video:
     stream, video_fps, count = _read_video(video)
     names = None
@@ -280,11 +308,13 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
     how = "frame by frame"
   writer = _Writer(output, fps, names)
   progress = metric_writers.ItemProgress("frames written", total=count)
+  done = False
   try:
     for frame in harmonized:
       writer.write(frame)
       progress.tick()
+    done = True
   finally:
-    writer.close()
+    writer.close(commit=done)
   print(f"Wrote {writer.count} frames to {output} ({how})")
   return 0

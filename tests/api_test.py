@@ -42,6 +42,7 @@ def test_model_call_on_arrays_pil_images_batches_and_lists(tmp_path):
   directory = recipe_checkpoint("issam", str(tmp_path / "ckpt"))
   model = harmonax.load(directory)
   assert model.info["source"]["kind"] == "trained with harmonax"
+  assert harmonax.load(directory, dtype="bfloat16").info == model.info  # As README shows.
   composite, mask = photo(40, 56)
   want = inference.harmonize(model.networks, composite[0], mask[0], config=model.config)
   np.testing.assert_array_equal(model(composite[0], mask[0]), want)  # float [0, 1]

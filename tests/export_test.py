@@ -225,8 +225,9 @@ def test_export_inputs_are_checked(tmp_path):
     export_lib.export(directory, "tflite", str(tmp_path) + "/", 64, 64)
   with pytest.raises(ValueError, match="height and width must be positive, got 0x64"):
     export_lib.export(directory, "stablehlo", str(tmp_path) + "/", 0, 64)
-  with pytest.raises(ValueError, match=r"a stablehlo file is named \*.stablehlo, not \*.onnx"):
-    export_lib.export(directory, "stablehlo", str(tmp_path / "x.onnx"), 64, 64)
+  for name in ("x.onnx", "photo.png", "config.json"):  # Never over another kind of file.
+    with pytest.raises(ValueError, match=r"a stablehlo file is named \*.stablehlo, not \*\."):
+      export_lib.export(directory, "stablehlo", str(tmp_path / name), 64, 64)
   (tmp_path / "file").write_text("")
   with pytest.raises(ValueError, match="is a file, not a folder"):
     export_lib.export(directory, "stablehlo", str(tmp_path / "file" / "x.stablehlo"), 64, 64)

@@ -159,6 +159,11 @@ def test_masks_are_thresholded_per_image_and_one_mask_serves_a_batch(model):
   mixed = np.stack([(mask > 0).astype(np.uint8), mask[::-1]])
   np.testing.assert_array_equal(harmonize_lib.harmonize(networks, batch, mixed, config=config),
                                 ref)
+  # A colour mask array reads by its brightest channel, as colour mask files do.
+  np.testing.assert_array_equal(
+      harmonize_lib.harmonize(networks, composite, np.stack([mask, 0 * mask, 0 * mask], -1),
+                              config=config),
+      harmonize_lib.harmonize(networks, composite, mask, config=config))
   # One [H,W] mask for every image of the batch.
   same = np.stack([composite, composite])
   np.testing.assert_array_equal(
@@ -251,6 +256,13 @@ def test_read_mask_modes(tmp_path):
     got = image_io.read_mask(tmp_path / name)
     assert got.shape == (6, 8, 1) and got.dtype == np.float32, name
     np.testing.assert_array_equal(got[..., 0], fg.astype(np.float32), err_msg=name)
+
+
+def test_float_images_in_zero_one_are_read_as_such(tmp_path):
+  grey = np.linspace(0, 1, 24, dtype=np.float32).reshape(4, 6)
+  Image.fromarray(grey, "F").save(tmp_path / "f.tif")  # It read as black.
+  np.testing.assert_array_equal(image_io.read_image(tmp_path / "f.tif")[..., 0],
+                                np.round(grey * 255).astype(np.uint8))
 
 
 def test_label_masks_are_read_only_from_lossless_files(tmp_path):
@@ -361,6 +373,15 @@ def test_folder_runs_never_overwrite_inputs_or_each_other(model, tmp_path):
   assert [os.path.basename(p) for p in written] == ["b.png"] and len(skipped) == 2
   np.testing.assert_array_equal(image_io.read_image(tmp_path / "one" / "b.png"),
                                 image_io.read_image(tmp_path / "out" / "b.png"))
+  # A file run never writes over its own composite or mask.
+  for victim in ("comp", "mask"):
+    before = (tmp_path / victim / "b.png").read_bytes()
+    with pytest.raises(ValueError, match=f"is the {'composite' if victim == 'comp' else 'mask'} "
+                       "file: it would be overwritten"):
+      harmonize_lib.harmonize_file(config, networks, str(tmp_path / "comp" / "b.png"),
+                                   str(tmp_path / "mask" / "b.png"),
+                                   str(tmp_path / victim / "b.png"))
+    assert (tmp_path / victim / "b.png").read_bytes() == before
   with pytest.raises(LookupError, match=r"^no mask named d\.\*$"):
     harmonize_lib.find_mask("d", {})
 

@@ -172,6 +172,25 @@ def test_video_file_in_and_out_with_per_frame_masks(setup, tmp_path):
   with pytest.raises(ValueError, match="masks.mp4 has 3 frames for 4 frames of the clip"):
     video.harmonize_video(config, networks, video=str(tmp_path / "in.mp4"),
                           mask=str(tmp_path / "masks.mp4"), output=str(tmp_path / "o.mp4"))
+  # The input video as the output: refused (it was truncated while being read).
+  before = (tmp_path / "in.mp4").read_bytes()
+  with pytest.raises(ValueError, match="is the video file: it would be overwritten"):
+    video.harmonize_video(config, networks, video=str(tmp_path / "in.mp4"),
+                          mask=str(tmp_path / "masks"), output=str(tmp_path / "in.mp4"))
+  # A run that fails keeps the previous output whole, and leaves no partial file.
+  written = (tmp_path / "out.mp4").read_bytes()
+  _write_frames(tmp_path / "odd", n=2, size=(47, 64))
+  Image.fromarray(np.zeros((47, 64), np.uint8) + 255).save(tmp_path / "odd_mask.png")
+  with pytest.raises(ValueError, match="64x47 \\(WxH\\) cannot be written .* even sizes"):
+    video.harmonize_video(config, networks, frames=str(tmp_path / "odd"),
+                          mask=str(tmp_path / "odd_mask.png"), output=str(tmp_path / "out.mp4"))
+  assert (tmp_path / "out.mp4").read_bytes() == written
+  assert (tmp_path / "in.mp4").read_bytes() == before
+  assert not [n for n in os.listdir(tmp_path) if ".partial" in n]
+  (tmp_path / "junk.mp4").write_bytes(b"not a video")
+  with pytest.raises(ValueError, match="cannot read the video .*junk.mp4"):
+    video.harmonize_video(config, networks, video=str(tmp_path / "junk.mp4"),
+                          mask=str(tmp_path / "odd_mask.png"), output=str(tmp_path / "j"))
 
 
 def test_masks_read_as_mask_files_and_inputs_are_never_overwritten(setup, tmp_path):
