@@ -54,25 +54,17 @@ def make_output_dir(directory: str | os.PathLike) -> None:
         f"{f' ({e.filename})' if e.filename and e.filename != directory else ''}") from None
 
 
-def check_not_an_input(output_dir: str | os.PathLike, inputs: dict[str, str | None]) -> None:
-  """Raises OutputPathError if `output_dir` is one of `inputs` (what each
-  folder holds -> the folder): writing there would overwrite the inputs."""
-  if not os.path.isdir(output_dir):
-    return
-  for what, folder in inputs.items():
-    if folder and os.path.isdir(folder) and os.path.samefile(folder, output_dir):
-      raise OutputPathError(f"the output folder {output_dir} is the {what} folder: its files "
-                            "would be overwritten; give another output folder")
-
-
-def check_not_an_input_file(output: str | os.PathLike,
-                            inputs: dict[str, str | os.PathLike | None]) -> None:
-  """Raises OutputPathError if the file `output` is one of `inputs` (what
-  each file is -> its path): writing it would destroy that input."""
-  if not os.path.isfile(output):
+def check_not_an_input(output: str | os.PathLike,
+                       inputs: dict[str, str | os.PathLike | None]) -> None:
+  """Raises OutputPathError if `output` (a file or a folder) is one of `inputs`
+  (what each holds -> its path): writing there would destroy that input."""
+  if not os.path.exists(output):
     return
   for what, path in inputs.items():
-    if path and os.path.isfile(path) and os.path.samefile(path, output):
+    if path and os.path.exists(path) and os.path.samefile(path, output):
+      if os.path.isdir(output):
+        raise OutputPathError(f"the output folder {output} is the {what} folder: its files "
+                              "would be overwritten; give another output folder")
       raise OutputPathError(f"the output {output} is the {what} file: it would be "
                             "overwritten; give another output")
 

@@ -268,7 +268,7 @@ def harmonize_file(config: ml_collections.ConfigDict, networks: dict[str, nnx.Mo
     ValueError: composite and mask sizes differ (both files named), or
       `output_path` is one of them (image_io.OutputPathError).
   """
-  image_io.check_not_an_input_file(output_path, {"composite": composite_path, "mask": mask_path})
+  image_io.check_not_an_input(output_path, {"composite": composite_path, "mask": mask_path})
   composite = image_io.read_image(composite_path, max_pixels=max_pixels)
   mask = image_io.read_mask(mask_path, max_pixels=max_pixels)
   if not mask.any() or mask.all():

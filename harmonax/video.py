@@ -287,10 +287,7 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
   if not mask or not output:
     raise ValueError("Video harmonization needs a mask and an output")
   image_io.check_output_path(output, folder=not _is_video(output))
-  if not _is_video(output):
-    image_io.check_not_an_input(output, {"frame": frames, "mask": mask})
-  else:
-    image_io.check_not_an_input_file(output, {"video": video, "mask": mask})
+  image_io.check_not_an_input(output, {"frame": frames, "video": video, "mask": mask})
   if video:
     stream, video_fps, count = _read_video(video)
     names = None
