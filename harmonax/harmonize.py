@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
     from harmonax import video  # pylint: disable=g-import-not-at-top
     return video.harmonize_video(config, networks, video=_VIDEO.value,
                                  frames=_FRAMES.value, mask=_MASK.value,
-                                 output=_OUTPUT.value)
+                                 output=_OUTPUT.value, max_pixels=_MAX_PIXELS.value)
 
   inputs = models.get_family(config.model.name).INPUTS
   if _FOREGROUND.value or _BACKGROUND.value or "composite" not in inputs:

@@ -86,10 +86,21 @@ def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> None:
     raise OutputPathError(f"cannot write {path}: {parent} is a file, not a folder")
 
 
+def check_pixels(path: str | os.PathLike, width: int, height: int,
+                 max_pixels: int | None = None) -> None:
+  """Raises ImageError if an image (or a video's frames) of width x height at
+  `path` has more than max_pixels pixels (default DEFAULT_MAX_PIXELS)."""
+  limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+  if width * height > limit:
+    raise ImageError(
+        f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit "
+        f"of {limit:,} pixels (decompression bomb guard); raise max_pixels / "
+        "--max_pixels if the image is genuine")
+
+
 def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
   """Opens, checks the size from the header, decodes and orients one file."""
   path = os.fspath(path)
-  limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
   try:
     with warnings.catch_warnings():
       # Our own limit below replaces Pillow's warning with an error.
@@ -101,13 +112,11 @@ def _open(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     raise ImageError(f"{path}: refused as a decompression bomb ({e})") from None
   except (UnidentifiedImageError, OSError) as e:
     raise ImageError(f"{path}: not a readable image ({e})") from None
-  width, height = img.size
-  if width * height > limit:
+  try:
+    check_pixels(path, *img.size, max_pixels)
+  except ImageError:
     img.close()
-    raise ImageError(
-        f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit "
-        f"of {limit:,} pixels (decompression bomb guard); raise max_pixels / "
-        "--max_pixels if the image is genuine")
+    raise
   try:
     img.load()
     return image_modes.upright(img)

@@ -147,7 +147,16 @@ def _frame_matte(frame: np.ndarray) -> np.ndarray:
   return image_modes.mask_to_alpha(Image.fromarray(np.asarray(frame)))
 
 
-def _masks(mask: str, num_frames: int | None) -> Iterator[np.ndarray]:
+def _limited(frames: Iterator[np.ndarray], path: str, max_pixels: int | None
+             ) -> Iterator[np.ndarray]:
+  """The frames of the video `path`, refusing frames of more than max_pixels."""
+  for frame in frames:
+    image_io.check_pixels(path, frame.shape[1], frame.shape[0], max_pixels)
+    yield frame
+
+
+def _masks(mask: str, num_frames: int | None, max_pixels: int | None = None
+           ) -> Iterator[np.ndarray]:
   """Per-frame soft masks from a folder, one image, or a mask video, read as
   `harmonize` reads mask files (image_io.read_matte: colour, alpha, 16-bit,
   0/1 labels, EXIF orientation), soft values kept."""
@@ -156,7 +165,7 @@ def _masks(mask: str, num_frames: int | None) -> Iterator[np.ndarray]:
     if num_frames is not None and len(files) != num_frames:
       raise ValueError(f"{mask} holds {len(files)} masks for {num_frames} frames; "
                        "give one mask per frame, or a single mask file")
-    return (image_io.read_matte(f) for f in files)
+    return (image_io.read_matte(f, max_pixels=max_pixels) for f in files)
   if _is_video(mask):
     frames, _, count = _read_video(mask)
     if num_frames is not None and count is not None and count != num_frames:
@@ -165,7 +174,8 @@ def _masks(mask: str, num_frames: int | None) -> Iterator[np.ndarray]:
     return (_frame_matte(f) for f in frames)
   if not os.path.exists(mask):
     raise FileNotFoundError(f"Mask not found: {mask}")
-  return itertools.repeat(image_io.read_matte(mask))  # The same mask for every frame.
+  # The same mask for every frame.
+  return itertools.repeat(image_io.read_matte(mask, max_pixels=max_pixels))
 
 
 def _pairs(frames: Iterable[np.ndarray], masks: Iterable[np.ndarray]
@@ -262,8 +272,8 @@ def harmonize_each_frame(config: ml_collections.ConfigDict, networks: dict[str, 
 
 def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.Module],
                     *, video: str | None = None, frames: str | None = None,
-                    mask: str | None, output: str | None, fps: float | None = None
-                    ) -> int:
+                    mask: str | None, output: str | None, fps: float | None = None,
+                    max_pixels: int | None = None) -> int:
   """Harmonizes a video file or a frame folder; returns an exit status (0 ok).
 
   Args:
@@ -274,6 +284,7 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
     mask: a folder of per-frame masks, one mask image, or a mask video.
     output: a video file (by suffix) or a folder for PNG frames.
     fps: for the EMA and the written video; default: the video's, else 25.
+    max_pixels: refuse larger frames and masks (image_io.DEFAULT_MAX_PIXELS).
 
   Raises:
     ValueError: wrong model, both or neither input, mask count or size mismatch,
@@ -290,13 +301,14 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
   image_io.check_not_an_input(output, {"frame": frames, "video": video, "mask": mask})
   if video:
     stream, video_fps, count = _read_video(video)
+    stream = _limited(stream, video, max_pixels)
     names = None
   else:
     names = _frame_files(frames)
-    stream = (image_io.read_image(f) for f in names)
+    stream = (image_io.read_image(f, max_pixels=max_pixels) for f in names)
     video_fps, count = DEFAULT_FPS, len(names)
   fps = fps or video_fps
-  masks = _masks(mask, count)
+  masks = _masks(mask, count, max_pixels)
   if config.model.name == "harmonizer":
     harmonized = harmonize_frames(networks, stream, masks, fps)
     how = f"EMA weight {ema_weight(fps):.3f}"

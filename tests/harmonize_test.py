@@ -490,4 +490,5 @@ def test_command_line_bad_file_and_video_dispatch(model, tmp_path):
   name, nets, kwargs = json.loads(line[len("VIDEO "):])
   assert name == "fake" and nets == ["generator"]
   assert kwargs == {"video": None, "frames": str(tmp_path / "frames"),
-                    "mask": str(tmp_path / "masks"), "output": str(tmp_path / "out")}
+                    "mask": str(tmp_path / "masks"), "output": str(tmp_path / "out"),
+                    "max_pixels": image_io.DEFAULT_MAX_PIXELS}

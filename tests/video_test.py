@@ -223,6 +223,21 @@ def test_masks_read_as_mask_files_and_inputs_are_never_overwritten(setup, tmp_pa
                           mask=str(tmp_path / "gray.png"), output=str(tmp_path / "file" / "o"))
 
 
+def test_max_pixels_applies_to_frames_and_masks(setup, tmp_path):
+  config, networks = setup
+  _write_frames(tmp_path / "frames", n=2)  # 64x48 = 3072 pixels.
+  Image.fromarray(_mask()).save(tmp_path / "mask.png")
+  for mask, limit in (("mask.png", 1000), ("masks", 1000)):
+    if mask == "masks":  # Masks per frame: read as the frames go; the frame fails first.
+      os.makedirs(tmp_path / "masks")
+      for i in range(2):
+        Image.fromarray(_mask()).save(tmp_path / "masks" / f"m{i}.png")
+    with pytest.raises(ValueError, match="3,072 pixels exceeds the limit of 1,000"):
+      video.harmonize_video(config, networks, frames=str(tmp_path / "frames"),
+                            mask=str(tmp_path / mask), output=str(tmp_path / "o"),
+                            max_pixels=limit)
+
+
 def test_masks_running_out_before_the_frames_is_an_error(setup):
   config, networks = setup
   frames = [np.zeros((48, 64, 3), np.uint8)] * 3
