@@ -39,7 +39,7 @@ _USAGE = ("usage: python -m data_builders.build <dataset>[/<config>] "
           "--data_dir=DIR [--manual_dir=DIR] [--beam]")
 
 
-def _user_error(error: Exception) -> None:
+def _user_error(error: Exception | str) -> None:
   """Prints `error` on one line (with the traceback under --verbose) and exits with 1."""
   if _VERBOSE.value:
     logging.exception("Build failed")
@@ -62,9 +62,9 @@ def main(argv: Sequence[str]) -> None:
                              log_summary=False)
   except (FileNotFoundError, ImportError, datasets.BuildInputError) as e:
     # Manual dir problems, Beam missing, nothing usable.
-    if isinstance(e, datasets.BuildInputError) and "\n" in str(e):
-      print(str(e).split("\n", 1)[1], file=sys.stderr)  # The summary of what was skipped.
-      e = datasets.BuildInputError(str(e).split("\n", 1)[0])
+    if isinstance(e, datasets.BuildInputError) and e.details:
+      print(e.details, file=sys.stderr)  # The summary of what was skipped.
+      e = e.message
     _user_error(e)
   where = datasets.resolve_data_dir(_DATA_DIR.value)
   if summary.already_built:

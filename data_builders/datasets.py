@@ -47,7 +47,12 @@ def known_datasets() -> list[str]:
 
 class BuildInputError(ValueError):
   """Manual data a build cannot use (a malformed list, nothing usable); the
-  message names the file or shows the summary of what was skipped."""
+  message names the file. `details`: the summary of what was skipped, if any
+  (also in str(error), after the message)."""
+
+  def __init__(self, message: str, details: str = ""):
+    super().__init__(f"{message}\n{details}" if details else message)
+    self.message, self.details = message, details
 
 
 def builder_class(dataset: str) -> type[tfds.core.DatasetBuilder]:
@@ -224,8 +229,8 @@ def build(name: str, data_dir: str | None, manual_dir: str | None = None,
         raise
       skipped = collect().format() if collect else ""
       raise BuildInputError(
-          f"Cannot build {name}: no example survived (nothing written). What was "
-          f"skipped and why:\n{skipped}") from None
+          f"Cannot build {name}: no example survived (nothing written); what was "
+          "skipped and why is listed above", skipped) from None
   summary = collect() if collect and not already else Summary()
   summary.already_built = already
   for split, info in builder.info.splits.items():

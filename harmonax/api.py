@@ -13,7 +13,6 @@ import dataclasses
 import os
 from typing import Any
 
-
 from data_builders import image_modes
 from harmonax import checkpoint
 from harmonax import inference
@@ -59,8 +58,8 @@ class Model:
             "(each is turned upright), or apply PIL.ImageOps.exif_transpose first")
     # PIL images as `harmonize` reads files: EXIF orientation applied, any
     # mode (16-bit grey, palette, CMYK; masks by colour or alpha, 0/1 labels).
-    image = image_modes.image_to_rgb(_upright(composite)) if is_pil else composite
-    mask_array = image_modes.mask_to_binary(_upright(mask)) if _is_pil(mask) else mask
+    image = image_modes.image_to_rgb(image_modes.upright(composite)) if is_pil else composite
+    mask_array = image_modes.mask_to_binary(image_modes.upright(mask)) if _is_pil(mask) else mask
     out = inference.harmonize(self.networks, image, mask_array, config=self.config)
     if is_pil:
       from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -70,10 +69,6 @@ class Model:
 
 def _orientation(image: Any) -> int:
   return int(image.getexif().get(0x0112, 1) or 1)
-
-
-def _upright(image: Any) -> Any:
-  return image_modes.upright(image)
 
 
 def _is_pil(image: Any) -> bool:

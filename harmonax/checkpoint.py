@@ -133,13 +133,9 @@ def check_resumable(workdir: str | os.PathLike, config: ml_collections.ConfigDic
   path = workdir / CONFIG_FILE
   if not path.exists() or not good_steps(workdir / CHECKPOINT_DIR):
     return
-  try:
-    saved = _flat_json(json.loads(path.read_text()))
-  except ValueError as e:
-    raise CheckpointMismatchError(
-        f"{path} is not valid JSON ({e}): cannot tell which config trained the "
-        f"checkpoints in {workdir / CHECKPOINT_DIR}") from e
-  now = _flat_json(json.loads(config.to_json_best_effort()))
+  # Both through JSON, as config.json holds them (tuples become lists).
+  saved, now = (_flat_json(json.loads(c.to_json_best_effort()))
+                for c in (load_config(workdir), config))
   # The batch asked for must match. The batch trained is it rounded up to a
   # multiple of the device count (the trainer records both), so it may differ
   # on another count; config.json files written before requested_batch_size
@@ -211,6 +207,12 @@ def _key(path: tuple) -> str:
   return "/".join(map(str, parts))
 
 
+def _listed(names: list[str], most: int = 5) -> str:
+  """The first `most` names, and how many more."""
+  more = f" and {len(names) - most} more" if len(names) > most else ""
+  return ", ".join(names[:most]) + more
+
+
 def _check_layout(directory: epath.Path, target: PyTree, *, partial: bool = False) -> None:
   """Checks that the orbax tree in `directory` has `target`'s leaves and shapes.
 
@@ -228,16 +230,14 @@ def _check_layout(directory: epath.Path, target: PyTree, *, partial: bool = Fals
   wanted = {_key(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
   problems = []
   params_first = lambda k: (not k.startswith("params/"), k)
-  listed = lambda keys: ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5
-                                                else "")
   if missing := sorted(wanted.keys() - saved.keys(), key=params_first):
-    problems.append(f"{len(missing)} leaves missing ({listed(missing)})")
+    problems.append(f"{len(missing)} leaves missing ({_listed(missing)})")
   if not partial and (extra := sorted(saved.keys() - wanted.keys(), key=params_first)):
-    problems.append(f"{len(extra)} unexpected leaves ({listed(extra)})")
+    problems.append(f"{len(extra)} unexpected leaves ({_listed(extra)})")
   if shapes := [f"{k} {saved[k]} (expected {wanted[k]})"
                 for k in sorted(wanted, key=params_first)
                 if k in saved and saved[k] != wanted[k]]:
-    problems.append(f"{len(shapes)} shapes differ: {listed(shapes)}")
+    problems.append(f"{len(shapes)} shapes differ: {_listed(shapes)}")
   if problems:
     raise CheckpointMismatchError(
         f"{directory} does not hold the model its config.json describes (was it "
@@ -295,7 +295,7 @@ def save_networks(directory: str | os.PathLike, config: ml_collections.ConfigDic
   if directory.is_dir() and (others := sorted(
       p.name for p in directory.iterdir() if not is_ours(p.name))):
     what = ("a training workdir" if CHECKPOINT_DIR in others
-            else f"not empty ({', '.join(others[:5])}{' ...' if len(others) > 5 else ''})")
+            else f"not empty ({_listed(others)})")
     raise OutputNotEmptyError(
         f"{directory} is {what}: write the networks to a new or empty directory")
   save_config(directory, config, card)

@@ -62,12 +62,6 @@ def _check_writable(directory: str) -> None:
   except image_io.OutputPathError as e:
     raise cli.UserError(f"cannot write the results to {directory} ({e}): pass a "
                         "writable --output_dir") from e
-  existing = os.path.abspath(directory)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise cli.UserError(f"cannot write the results to {directory} ({existing} is not "
-                        "writable): pass a writable --output_dir")
 
 
 def _qualifiers(default, protocol, max_examples: int, count: int, dtype: str, bucket: int

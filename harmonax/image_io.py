@@ -71,19 +71,21 @@ def check_not_an_input(output: str | os.PathLike,
 
 def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> None:
   """Raises OutputPathError now when `path` (a file, or with `folder` a folder)
-  could not be written later: a file stands where a folder must be. Nothing
-  is created.
+  could not be written later: a file stands where a folder must be, or the
+  folder it would go in is not writable. Nothing is created.
   """
   path = os.path.abspath(os.fspath(path))
   if folder and os.path.exists(path) and not os.path.isdir(path):
     raise OutputPathError(f"cannot write into {path}: {path} is a file, not a folder")
   if not folder and os.path.isdir(path):
     raise OutputPathError(f"cannot write {path}: it is a folder")
-  parent = os.path.dirname(path)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise OutputPathError(f"cannot write {path}: {parent} is a file, not a folder")
+  existing = path if folder and os.path.isdir(path) else os.path.dirname(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise OutputPathError(f"cannot write {path}: {existing} is a file, not a folder")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise OutputPathError(f"cannot write {path}: {existing} is not writable")
 
 
 def check_pixels(path: str | os.PathLike, width: int, height: int,

@@ -290,6 +290,14 @@ def _image_files(directory: str) -> list[str]:
                 and not f.startswith("."))
 
 
+def _by_stem(names: list[str]) -> dict[str, list[str]]:
+  """File names grouped by stem ('a.jpg', 'a.png' -> {'a': [both]})."""
+  out: dict[str, list[str]] = {}
+  for name in names:
+    out.setdefault(os.path.splitext(name)[0], []).append(name)
+  return out
+
+
 def find_mask(stem: str, masks_by_stem: dict[str, list[str]]) -> str:
   """The mask file name for a composite stem.
 
@@ -330,15 +338,11 @@ def harmonize_folder(config: ml_collections.ConfigDict, networks: dict[str, nnx.
   """
   image_io.check_not_an_input(output_dir, {"composite": composite_dir, "mask": mask_dir})
   one_mask = mask_dir if os.path.isfile(mask_dir) else None  # The same for every image.
-  masks_by_stem: dict[str, list[str]] = {}
-  for name in [] if one_mask else _image_files(mask_dir):
-    masks_by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
+  masks_by_stem = _by_stem([] if one_mask else _image_files(mask_dir))
   names = _image_files(composite_dir)
   if not names:
     raise ValueError(f"{composite_dir} holds no images ({', '.join(image_io.IMAGE_SUFFIXES)})")
-  by_stem: dict[str, list[str]] = {}
-  for name in names:
-    by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
+  by_stem = _by_stem(names)
   written, skipped = [], []
   progress = metric_writers.ItemProgress(f"harmonizing {composite_dir}", total=len(names))
   for name in names:

@@ -433,12 +433,12 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, global_batch_size
   transform = EvalTransform(data_config.image_size, data_config.get("binary_eval_mask", False),
                             image_keys(data_config))
   ds = grain.MapDataset.source(source)[:total][process_index::process_count].map(transform)
-  if total:
-    check_keys(data_config, split, source[0])
-  # Padding rows copy the shapes of a real example (zeros).
-  template = transform(source[min(process_index, total - 1)]) if total else None
-  if template is None:
+  if not total:
     raise ValueError(f"{data_config.name} split {split!r} is empty")
+  first = source[min(process_index, total - 1)]
+  check_keys(data_config, split, first)
+  # Padding rows copy the shapes of a real example (zeros).
+  template = transform(first)
   full_res = data_config.image_size is None
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=2 if full_res else 4, prefetch_buffer_size=4 if full_res else 4 * batch_size))

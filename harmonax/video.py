@@ -288,7 +288,8 @@ def harmonize_video(config: ml_collections.ConfigDict, networks: dict[str, nnx.M
 
   Raises:
     ValueError: wrong model, both or neither input, mask count or size mismatch,
-      an output folder that is the frame or mask folder (image_io.OutputPathError).
+      an unreadable video, frames too large or of odd size for a video file, an
+      output that is one of the inputs (image_io.OutputPathError).
   """
   if inference.inputs_of(config) != inference.HARMONIZATION_INPUTS:
     raise ValueError(f"Video harmonization needs a model that harmonizes a composite with "

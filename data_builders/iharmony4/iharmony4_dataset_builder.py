@@ -72,6 +72,12 @@ def parse_composite_name(name: str) -> tuple[str, str]:
   return fields[0] + ".jpg", "_".join(fields[:-1]) + ".png"
 
 
+def _listed(names: list[str]) -> str:
+  """The first _MAX_LISTED names, and how many more."""
+  more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+  return ", ".join(names[:_MAX_LISTED]) + more
+
+
 def _read_list(path: epath.Path) -> list[str]:
   return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
           if line.strip()]
@@ -157,14 +163,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if (item := take(*window.popleft().result())) is not None:
           yield item
     if skipped:
-      listed = ", ".join(skipped[:_MAX_LISTED])
-      more = f" and {len(skipped) - _MAX_LISTED} more" if len(skipped) > _MAX_LISTED else ""
       logging.warning(
           "iHarmony4: skipped %d of %d examples whose files are unreadable or "
-          "disagree in size (%s%s; each is named above). Scores on a split with "
+          "disagree in size (%s; each is named above). Scores on a split with "
           "skipped examples are not comparable with published ones: replace the "
           "files from the official download and build again.",
-          len(skipped), len(examples), listed, more)
+          len(skipped), len(examples), _listed(skipped))
 
 
 def _example(ex: dict[str, epath.Path | str], images: tuple[bytes, bytes, bytes]
@@ -264,11 +268,9 @@ def check_files(root: epath.Path, examples: list[dict[str, epath.Path | str]]) -
         missing.append(os.fspath(path.relative_to(root)))
   missing = sorted(set(missing))
   if missing:
-    listed = ", ".join(missing[:_MAX_LISTED])
-    more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
     raise FileNotFoundError(
         f"iHarmony4 manual dir '{root}' is incomplete: {len(missing)} file(s) named in "
-        f"the split lists are missing: {listed}{more}. Unpack the complete download there, "
+        f"the split lists are missing: {_listed(missing)}. Unpack the complete download there, "
         "or build a config of the subsets you have (e.g. iharmony4/hcoco)")
 
 
